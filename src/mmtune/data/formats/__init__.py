@@ -1,0 +1,28 @@
+"""The data formats mmtune reads and writes. Each is a small module with the same shape:
+
+    NAME: str
+    CAN: Capabilities  — what the format can hold (used to refuse lossy conversions)
+    detect(row: dict) -> bool
+    parse(row: dict, out: Collector, media_root) -> Parsed | None   (structure errors go to `out`)
+    dump(sample: Sample, lost: list[str]) -> dict                   (what cannot be held goes to `lost`)
+
+The registry below is plain data; `FORMATS[name]` is the module.
+"""
+
+from __future__ import annotations
+
+from mmtune.data.formats import alpaca, llava, openai, swift
+
+FORMATS = {m.NAME: m for m in (openai, swift, llava, alpaca)}
+
+# Detection order matters only for rows that carry keys of several formats.
+DETECT_ORDER = ("openai", "llava", "swift", "alpaca")
+
+
+def detect_row(row: object) -> str | None:
+    if not isinstance(row, dict):
+        return None
+    for name in DETECT_ORDER:
+        if FORMATS[name].detect(row):
+            return name
+    return None

@@ -1,0 +1,198 @@
+"""Pieces the format modules share: media tags in text, part normalisation, capabilities."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from mmtune.data.findings import Collector
+from mmtune.data.schema import Message, Part, Sample, ToolCall
+
+TAGS = {"image": "<image>", "video": "<video>"}
+TAG_RE = re.compile(r"(<image>|<video>)")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a format can hold; a conversion that needs more is lossy."""
+
+    tools: bool = False  # tool definitions, tool calls, tool results
+    weights: bool = False  # per-turn train weight
+    any_order: bool = False  # any sequence of roles (else: [system] then user/assistant pairs)
+    ends_with_user: bool = False  # a conversation may end without an answer
+    media_tags: bool = True  # media are written as <image>/<video> tags in text
+
+
+@dataclass
+class Parsed:
+    """A parsed row: the sample and, for each message, the field it came from."""
+
+    sample: Sample
+    fields: list[str]
+
+
+def normalize(parts: list[Part]) -> list[Part]:
+    """Drop empty text parts and merge adjacent text parts: the canonical form of a message."""
+    out: list[Part] = []
+    for p in parts:
+        if p.type == "text":
+            if not p.text:
+                continue
+            if out and out[-1].type == "text":
+                out[-1] = Part.of_text(out[-1].text + p.text)
+                continue
+        out.append(p)
+    return out
+
+
+def split_tags(text: str, media: dict[str, list[str]], used: dict[str, int]) -> list[Part]:
+    """'<image>What is this?' → [image, text]; takes the next media ref of each kind in order.
+
+    Tags beyond the media given are kept as refs '' (the count check reports them)."""
+    if "<" not in text:
+        return [Part.of_text(text)] if text else []
+    parts: list[Part] = []
+    for piece in TAG_RE.split(text):
+        if piece == "<image>" or piece == "<video>":
+            kind = "image" if piece == "<image>" else "video"
+            i = used[kind]
+            used[kind] = i + 1
+            refs = media.get(kind, [])
+            parts.append(Part(kind, ref=refs[i] if i < len(refs) else ""))
+        elif piece:
+            parts.append(Part.of_text(piece))
+    return parts
+
+
+def count_tags(text: str) -> tuple[int, int]:
+    if "<" not in text:
+        return 0, 0
+    return text.count("<image>"), text.count("<video>")
+
+
+def join_tags(parts: list[Part], media: dict[str, list[str]], lost: list[str]) -> str:
+    """The inverse of split_tags: parts → text with tags, collecting media refs in order."""
+    out = []
+    for p in parts:
+        if p.type == "text":
+            if "<image>" in p.text or "<video>" in p.text:
+                _lose(lost, "text that contains a literal <image> or <video> tag (it would be read back as media)")
+            out.append(p.text)
+        else:
+            media.setdefault(p.type, []).append(p.ref)
+            out.append(TAGS[p.type])
+    return "".join(out)
+
+
+def attach_untagged_media(messages: list[Message], media: dict[str, list[str]], used: dict[str, int]) -> None:
+    """Media listed but never tagged go to the start of the first user turn (FORMATS.md)."""
+    first_user = next((m for m in messages if m.role == "user"), None)
+    if first_user is None:
+        return
+    extra = []
+    for kind in ("image", "video"):
+        refs = media.get(kind, [])
+        if used[kind] == 0 and refs:
+            extra += [Part(kind, ref=r) for r in refs]
+            used[kind] = len(refs)
+    if extra:
+        first_user.parts = normalize(extra + first_user.parts)
+
+
+def media_lists(row: dict, out: Collector, single: dict[str, str], plural: dict[str, str]) -> dict[str, list[str]]:
+    """Read media fields (`image`/`images`, `video`/`videos`) into lists of refs, reporting bad types."""
+    media: dict[str, list[str]] = {}
+    for kind in ("image", "video"):
+        refs: list[str] = []
+        for key in (single.get(kind), plural.get(kind)):
+            if not key or key not in row or row[key] is None:
+                continue
+            val = row[key]
+            if isinstance(val, str):
+                val = [val]
+            if not isinstance(val, list):
+                out.error(key, "wrong-type", f"'{key}' must be a path or a list of paths, not {type(val).__name__}")
+                continue
+            for i, r in enumerate(val):
+                if isinstance(r, str) and r:
+                    refs.append(r)
+                else:
+                    out.error(f"{key}[{i}]", "wrong-type", f"'{key}[{i}]' must be a non-empty path string")
+        if refs:
+            media[kind] = refs
+    return media
+
+
+def check_tag_counts(media: dict[str, list[str]], tagged: dict[str, int], out: Collector, fields: dict[str, str]) -> None:
+    """Each <image>/<video> tag marks one media item: counts must match (no tags at all is allowed)."""
+    for kind in ("image", "video"):
+        n_media, n_tags = len(media.get(kind, [])), tagged[kind]
+        if n_tags and n_tags != n_media:
+            out.error(
+                fields[kind],
+                "media-count-mismatch",
+                f"{n_tags} <{kind}> tag(s) in the text but {n_media} {kind}(s) listed: "
+                f"give one {kind} per <{kind}> tag, or remove the tags to put all {kind}s in the first user turn",
+            )
+
+
+def parse_tool_calls(value: object, field: str, out: Collector) -> list[ToolCall]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        out.error(field, "wrong-type", "'tool_calls' must be a list of calls")
+        return []
+    calls = []
+    for i, c in enumerate(value):
+        f = f"{field}[{i}]"
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            out.error(f, "bad-tool-call", 'a tool call needs {"type": "function", "function": {"name": ..., "arguments": "..."}}')
+            continue
+        args = fn.get("arguments", "{}")
+        if isinstance(args, dict):
+            args = json.dumps(args, ensure_ascii=False)
+        elif not isinstance(args, str):
+            out.error(f"{f}.function.arguments", "bad-tool-call", "'arguments' must be a JSON string (or object)")
+            continue
+        cid = c.get("id")
+        calls.append(ToolCall(fn["name"], args, cid if isinstance(cid, str) else None))
+    return calls
+
+
+def dump_tool_calls(calls: list[ToolCall]) -> list[dict]:
+    out = []
+    for c in calls:
+        d: dict = {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        if c.id is not None:
+            d = {"id": c.id, **d}
+        out.append(d)
+    return out
+
+
+def _lose(lost: list[str], what: str) -> None:
+    if what not in lost:
+        lost.append(what)
+
+
+def check_pairs(sample: Sample, fmt: str, can: Capabilities, lost: list[str]) -> list[Message]:
+    """For pair formats: report what cannot be held; return the messages after the system prompt."""
+    msgs = sample.messages
+    start = 1 if msgs and msgs[0].role == "system" else 0
+    rest = msgs[start:]
+    if any(m.role == "system" for m in rest):
+        _lose(lost, f"a system message that is not the first message ({fmt} holds one system prompt, first)")
+    if not can.tools and (sample.tools or any(m.tool_calls or m.role == "tool" for m in msgs)):
+        _lose(lost, f"tools, tool calls or tool results ({fmt} has no place for them)")
+    if not can.weights and any(m.weight is not None for m in msgs):
+        _lose(lost, f"per-turn train weights ({fmt} has no place for them)")
+    if not can.any_order:
+        roles = [m.role for m in rest if m.role in ("user", "assistant")]
+        paired = len(roles) % 2 == 0 and all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles))
+        if not paired or not roles:
+            _lose(lost, f"turns that are not user/assistant pairs ({fmt} holds [system] + user/assistant pairs)")
+    return rest
+
+
+lose = _lose

@@ -1,0 +1,208 @@
+"""Streaming access to the rows of a data file: JSON Lines or one JSON array.
+
+Both are read in constant memory (one row at a time), and every row knows the 1-based
+line it starts on, so findings can point at it. Nothing here knows about formats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mmtune.data.findings import ERROR, Finding
+
+CHUNK = 1 << 20  # bytes read at a time from a JSON array file
+MAX_ELEMENT = 256 << 20  # a single array element larger than this is reported, not buffered
+
+
+@dataclass(slots=True)
+class RawRow:
+    line: int  # 1-based line where the row starts
+    index: int  # 0-based position in the file
+    value: Any = None  # the parsed JSON value (None when `error` is set)
+    error: Finding | None = None  # invalid JSON / not UTF-8
+    text: bytes = b""  # the row's raw bytes (JSON Lines only): used for duplicate detection
+
+
+def container_of(path: str) -> str:
+    """'jsonl' or 'array', from the extension and, for .json, the first non-blank byte."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".jsonl":
+        return "jsonl"
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        return "array"
+    return "jsonl"
+
+
+def iter_rows(path: str) -> Iterator[RawRow]:
+    if container_of(path) == "array":
+        yield from _iter_array(path)
+    else:
+        yield from _iter_jsonl(path)
+
+
+def _iter_jsonl(path: str) -> Iterator[RawRow]:
+    index = 0
+    loads = json.loads
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"line is not valid UTF-8 (byte {e.start}): save the file as UTF-8"
+                yield RawRow(lineno, index, error=Finding(ERROR, lineno, "", "utf8", msg), text=raw)
+                index += 1
+                continue
+            try:
+                value = loads(text)
+            except json.JSONDecodeError as e:
+                msg = (
+                    f"invalid JSON at column {e.colno}: {e.msg}. Each line must be one complete "
+                    "JSON object (no line breaks inside a row, no trailing commas)"
+                )
+                yield RawRow(lineno, index, error=Finding(ERROR, lineno, "", "invalid-json", msg), text=raw)
+            else:
+                yield RawRow(lineno, index, value, text=raw)
+            index += 1
+
+
+def _iter_array(path: str) -> Iterator[RawRow]:
+    """Elements of a top-level JSON array, decoded one at a time with their start lines."""
+    rows = _iter_array_utf8(path)
+    last = 1
+    try:
+        for row in rows:
+            last = row.line
+            yield row
+    except UnicodeDecodeError as e:
+        msg = f"the file is not valid UTF-8 (after line {last}, byte {e.start} of a chunk): save it as UTF-8"
+        yield RawRow(last, 0, error=Finding(ERROR, last, "", "utf8", msg))
+
+
+def _iter_array_utf8(path: str) -> Iterator[RawRow]:
+    decoder = json.JSONDecoder()
+    with open(path, "rb") as f:
+        reader = _Utf8Reader(f)
+        buf = reader.read()
+        pos, line = 0, 1
+        buf = buf.lstrip("\ufeff")
+        # skip to the opening bracket
+        while True:
+            start = _skip_ws(buf, pos)
+            if start < len(buf) or reader.eof:
+                break
+            buf += reader.read()
+        line += buf.count("\n", pos, start)
+        pos = start
+        if pos >= len(buf) or buf[pos] != "[":
+            yield RawRow(line, 0, error=Finding(ERROR, line, "", "invalid-json", "expected a JSON array '[' here"))
+            return
+        pos += 1
+        index = 0
+        expect_comma = False
+        while True:
+            start = _skip_ws(buf, pos)
+            while start >= len(buf) and not reader.eof:
+                buf = buf[pos:] + reader.read()
+                pos = 0
+                start = _skip_ws(buf, pos)
+            line += buf.count("\n", pos, start)
+            pos = start
+            if pos >= len(buf):
+                msg = "the JSON array is not closed: the file ends before its final ']'"
+                yield RawRow(line, index, error=Finding(ERROR, line, "", "invalid-json", msg))
+                return
+            ch = buf[pos]
+            if ch == "]":
+                return
+            if expect_comma:
+                if ch != ",":
+                    msg = f"expected ',' or ']' between array elements, found {ch!r}"
+                    yield RawRow(line, index, error=Finding(ERROR, line, "", "invalid-json", msg))
+                    return
+                pos += 1
+                expect_comma = False
+                continue
+            # decode one element, reading more of the file while it is incomplete
+            while True:
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError as e:
+                    if reader.eof or len(buf) - pos > MAX_ELEMENT:
+                        eline = line + buf.count("\n", pos, e.pos)
+                        msg = f"invalid JSON in array element {index} (line {eline}, column {e.colno}): {e.msg}"
+                        yield RawRow(line, index, error=Finding(ERROR, line, "", "invalid-json", msg))
+                        return
+                    buf = buf[pos:] + reader.read()
+                    pos = 0
+            yield RawRow(line, index, value)
+            line += buf.count("\n", pos, end)
+            pos = end
+            index += 1
+            expect_comma = True
+            if pos > CHUNK:  # drop what has been consumed: keeps memory constant
+                buf = buf[pos:]
+                pos = 0
+
+
+def _skip_ws(buf: str, pos: int) -> int:
+    n = len(buf)
+    while pos < n and buf[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+class _Utf8Reader:
+    """Reads a binary file as text in chunks, never splitting a multi-byte character."""
+
+    def __init__(self, f):
+        self.f = f
+        self.eof = False
+        self.dec = __import__("codecs").getincrementaldecoder("utf-8")(errors="strict")
+
+    def read(self) -> str:
+        data = self.f.read(CHUNK)
+        if not data:
+            self.eof = True
+            return self.dec.decode(b"", final=True)
+        return self.dec.decode(data)
+
+
+def write_rows(path: str, rows: Iterator[dict] | list[dict], container: str | None = None) -> int:
+    """Write rows as JSON Lines or as a JSON array (chosen by `container` or the extension).
+
+    Written to a temporary file first and renamed, so a failure never leaves half a file
+    where the user expects a whole one.
+    """
+    container = container or ("array" if path.lower().endswith(".json") else "jsonl")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if container == "array":
+                f.write("[\n")
+                for row in rows:
+                    f.write(",\n" if n else "")
+                    f.write(json.dumps(row, ensure_ascii=False, indent=2))
+                    n += 1
+                f.write("\n]\n")
+            else:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False))
+                    f.write("\n")
+                    n += 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return n

@@ -1,0 +1,203 @@
+"""Reading a data file into canonical Samples, checking every row on the way.
+
+`read_samples` streams: one row in memory at a time (plus a bounded duplicate index and a
+bounded media cache), so a 1 GB file is read and checked in constant memory. Every row
+yields a ReadResult, good or bad: rows are never dropped silently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmtune.data import rules
+from mmtune.data.findings import ERROR, WARNING, Collector, Finding
+from mmtune.data.formats import FORMATS, detect_row
+from mmtune.data.media import MediaChecker
+from mmtune.data.rawio import container_of, iter_rows
+from mmtune.data.schema import Sample, Source
+from mmtune.errors import UserError
+
+DETECT_ROWS = 50  # rows looked at to detect a file's format
+DEDUPE_LIMIT = 1_000_000  # rows remembered for duplicate detection (bounds memory)
+
+
+@dataclass
+class ReadOptions:
+    fmt: str | None = None  # force a format; None = detect from the rows
+    rules: str = "default"  # "default" | "strict"
+    media_root: str | None = None  # None = the data file's folder
+    enforce_root: bool = False  # media must stay inside the root (set when the user names one)
+    check_media: bool = True  # check media files exist and decode
+    max_length: int | None = None  # with count_tokens: warn about rows longer than this
+    count_tokens: Callable[[Sample], int] | None = None
+
+    def __post_init__(self):
+        if self.fmt is not None and self.fmt not in FORMATS:
+            raise UserError(f"unknown format {self.fmt!r}: choose one of {', '.join(FORMATS)}")
+        if self.rules not in ("default", "strict"):
+            raise UserError(f"unknown rule set {self.rules!r}: choose default or strict")
+
+
+@dataclass
+class ReadResult:
+    line: int
+    index: int
+    raw: Any = None
+    sample: Sample | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.sample is not None and not any(f.severity == ERROR for f in self.findings)
+
+
+class FileReader:
+    """Reads one file; after iteration, `format`, `rows`, `errors`, `warnings` describe it."""
+
+    def __init__(self, path: str, options: ReadOptions | None = None):
+        self.path = path
+        self.opts = options or ReadOptions()
+        self.format = self.opts.fmt or ""
+        self.rows = self.errors = self.warnings = 0
+        root = self.opts.media_root or os.path.dirname(os.path.abspath(path))
+        self.media_root = root
+        self.media = MediaChecker(root, self.opts.enforce_root) if self.opts.check_media else None
+        self._seen: dict[int, int] = {}
+
+    def __iter__(self) -> Iterator[ReadResult]:
+        for result in self._results():
+            self.rows += 1 if result.index >= 0 else 0
+            for f in result.findings:
+                if f.severity == ERROR:
+                    self.errors += 1
+                else:
+                    self.warnings += 1
+            yield result
+
+    def _results(self) -> Iterator[ReadResult]:
+        if not os.path.isfile(self.path):
+            raise UserError(f"{self.path}: no such file")
+        head = self._file_findings()
+        if head:
+            yield ReadResult(0, -1, findings=head)
+        rows = iter_rows(self.path)
+        first = list(itertools.islice(rows, DETECT_ROWS))
+        if not first and not head:
+            yield ReadResult(0, -1, findings=[Finding(ERROR, 0, "", "empty-file", "the file has no rows")])
+            return
+        if not self.format:
+            self.format = self._detect(first)
+        for raw in itertools.chain(first, rows):
+            yield self._read_row(raw)
+
+    def _file_findings(self) -> list[Finding]:
+        if self.opts.rules != "strict":
+            return []
+        out = []
+        if not self.path.endswith(".jsonl") or container_of(self.path) != "jsonl":
+            msg = "the file must be a .jsonl file with one JSON object per line (strict rule 1)"
+            out.append(Finding(ERROR, 0, "", "jsonl-file", msg))
+        return out
+
+    def _detect(self, first) -> str:
+        if self.opts.rules == "strict":
+            return "openai"
+        votes: dict[str, int] = {}
+        for raw in first:
+            name = detect_row(raw.value) if raw.error is None else None
+            if name:
+                votes[name] = votes.get(name, 0) + 1
+        return max(votes, key=votes.get) if votes else "unknown"
+
+    def _read_row(self, raw) -> ReadResult:
+        out = Collector(raw.line)
+        result = ReadResult(raw.line, raw.index, raw.value, findings=out.findings)
+        if raw.error is not None:
+            out.findings.append(raw.error)
+            return result
+        if self.opts.rules == "strict":  # exactly the hosted-service rule set, nothing more
+            rules.check_strict_row(raw.value, out)
+            if out.has_errors:
+                return result
+        else:
+            self._dedupe(raw, out)
+        if not isinstance(raw.value, dict):
+            out.error("", "not-object", f"each row must be a JSON object, not {type(raw.value).__name__}")
+            return result
+        if self.format == "unknown":
+            out.error("", "unknown-format", UNKNOWN)
+            return result
+        row_fmt = detect_row(raw.value)
+        if row_fmt and row_fmt != self.format:
+            out.error("", "format-mismatch", f"this row is in {row_fmt} shape but the file is {self.format}: "
+                      "convert it (mmtune data convert) or keep one format per file")
+            return result
+        parsed = FORMATS[self.format].parse(raw.value, out, self.media_root)
+        if parsed is None:
+            return result
+        parsed.sample.source = Source(self.path, raw.line, raw.index)
+        result.sample = parsed.sample
+        # a row whose parse already failed somewhere is missing messages: skip the rules that
+        # would only repeat that (order, "no assistant"), keep the independent ones (media)
+        rules.check_sample(parsed.sample, parsed.fields, out, self.media, partial=out.has_errors)
+        self._length(parsed.sample, out)
+        return result
+
+    def _dedupe(self, raw, out: Collector) -> None:
+        key = hash(raw.text.strip()) if raw.text else hash(repr(raw.value))
+        first = self._seen.get(key)
+        if first is not None:
+            out.warn("", "duplicate-row", f"same row as line {first}: remove one copy, or keep it on purpose")
+        elif len(self._seen) < DEDUPE_LIMIT:
+            self._seen[key] = raw.line
+
+    def _length(self, sample: Sample, out: Collector) -> None:
+        o = self.opts
+        if o.count_tokens is None or o.max_length is None:
+            return
+        n = o.count_tokens(sample)
+        if n > o.max_length:
+            out.warn("", "too-long", f"{n} tokens, over max length {o.max_length}: {n - o.max_length} tokens "
+                     "will be cut (raise --max-length, shorten the row, or drop long rows)")
+
+
+UNKNOWN = ("the row matches no known format: use openai {\"messages\"}, swift {\"query\", \"response\"}, "
+           "llava {\"conversations\"} or alpaca {\"instruction\", \"output\"} (see docs/data.md), or pass --format")
+
+
+def read_samples(path: str, options: ReadOptions | None = None) -> Iterator[ReadResult]:
+    return iter(FileReader(path, options))
+
+
+def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows: bool = False,
+                 warn: Callable[[str], None] = print) -> list[Sample]:
+    """All good samples of a file, for training. A file with errors is refused, listing them,
+    unless `skip_bad_rows`: then the bad rows are skipped and counted, with where they were."""
+    reader = FileReader(path, options)
+    samples, bad = [], []
+    for r in reader:
+        if r.ok:
+            samples.append(r.sample)
+        elif r.index >= 0 or any(f.is_error for f in r.findings):
+            bad.append(r)
+    errors = [f for r in bad for f in r.findings if f.severity == ERROR]
+    if errors and not skip_bad_rows:
+        listed = "\n".join(f"  {path}:{f.line} {f.field or '-'} [{f.rule}] {f.message}" for f in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise UserError(
+            f"{path} has {len(errors)} error(s) in {len(bad)} row(s):\n{listed}{more}\n"
+            f"Fix them (`mmtune data check {path}` lists all), or pass --skip-bad-rows to train without those rows."
+        )
+    if bad:
+        lines = ", ".join(str(r.line) for r in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        warn(f"warning: skipped {len(bad)} bad row(s) of {path} (lines {lines}); {len(samples)} rows remain")
+    if not samples:
+        raise UserError(f"{path}: no usable rows to train on")
+    return samples
+
+
+__all__ = ["ReadOptions", "ReadResult", "FileReader", "read_samples", "load_samples", "WARNING", "ERROR"]
