@@ -77,10 +77,16 @@ def _check_message(m: Message, f: str, out: Collector) -> None:
     if not text.strip() and not m.media and not m.tool_calls:
         out.error(f, "empty-field", f"the {m.role} message is empty: write its text or remove the turn")
         return
-    if text and text != text.strip() and m.role != "tool":
+    if m.role != "tool" and _outer_whitespace(m):
         out.warn(f, "whitespace", f"the {m.role} text starts or ends with whitespace, which the model will learn as-is")
     if m.role == "assistant" and not m.tool_calls and 0 < len(text.strip()) < SHORT_ANSWER:
         out.warn(f, "short-answer", f"very short answer ({text.strip()!r}): check the row is complete")
+
+
+def _outer_whitespace(m: Message) -> bool:
+    """Leading/trailing whitespace of the message itself (not the space beside a media tag)."""
+    first, last = m.parts[0], m.parts[-1]
+    return (first.type == "text" and first.text[:1].isspace()) or (last.type == "text" and last.text[-1:].isspace())
 
 
 def _check_tools(msgs: list[Message], fields: list[str], out: Collector) -> None:
