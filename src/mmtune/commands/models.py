@@ -1,0 +1,101 @@
+"""`mmtune models`: the supported models, their LoRA targets and how much GPU memory tuning them takes.
+
+Reads only the registry and the memory arithmetic (no torch), so it answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mmtune.errors import UserError
+
+MEMORY_HELP = "memory estimates assume bf16 weights, AdamW, LoRA rank 16 and gradient checkpointing"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list supported models with LoRA targets and memory estimates",
+        description="List the model registry: families, hub paths, LoRA targets and estimated GPU memory "
+        f"for full / LoRA / QLoRA fine-tuning ({MEMORY_HELP}).",
+    )
+    _add_common(parser)
+    parser.set_defaults(func=run_list, _parser=parser)
+    sub = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    show = sub.add_parser("show", help="everything the registry knows about one model")
+    show.add_argument("name", help="registry name or hub path, e.g. qwen2.5-0.5b-instruct")
+    _add_common(show)
+    show.set_defaults(func=run_show, _parser=show)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--seq-len", type=int, default=2048, help="sequence length for the memory estimate")
+    parser.add_argument("--batch-size", type=int, default=1, help="per-device batch size for the memory estimate")
+
+
+def _memory(spec, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from mmtune.models.memory import METHODS, estimate_memory
+
+    if args.seq_len < 1 or args.batch_size < 1:
+        raise UserError("--seq-len and --batch-size must be at least 1")
+    return {m: estimate_memory(spec, m, args.seq_len, args.batch_size) for m in METHODS}
+
+
+def _entry(spec, args: argparse.Namespace) -> dict:
+    return {**spec.to_dict(), "memory_gib": _memory(spec, args)}
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from mmtune.models.registry import DEFAULT_MODEL, REGISTRY
+
+    entries = [_entry(spec, args) for spec in REGISTRY.values()]
+    if args.json:
+        print(json.dumps({"default_model": DEFAULT_MODEL, "seq_len": args.seq_len, "batch_size": args.batch_size,
+                          "models": entries}, ensure_ascii=False, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mmtune models (GiB at seq len {args.seq_len}, batch {args.batch_size})",
+                  caption=MEMORY_HELP + "; LoRA targets are *_proj modules; * = default model")
+    for col in ("name", "family", "kind", "params", "hub path", "LoRA targets", "full", "LoRA", "QLoRA"):
+        table.add_column(col, justify="right" if col in ("params", "full", "LoRA", "QLoRA") else "left")
+    for e in entries:
+        mem = e["memory_gib"]
+        name = e["name"] + (" *" if e["name"] == DEFAULT_MODEL else "")
+        table.add_row(name, e["family"], e["kind"], f"{e['params_b']:g}B", e["hf_path"],
+                      ",".join(t.removesuffix("_proj") for t in e["lora_targets"]),
+                      *(f"{mem[m]['total']:.1f}" for m in ("full", "lora", "qlora")))
+    Console().print(table)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from mmtune.models.registry import REGISTRY, find_spec
+
+    spec = find_spec(args.name)
+    if spec is None:
+        import difflib
+
+        close = difflib.get_close_matches(args.name, list(REGISTRY), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown model {args.name!r}: {hint}`mmtune models` lists every registry name")
+    entry = _entry(spec, args)
+    if args.json:
+        print(json.dumps(entry, ensure_ascii=False, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=spec.name, show_header=False)
+    for key, value in entry.items():
+        if key == "memory_gib" or value in (None, (), [], False) and key not in ("trust_remote_code",):
+            continue
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    for method, parts in entry["memory_gib"].items():
+        detail = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
+        table.add_row(f"memory {method} (GiB)", f"{parts['total']:.2f}  ({detail})")
+    Console().print(table)
+    return 0

@@ -1,0 +1,123 @@
+"""Back-of-the-envelope GPU memory for fine-tuning a registry model, from its architecture numbers.
+
+Pure arithmetic on a `ModelSpec` (no torch), so `mmtune models` can print it instantly.
+It answers "will this fit on my card?", not "how many bytes exactly": allocator slack,
+the CUDA context (~0.5-1 GiB) and framework buffers are not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mmtune.models.registry import ModelSpec
+
+Method = Literal["full", "lora", "qlora"]
+METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+
+GIB = 1024**3
+NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 4-bit weights + double-quantised absmax per 64-block
+LOGIT_BYTES = 2 + 4 + 4  # bf16 logits, their fp32 copy for the loss, the fp32 gradient of the loss
+
+
+def layer_linear_shapes(spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every projection in one decoder layer, by module name.
+
+    Three attention shapes cover the registry: separate q/k/v (grouped-query attention),
+    fused qkv + fused gate_up (Phi-3), and multi-head latent attention (MiniCPM3).
+    """
+    h, inter, heads, kv, hd = (spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads,
+                               spec.attn_head_dim)
+    mlp = {"gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    if spec.mla:
+        q_rank, kv_rank, nope, rope, v_dim = spec.mla
+        return {"q_a_proj": (h, q_rank), "q_b_proj": (q_rank, heads * (nope + rope)),
+                "kv_a_proj_with_mqa": (h, kv_rank + rope), "kv_b_proj": (kv_rank, heads * (nope + v_dim)),
+                "o_proj": (heads * v_dim, h), **mlp}
+    if "qkv_proj" in spec.lora_targets:
+        return {"qkv_proj": (h, (heads + 2 * kv) * hd), "o_proj": (heads * hd, h),
+                "gate_up_proj": (h, 2 * inter), "down_proj": (inter, h)}
+    return {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd), "o_proj": (heads * hd, h),
+            **mlp}
+
+
+def layer_linear_params(spec: ModelSpec) -> int:
+    """Weights in all projections of all decoder layers (what 4-bit quantisation shrinks)."""
+    return spec.num_layers * sum(i * o for i, o in layer_linear_shapes(spec).values())
+
+
+def embedding_params(spec: ModelSpec) -> int:
+    """Input embedding plus an untied output head (kept in bf16 even under QLoRA)."""
+    return spec.vocab_size * spec.hidden_size * (1 if spec.tie_embeddings else 2)
+
+
+def count_params(spec: ModelSpec) -> int:
+    """Total parameters from the architecture numbers (norms counted, small biases not)."""
+    norms = spec.hidden_size * (2 * spec.num_layers + 1)
+    return layer_linear_params(spec) + embedding_params(spec) + norms
+
+
+def lora_params(spec: ModelSpec, rank: int = 16, targets: tuple[str, ...] | None = None) -> int:
+    """Trainable LoRA parameters: rank × (in + out) for every targeted projection of every layer."""
+    shapes = layer_linear_shapes(spec)
+    wanted = targets if targets is not None else spec.lora_targets
+    return spec.num_layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in wanted if t in shapes)
+
+
+def activation_bytes(spec: ModelSpec, seq_len: int, batch_size: int, gradient_checkpointing: bool = True) -> float:
+    """Activations kept for the backward pass, in bytes (bf16, SDPA/flash attention).
+
+    Per token and layer a decoder keeps roughly every projection output, the attention
+    output, the MLP activation and the two norms' inputs and outputs:
+    `a = Σ out_features + attn_out + intermediate + 4·hidden` elements of 2 bytes.
+    Without checkpointing all layers keep `a`; with it, each layer keeps only its input
+    (hidden) and one layer at a time is recomputed with its full `a`. The loss adds
+    `vocab × LOGIT_BYTES` per token (bf16 logits, fp32 copy, fp32 gradient).
+    """
+    tokens = seq_len * batch_size
+    shapes = layer_linear_shapes(spec)
+    attn_out = shapes["o_proj"][0]
+    per_layer = sum(o for _, o in shapes.values()) + attn_out + spec.intermediate_size + 4 * spec.hidden_size
+    if gradient_checkpointing:
+        layers = spec.num_layers * spec.hidden_size + per_layer
+    else:
+        layers = spec.num_layers * per_layer
+    return tokens * (2 * layers + spec.vocab_size * LOGIT_BYTES)
+
+
+def estimate_memory(
+    spec: ModelSpec,
+    method: Method = "lora",
+    seq_len: int = 2048,
+    batch_size: int = 1,
+    *,
+    lora_rank: int = 16,
+    gradient_checkpointing: bool = True,
+    weight_bytes: float = 2.0,
+) -> dict[str, float]:
+    """GPU memory (GiB) to fine-tune `spec`: weights, gradients, optimizer, activations, total.
+
+    Formula (P = all parameters, L = LoRA parameters, W = `weight_bytes`, 2 for bf16):
+    - full:  weights P·W, gradients P·W, AdamW two moments in the parameter dtype 2·P·W
+             (a bf16-loaded model trained with torch AdamW, as mmtune's loader does on GPU).
+    - lora:  frozen weights P·W plus fp32 adapters 4·L (peft upcasts adapters);
+             gradients 4·L; AdamW moments 8·L.
+    - qlora: like lora, but the decoder projections are NF4 with double quantisation
+             (≈0.52 bytes/param); embeddings, output head and norms stay at W.
+    - activations: see `activation_bytes` (same for every method: the frozen base still
+      has to back-propagate through every layer).
+    Not counted: CUDA context, allocator fragmentation, the LoRA dropout copies.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    total_params = count_params(spec)
+    adapters = lora_params(spec, lora_rank)
+    if method == "full":
+        weights, grads, optim = total_params * weight_bytes, total_params * weight_bytes, 2 * total_params * weight_bytes
+    else:
+        quantised = layer_linear_params(spec) if method == "qlora" else 0
+        base = (total_params - quantised) * weight_bytes + quantised * NF4_BYTES
+        weights, grads, optim = base + 4 * adapters, 4 * adapters, 8 * adapters
+    acts = activation_bytes(spec, seq_len, batch_size, gradient_checkpointing)
+    parts = {"weights": weights, "gradients": grads, "optimizer": optim, "activations": acts}
+    parts["total"] = sum(parts.values())
+    return {k: round(v / GIB, 3) for k, v in parts.items()}
