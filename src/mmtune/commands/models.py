@@ -32,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--seq-len", type=int, default=2048, help="sequence length for the memory estimate")
-    parser.add_argument("--batch-size", type=int, default=1, help="per-device batch size for the memory estimate")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="per-device batch size for the memory estimate"
+    )
 
 
 def _memory(spec, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -52,22 +54,40 @@ def run_list(args: argparse.Namespace) -> int:
 
     entries = [_entry(spec, args) for spec in REGISTRY.values()]
     if args.json:
-        print(json.dumps({"default_model": DEFAULT_MODEL, "seq_len": args.seq_len, "batch_size": args.batch_size,
-                          "models": entries}, ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "default_model": DEFAULT_MODEL,
+                    "seq_len": args.seq_len,
+                    "batch_size": args.batch_size,
+                    "models": entries,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"mmtune models (GiB at seq len {args.seq_len}, batch {args.batch_size})",
-                  caption=MEMORY_HELP + "; LoRA targets are *_proj modules; * = default model")
+    table = Table(
+        title=f"mmtune models (GiB at seq len {args.seq_len}, batch {args.batch_size})",
+        caption=MEMORY_HELP + "; LoRA targets are *_proj modules; * = default model",
+    )
     for col in ("name", "family", "kind", "params", "hub path", "LoRA targets", "full", "LoRA", "QLoRA"):
         table.add_column(col, justify="right" if col in ("params", "full", "LoRA", "QLoRA") else "left")
     for e in entries:
         mem = e["memory_gib"]
         name = e["name"] + (" *" if e["name"] == DEFAULT_MODEL else "")
-        table.add_row(name, e["family"], e["kind"], f"{e['params_b']:g}B", e["hf_path"],
-                      ",".join(t.removesuffix("_proj") for t in e["lora_targets"]),
-                      *(f"{mem[m]['total']:.1f}" for m in ("full", "lora", "qlora")))
+        table.add_row(
+            name,
+            e["family"],
+            e["kind"],
+            f"{e['params_b']:g}B",
+            e["hf_path"],
+            ",".join(t.removesuffix("_proj") for t in e["lora_targets"]),
+            *(f"{mem[m]['total']:.1f}" for m in ("full", "lora", "qlora")),
+        )
     Console().print(table)
     return 0
 

