@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mmtune.data.findings import Finding
 from mmtune.data.reader import FileReader, ReadOptions
@@ -29,7 +29,7 @@ class FileReport:
 
 def iter_findings(path: str, options: ReadOptions, report: FileReport) -> Iterator[Finding]:
     """Findings of one file as they are found (constant memory); fills `report`'s counts."""
-    reader = FileReader(path, options)
+    reader = FileReader(path, replace(options, samples=False))
     for result in reader:
         if not report.format:
             report.format = reader.format

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from mmtune.data.schema import Sample, Source
 from mmtune.errors import UserError
 
 DETECT_ROWS = 50  # rows looked at to detect a file's format
-DEDUPE_LIMIT = 1_000_000  # rows remembered for duplicate detection (bounds memory)
+DEDUPE_LIMIT = 4_000_000  # rows remembered for duplicate detection: at most ~100 MB, whatever the file size
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ReadOptions:
     check_media: bool = True  # check media files exist and decode
     max_length: int | None = None  # with count_tokens: warn about rows longer than this
     count_tokens: Callable[[Sample], int] | None = None
+    samples: bool = True  # build Samples; `data check` only needs findings and sets False (faster)
 
     def __post_init__(self):
         if self.fmt is not None and self.fmt not in FORMATS:
@@ -66,7 +68,8 @@ class FileReader:
         root = self.opts.media_root or os.path.dirname(os.path.abspath(path))
         self.media_root = root
         self.media = MediaChecker(root, self.opts.enforce_root) if self.opts.check_media else None
-        self._seen: dict[int, int] = {}
+        self._seen = SeenRows(DEDUPE_LIMIT)
+        self._plain = None
 
     def __iter__(self) -> Iterator[ReadResult]:
         for result in self._results():
@@ -91,6 +94,8 @@ class FileReader:
             return
         if not self.format:
             self.format = self._detect(first)
+        plain = getattr(FORMATS.get(self.format), "is_plain_clean", None)
+        self._plain = plain if self.opts.count_tokens is None else None
         for raw in itertools.chain(first, rows):
             yield self._read_row(raw)
 
@@ -136,6 +141,17 @@ class FileReader:
             out.error("", "format-mismatch", f"this row is in {row_fmt} shape but the file is {self.format}: "
                       "convert it (mmtune data convert) or keep one format per file")
             return result
+        if not self.opts.samples and self._plain is not None and self._plain(raw.value):
+            return result  # provably clean, and no sample wanted: skip building one
+        if self.opts.rules == "strict":
+            if not self.opts.samples:
+                return result
+            # strict reports exactly the hosted rule set (checked above); the parse only builds the sample
+            parsed = FORMATS[self.format].parse(raw.value, quiet := Collector(raw.line), self.media_root)
+            if parsed is not None and not quiet.has_errors:
+                parsed.sample.source = Source(self.path, raw.line, raw.index)
+                result.sample = parsed.sample
+            return result
         parsed = FORMATS[self.format].parse(raw.value, out, self.media_root)
         if parsed is None:
             return result
@@ -149,11 +165,9 @@ class FileReader:
 
     def _dedupe(self, raw, out: Collector) -> None:
         key = hash(raw.text.strip()) if raw.text else hash(repr(raw.value))
-        first = self._seen.get(key)
+        first = self._seen.add(key, raw.line)
         if first is not None:
             out.warn("", "duplicate-row", f"same row as line {first}: remove one copy, or keep it on purpose")
-        elif len(self._seen) < DEDUPE_LIMIT:
-            self._seen[key] = raw.line
 
     def _length(self, sample: Sample, out: Collector) -> None:
         o = self.opts
@@ -163,6 +177,48 @@ class FileReader:
         if n > o.max_length:
             out.warn("", "too-long", f"{n} tokens, over max length {o.max_length}: {n - o.max_length} tokens "
                      "will be cut (raise --max-length, shorten the row, or drop long rows)")
+
+
+class SeenRows:
+    """Row hashes → first line, in a compact open-addressing table (12 bytes a slot, half full).
+
+    A dict would cost ~100 bytes a row; this keeps duplicate detection affordable on files of
+    millions of rows and bounded (`limit` rows) beyond that."""
+
+    def __init__(self, limit: int):
+        self.limit, self.n = limit, 0
+        self._alloc(1 << 12)
+
+    def _alloc(self, size: int) -> None:
+        self.mask = size - 1
+        self.keys = array("Q", bytes(8 * size))
+        self.lines = array("L", bytes(array("L").itemsize * size))
+
+    def add(self, h: int, line: int) -> int | None:
+        """The first line with this hash, or None (and remember this one)."""
+        h = (h & 0xFFFFFFFFFFFFFFFF) or 1  # 0 marks an empty slot
+        keys, mask = self.keys, self.mask
+        i = h & mask
+        while keys[i]:
+            if keys[i] == h:
+                return self.lines[i]
+            i = (i + 1) & mask
+        if self.n >= self.limit:
+            return None
+        keys[i], self.lines[i] = h, line
+        self.n += 1
+        if 2 * self.n > mask:
+            self._grow()
+        return None
+
+    def _grow(self) -> None:
+        old = [(k, v) for k, v in zip(self.keys, self.lines) if k]
+        self._alloc(2 * (self.mask + 1))
+        for k, v in old:
+            i = k & self.mask
+            while self.keys[i]:
+                i = (i + 1) & self.mask
+            self.keys[i], self.lines[i] = k, v
 
 
 UNKNOWN = ("the row matches no known format: use openai {\"messages\"}, swift {\"query\", \"response\"}, "

@@ -85,6 +85,8 @@ def _check_message(m: Message, f: str, out: Collector) -> None:
 
 def _outer_whitespace(m: Message) -> bool:
     """Leading/trailing whitespace of the message itself (not the space beside a media tag)."""
+    if not m.parts:
+        return False
     first, last = m.parts[0], m.parts[-1]
     return (first.type == "text" and first.text[:1].isspace()) or (last.type == "text" and last.text[-1:].isspace())
 

@@ -17,6 +17,30 @@ def detect(row: dict) -> bool:
     return "messages" in row
 
 
+def is_plain_clean(row: dict) -> bool:
+    """True only for a plain chat row the full rules would find nothing in: just `messages`,
+    each exactly {role, content} with non-empty unpadded string content, [system] then
+    user/assistant pairs, answers of 2+ characters. Anything else returns False and goes
+    through the full parse and rules (this is a speed path for `data check`, never a
+    different verdict: tests/data/test_fast_path.py holds it to that)."""
+    msgs = row.get("messages")
+    if type(msgs) is not list or len(row) != 1 or not msgs:
+        return False
+    want = "user"
+    for i, m in enumerate(msgs):
+        if type(m) is not dict or len(m) != 2:
+            return False
+        c = m.get("content")
+        if type(c) is not str or len(c) < 2 or c[0].isspace() or c[-1].isspace():
+            return False
+        role = m.get("role")
+        if role == want:
+            want = "assistant" if want == "user" else "user"
+        elif not (role == "system" and i == 0):
+            return False
+    return want == "user" and len(msgs) > 1
+
+
 def parse(row: dict, out: Collector, media_root: str | None) -> Parsed | None:
     msgs = row.get("messages")
     if msgs is None:

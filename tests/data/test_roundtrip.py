@@ -1,0 +1,155 @@
+"""Every format round-trips through the canonical Sample: read(write(sample)) == sample."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from mmtune.data.formats import FORMATS
+from mmtune.data.formats.common import normalize
+from mmtune.data.rawio import write_rows
+from mmtune.data.reader import FileReader, ReadOptions
+from mmtune.data.schema import Message, Part, Sample, ToolCall
+
+from tests.conftest import EXAMPLES
+
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+REF = st.sampled_from(["a.png", "sub/b.jpg", "/abs/c.png", "data:image/png;base64,iVBORw0KGgo="])
+VREF = st.sampled_from(["v.mp4", "clips/w.mp4"])
+
+
+def parts(media: bool, video: bool = True):
+    items = [TEXT.map(Part.of_text)]
+    if media:
+        items.append(REF.map(Part.image))
+        if video:
+            items.append(VREF.map(Part.video))
+    return st.lists(st.one_of(*items), min_size=1, max_size=4).map(normalize).filter(bool)
+
+
+def no_literal_tags(sample: Sample) -> bool:
+    return all("<image>" not in p.text and "<video>" not in p.text for m in sample.messages for p in m.parts)
+
+
+@st.composite
+def pair_samples(draw):
+    """[system] + user/assistant pairs with media: what swift and alpaca hold."""
+    msgs = []
+    if draw(st.booleans()):
+        msgs.append(Message("system", [Part.of_text(draw(TEXT))]))
+    for _ in range(draw(st.integers(1, 3))):
+        msgs.append(Message("user", draw(parts(True))))
+        msgs.append(Message("assistant", draw(parts(True))))
+    return Sample(msgs)
+
+
+CALL = st.builds(ToolCall, name=st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
+                 arguments=st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.integers(), max_size=2)
+                 .map(json.dumps))
+TOOLS = st.one_of(st.none(), st.just([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]))
+
+
+@st.composite
+def llava_samples(draw):
+    msgs = []
+    if draw(st.booleans()):
+        msgs.append(Message("system", [Part.of_text(draw(TEXT))]))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["user", "assistant", "call", "tool"]))
+        if kind == "call":
+            msgs.append(Message("assistant", tool_calls=draw(st.lists(CALL, min_size=1, max_size=2))))
+        elif kind == "tool":
+            msgs.append(Message("tool", [Part.of_text(draw(TEXT))]))
+        else:
+            msgs.append(Message(kind, draw(parts(True))))
+    return Sample(msgs, draw(TOOLS))
+
+
+@st.composite
+def openai_samples(draw):
+    msgs = []
+    for _ in range(draw(st.integers(1, 5))):
+        role = draw(st.sampled_from(["system", "user", "assistant", "tool"]))
+        m = Message(role, draw(parts(True)))
+        if role == "assistant":
+            m.weight = draw(st.sampled_from([None, 0.0, 1.0]))
+            if draw(st.booleans()):
+                m.tool_calls = draw(st.lists(CALL.map(lambda c: ToolCall(c.name, c.arguments, "call_1")), max_size=2))
+                if m.tool_calls and draw(st.booleans()):
+                    m.parts = []
+        if role == "tool":
+            m.tool_call_id = draw(st.sampled_from([None, "call_1"]))
+            m.name = draw(st.sampled_from([None, "f"]))
+        msgs.append(m)
+    return Sample(msgs, draw(TOOLS))
+
+
+def roundtrip(sample: Sample, fmt: str, tmp_path, ext=".jsonl") -> Sample:
+    lost: list[str] = []
+    row = FORMATS[fmt].dump(sample, lost)
+    assert lost == [], f"{fmt} reported a loss for a sample it can hold: {lost}"
+    path = tmp_path / f"rt{ext}"
+    write_rows(str(path), [row])
+    results = list(FileReader(str(path), ReadOptions(fmt=fmt, check_media=False)))
+    assert len(results) == 1
+    assert results[0].sample is not None, results[0].findings
+    return results[0].sample
+
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("fmt", ["swift", "alpaca", "llava", "openai"])
+@SETTINGS
+@given(sample=pair_samples())
+def test_pair_samples_roundtrip_in_every_format(fmt, sample, tmp_path):
+    assume(no_literal_tags(sample))
+    assert roundtrip(sample, fmt, tmp_path) == sample
+
+
+@SETTINGS
+@given(sample=llava_samples())
+def test_llava_roundtrip_with_tools(sample, tmp_path):
+    assume(no_literal_tags(sample))
+    assert roundtrip(sample, "llava", tmp_path, ".json") == sample
+
+
+@SETTINGS
+@given(sample=openai_samples())
+def test_openai_holds_everything(sample, tmp_path):
+    assert roundtrip(sample, "openai", tmp_path) == sample
+    assert roundtrip(sample, "openai", tmp_path, ".json") == sample
+
+
+@pytest.mark.parametrize("name", ["chat.jsonl", "persona.jsonl", "swift.jsonl", "llava.json", "alpaca.json"])
+def test_example_files_roundtrip_in_their_own_format(name, tmp_path):
+    reader = FileReader(str(EXAMPLES / name))
+    samples = [r.sample for r in reader]
+    assert samples and all(samples)
+    for s in samples:
+        assert roundtrip(s, reader.format, tmp_path) == s
+
+
+def test_tags_place_media_where_the_text_says():
+    from mmtune.data.findings import Collector
+
+    row = {"query": "Look: <image> then <image>.", "response": "ok", "images": ["a.png", "b.png"]}
+    s = FORMATS["swift"].parse(row, Collector(1), None).sample
+    assert [p.type for p in s.messages[0].parts] == ["text", "image", "text", "image", "text"]
+    assert [p.ref for p in s.images] == ["a.png", "b.png"]
+
+
+def test_untagged_media_go_to_the_first_user_turn():
+    from mmtune.data.findings import Collector
+
+    row = {"conversations": [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"}], "images": ["a.png"]}
+    s = FORMATS["llava"].parse(row, Collector(1), None).sample
+    assert s.messages[0].parts == [Part.image("a.png"), Part.of_text("Q1")]
+
+
+def test_alpaca_joins_instruction_and_input():
+    from mmtune.data.findings import Collector
+
+    s = FORMATS["alpaca"].parse({"instruction": "Translate", "input": "你好", "output": "Hello"}, Collector(1), None).sample
+    assert s.messages[0].text == "Translate\n你好"
