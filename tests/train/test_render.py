@@ -453,3 +453,20 @@ def test_tool_calls_go_through_the_template(tok):
     trained = t.decode([x for x in r.labels if x != IGNORE_INDEX])
     assert '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in trained
     assert "18°C" in trained and "temp_c" not in trained  # the tool's answer is not trained
+
+
+def test_template_that_refuses_the_probe_still_ends_turns_at_end_of_turn(tok):
+    """Without the probe (this hand-written template demands a system message), the end of a
+    turn comes from the prefix render, minus the newline after the end-of-turn token."""
+    t = tok("chatml")
+    saved = t.chat_template
+    t.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+        + saved.replace("{% if loop.first and messages[0]['role'] != 'system' %}", "{% if false %}")
+    )
+    try:
+        sample = case_samples("chatml")["multi"]
+        r = render_sample(sample, t)
+        assert mask_of(r) == reference_mask("chatml", sample, t)
+    finally:
+        t.chat_template = saved

@@ -28,7 +28,6 @@ counting and reporting such samples is the caller's job.
 
 from __future__ import annotations
 
-import bisect
 import json
 import re
 from dataclasses import dataclass
@@ -354,14 +353,16 @@ def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
 def _token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
     """True for each token that overlaps a span (a token straddling a span edge is trained,
     as return_assistant_tokens_mask does)."""
-    spans = sorted(spans)
-    starts = [s for s, _ in spans]
-    mask = []
-    for s, e in offsets:
-        e = max(e, s + 1)
-        k = bisect.bisect_left(starts, e) - 1  # last span starting before the token ends
-        mask.append(k >= 0 and spans[k][1] > s)
-    return mask
+    import numpy as np
+
+    if not offsets:
+        return []
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = off[:, 0], np.maximum(off[:, 1], off[:, 0] + 1)
+    mask = np.zeros(len(off), dtype=bool)
+    for a, b in spans:
+        mask |= (starts < b) & (ends > a)
+    return mask.tolist()
 
 
 def render_sample(
@@ -376,18 +377,22 @@ def render_sample(
     """
     if train_on not in TRAIN_ON:
         raise UserError(f"train_on must be one of {', '.join(TRAIN_ON)}, not {train_on!r}")
-    full, turns = assistant_turn_spans(sample, tokenizer)
-    ids, offsets = _encode(tokenizer, full)
-    if train_on == "all":
+    if train_on == "all":  # no turn boundaries needed: every template works
+        _require_template(tokenizer)
+        messages, tools = to_template_messages(sample)
+        ids, _ = _encode(tokenizer, _render(tokenizer, messages, tools, gen=False, sample=sample))
         mask = [j > 0 for j in range(len(ids))]
     else:
+        full, turns = assistant_turn_spans(sample, tokenizer)
+        ids, offsets = _encode(tokenizer, full)
         if train_on == "last":
             if any(t.index is None for t in turns):
                 raise UserError(
                     f"{_where(sample)}train_on='last' needs one {{% generation %}} block per assistant "
                     "turn, and this chat template marks them differently; use train_on='assistant'"
                 )
-            turns = [t for t in turns if t.index == max((t.index for t in turns), default=None)]
+            last = max((t.index for t in turns), default=None)
+            turns = [t for t in turns if t.index == last]
         chosen = [(t.start, t.end) for t in turns if t.index is None or sample.messages[t.index].trainable]
         mask = _token_mask(offsets, chosen)
     labels = [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]
