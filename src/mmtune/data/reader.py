@@ -16,7 +16,7 @@ from typing import Any
 
 from mmtune.data import rules
 from mmtune.data.findings import ERROR, WARNING, Collector, Finding
-from mmtune.data.formats import FORMATS, detect_row
+from mmtune.data.formats import FORMATS, detect_row, openai
 from mmtune.data.media import MediaChecker
 from mmtune.data.rawio import container_of, iter_rows
 from mmtune.data.schema import Sample, Source
@@ -125,6 +125,8 @@ class FileReader:
             out.findings.append(raw.error)
             return result
         if self.opts.rules == "strict":  # exactly the hosted-service rule set, nothing more
+            if not self.opts.samples and self._plain is openai.is_plain_clean and self._plain(raw.value):
+                return result  # a plain clean chat row obeys every strict rule
             rules.check_strict_row(raw.value, out)
             if out.has_errors:
                 return result

@@ -17,12 +17,14 @@ def detect(row: dict) -> bool:
     return "messages" in row
 
 
-def is_plain_clean(row: dict) -> bool:
+def is_plain_clean(row: object) -> bool:
     """True only for a plain chat row the full rules would find nothing in: just `messages`,
     each exactly {role, content} with non-empty unpadded string content, [system] then
     user/assistant pairs, answers of 2+ characters. Anything else returns False and goes
     through the full parse and rules (this is a speed path for `data check`, never a
     different verdict: tests/data/test_fast_path.py holds it to that)."""
+    if type(row) is not dict:
+        return False
     msgs = row.get("messages")
     if type(msgs) is not list or len(row) != 1 or not msgs:
         return False
