@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 QUANTIZATIONS = ("4bit", "8bit")
+CONVERTER_VERSION = 2  # bump when convert_gguf's output changes: old cache entries are then ignored
 SOURCE_FILE = "mmtune_source.json"  # written into every converted folder: where it came from
 _PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
 _DTYPES = {
@@ -134,9 +135,10 @@ def _resolve_local(path: Path, cache_dir: str | os.PathLike | None) -> str:
 
 
 def gguf_cache_key(gguf: Path) -> str:
-    """Folder name for a GGUF's converted copy: changes when the file (path, size, mtime) changes."""
+    """Folder name for a GGUF's converted copy: changes when the file (path, size, mtime) or the converter changes."""
     st = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{CONVERTER_VERSION}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return f"{gguf.stem}-{digest}"
 
 
