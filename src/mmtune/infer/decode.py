@@ -1,0 +1,179 @@
+"""The token loop: batched, left-padded decoding with a KV cache, and text tracking per row.
+
+Why a loop of our own instead of `model.generate`: each request needs its own random
+generator (a per-request `seed` must not touch global RNG state that concurrent requests
+share), text must stream as it is produced, and stop strings must cut the text exactly
+without ever emitting a partial stop string. The loop is short; the logits processing
+(repetition penalty, temperature, top-k, top-p) is Hugging Face's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mmtune.infer.options import GenOptions
+
+_REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes half a UTF-8 character to
+
+
+@dataclass
+class Completion:
+    """One finished answer and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length" (max_new_tokens)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class TextTracker:
+    """Turns one row's generated tokens into text: what is safe to emit now, and when to stop.
+
+    The whole answer is decoded each step (decoding a prefix of byte-level BPE can end in
+    half a character, and some tokenizers decode a token differently at the start), and only
+    text that can no longer change or turn into a stop string is released.
+    """
+
+    def __init__(self, tokenizer, opts: GenOptions, eos_ids: set[int], prompt_tokens: int):
+        self.tokenizer = tokenizer
+        self.stops = opts.stop
+        self.max_new = opts.max_new_tokens
+        self.eos_ids = eos_ids
+        self.prompt_tokens = prompt_tokens
+        self.tokens: list[int] = []
+        self.text = ""  # decoded so far (cut at a stop string once one appears)
+        self.emitted = 0  # characters of `text` already released
+        self.finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int) -> None:
+        """Take the next token; sets finish_reason when this row is finished."""
+        if token in self.eos_ids:
+            self.finish_reason = "stop"
+            return
+        self.tokens.append(token)
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if self._cut_at_stop():
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= self.max_new:
+            self.finish_reason = "length"
+
+    def _cut_at_stop(self) -> bool:
+        if not self.stops:
+            return False
+        start = max(0, self.emitted - max(len(s) for s in self.stops))
+        hits = [p for p in (self.text.find(s, start) for s in self.stops) if p >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return True
+        return False
+
+    def take(self) -> str:
+        """New text that is safe to show (all of it once the row is done)."""
+        end = len(self.text) if self.done else self._safe_end()
+        piece = self.text[self.emitted : end]
+        self.emitted = max(self.emitted, end)
+        return piece
+
+    def _safe_end(self) -> int:
+        end = len(self.text.rstrip(_REPLACEMENT))
+        for s in self.stops:  # hold back a tail that may still grow into a stop string
+            for k in range(min(len(s) - 1, end), 0, -1):
+                if self.text.endswith(s[:k], 0, end):
+                    end -= k
+                    break
+        return max(end, self.emitted)
+
+    def completion(self) -> Completion:
+        return Completion(self.text, self.prompt_tokens, len(self.tokens), self.finish_reason or "length")
+
+
+def logits_processors(opts: GenOptions):
+    """Hugging Face's processors for these options, in the order `generate` applies them."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    procs = LogitsProcessorList()
+    if opts.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(opts.repetition_penalty))
+    if not opts.greedy:
+        if opts.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(opts.temperature))
+        if opts.top_k > 0:
+            procs.append(TopKLogitsWarper(opts.top_k))
+        if opts.top_p < 1.0:
+            procs.append(TopPLogitsWarper(opts.top_p))
+    return procs
+
+
+def decode_loop(model, rows: list[list[int]], trackers: list[TextTracker], opts: GenOptions, pad_id: int) -> Iterator[None]:
+    """Generate for every row until each tracker is done; yields after every step.
+
+    Rows are left-padded into one batch; positions come from the attention mask, so a
+    padded row generates exactly what it would alone (up to float rounding).
+    Closing the iterator stops generation (client gone, Ctrl-C).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    generator = _generator(opts, device)
+    procs = logits_processors(opts)
+    history, step_ids, cache = ids, ids, None
+    with torch.inference_mode():
+        while not all(t.done for t in trackers):
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            scores = procs(history, out.logits[:, -1, :].float())
+            nxt = _pick(scores, opts, generator)
+            for tracker, token in zip(trackers, nxt.tolist()):
+                if not tracker.done:
+                    tracker.push(token)
+            step_ids = nxt[:, None]
+            history = torch.cat([history, step_ids], dim=-1)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
+            positions = positions[:, -1:] + 1
+            yield
+
+
+def _generator(opts: GenOptions, device):
+    import torch
+
+    if opts.greedy:
+        return None
+    gen = torch.Generator(device=device)
+    if opts.seed is not None:
+        gen.manual_seed(opts.seed)
+    else:
+        gen.seed()
+    return gen
+
+
+def _pick(scores, opts: GenOptions, generator):
+    import torch
+
+    if opts.greedy:
+        return scores.argmax(dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,308 @@
+"""Engine: one loaded model (plus any LoRA adapters over it) that answers conversations.
+
+The terminal chat, batch inference, the OpenAI-compatible server and the web UI all talk to
+an Engine, so they build prompts the same way (`render_prompt`: the chat template training
+used) and decode the same way (infer/decode.py).
+
+What it loads (`Engine(model)`):
+- a base model: registry name, hub id, local HF folder or .gguf file (models/loader.py);
+- a merged or fully fine-tuned output folder (it has config.json: an ordinary model);
+- an adapter folder (adapter_config.json): its base is read from mmtune.json or from
+  adapter_config.json, loaded once, and the adapter put over it. More adapters over the same
+  base come with `adapters=` or `add_adapter()`; a request picks one by name.
+
+Adapters over one base share its weights, and which adapter is active is module state in
+PEFT, so `_AdapterGate` lets any number of generations run at once on the same adapter and
+switches adapters only between them, first come first served.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmtune.data.schema import Message, Sample
+from mmtune.errors import UserError
+from mmtune.infer.artifacts import ADAPTER_CONFIG, adapter_base, is_adapter_dir, model_name
+from mmtune.infer.decode import Completion, TextTracker, decode_loop
+from mmtune.infer.options import GenOptions, make_options
+
+BASE = None  # adapter key of the bare base model
+
+
+def to_sample(messages: Sample | Sequence[Mapping[str, Any]], tools: list[dict] | None = None) -> Sample:
+    """OpenAI-style message dicts (or a Sample) as a Sample; bad messages raise UserError."""
+    if isinstance(messages, Sample):
+        return messages
+    from mmtune.data.findings import Collector
+    from mmtune.data.formats import openai
+
+    out = Collector(0)
+    row: dict[str, Any] = {"messages": list(messages)}
+    if tools:
+        row["tools"] = tools
+    parsed = openai.parse(row, out, None)
+    errors = [f for f in out.findings if f.is_error]
+    if errors or parsed is None:
+        raise UserError("; ".join(f"{f.field}: {f.message}" for f in errors) or "messages: not a message list")
+    return parsed.sample
+
+
+class _AdapterGate:
+    """Many generations on the active adapter at once; switching waits until they finish.
+
+    Waiters are served in arrival order, so a stream of requests for one adapter cannot
+    starve a request for another.
+    """
+
+    def __init__(self, switch):
+        self._switch = switch  # called with the adapter key to activate, under the lock
+        self._cond = threading.Condition()
+        self._active: Any = BASE
+        self._running = 0
+        self._queue: list[object] = []
+
+    def acquire(self, key: Any) -> None:
+        ticket = _Ticket(key)
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._may_run(ticket))
+            if key != self._active:  # only reached with nothing running
+                self._switch(key)
+                self._active = key
+            self._running += 1
+            self._queue.remove(ticket)
+            self._cond.notify_all()
+
+    def _may_run(self, ticket: _Ticket) -> bool:
+        ahead = self._queue[: self._queue.index(ticket)]
+        if any(t.key != ticket.key for t in ahead):
+            return False  # someone who came first wants another adapter
+        return self._running == 0 or self._active == ticket.key
+
+    def release(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+
+class _Ticket:
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any):
+        self.key = key
+
+
+class Engine:
+    """A loaded model that answers conversations: `chat()` (text), `stream()` (text pieces)."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        adapters: Mapping[str, str] | Sequence[str] = (),
+        name: str | None = None,
+        dtype: Any = None,
+        device: str | None = None,
+        defaults: GenOptions | None = None,
+    ):
+        from mmtune.models.registry import DEFAULT_MODEL
+
+        model = model or DEFAULT_MODEL
+        self.defaults = defaults or GenOptions()
+        self._adapters: dict[str, Any] = {}  # name -> adapter key in the PEFT model
+        self._tokenizers: dict[Any, Any] = {}
+        first_adapter = None
+        if is_adapter_dir(model):
+            first_adapter, model = (name or model_name(model), model), adapter_base(model)
+            name = None
+        self.base = model
+        self.name = name or model_name(model)
+        self.model, self._tokenizers[BASE] = _load(model, dtype, device)
+        self.default_model = self.name
+        self._gate = _AdapterGate(self._switch)
+        extra = dict(adapters) if isinstance(adapters, Mapping) else {model_name(p): p for p in adapters}
+        if first_adapter:
+            extra = {first_adapter[0]: first_adapter[1], **extra}
+            self.default_model = first_adapter[0]
+        for adapter_name, path in extra.items():
+            self.add_adapter(adapter_name, path)
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def names(self) -> list[str]:
+        """Every model name this engine answers to: the base, then its adapters."""
+        return [self.name, *self._adapters]
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Load the LoRA adapter in `path` over this engine's base, reachable as `name`."""
+        if name in self.names:
+            raise UserError(f"model name {name!r} is used twice: give each adapter its own name (NAME=PATH)")
+        if not is_adapter_dir(path):
+            raise UserError(f"{path} has no {ADAPTER_CONFIG}: give the output folder of a LoRA training run")
+        from peft import PeftModel
+
+        key = f"a{len(self._adapters)}"
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=key)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=key)
+            self.model.base_model.disable_adapter_layers()  # the base stays the base
+        self.model.eval()
+        self._adapters[name] = key
+        self._tokenizers[key] = _adapter_tokenizer(path) or self._tokenizers[BASE]
+
+    def _key(self, model: str | None) -> Any:
+        name = model or self.default_model
+        if name == self.name:
+            return BASE
+        if name not in self._adapters:
+            raise UserError(f"unknown model {name!r}: this engine serves {', '.join(self.names)}")
+        return self._adapters[name]
+
+    def _switch(self, key: Any) -> None:
+        if key is BASE:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(key)
+
+    def tokenizer(self, model: str | None = None):
+        """The tokenizer (with chat template) used for `model` (an adapter may carry its own)."""
+        return self._tokenizers[self._key(model)]
+
+    # ------------------------------------------------------------------ generation
+
+    def options(self, **gen: Any) -> GenOptions:
+        return make_options(self.defaults, **gen)
+
+    def prompt_ids(self, messages, model: str | None = None, tools: list[dict] | None = None) -> list[int]:
+        """The prompt's token ids: the training chat template with the generation header."""
+        from mmtune.train.render import render_prompt
+
+        return render_prompt(to_sample(messages, tools), self.tokenizer(model), add_generation_prompt=True)
+
+    def chat(self, messages, *, model: str | None = None, **gen: Any) -> str:
+        """The answer to `messages` (OpenAI-style dicts or a Sample)."""
+        return self.complete(messages, model=model, **gen).text
+
+    def complete(self, messages, *, model: str | None = None, **gen: Any) -> Completion:
+        """The answer with its token counts and finish reason."""
+        stream = self.stream(messages, model=model, **gen)
+        for _ in stream:
+            pass
+        return stream.completion
+
+    def stream(self, messages, *, model: str | None = None, tools: list[dict] | None = None, **gen: Any) -> Generation:
+        """Text pieces as they are produced; `.completion` holds the usage once it is exhausted."""
+        opts = self.options(**gen)
+        ids = self.prompt_ids(messages, model, tools)
+        return Generation(self, self._key(model), [ids], opts)
+
+    def generate_batch(self, prompts: Sequence, *, model: str | None = None, **gen: Any) -> list[Completion]:
+        """Answers for many conversations at once (one left-padded batch)."""
+        opts = self.options(**gen)
+        rows = [self.prompt_ids(p, model) for p in prompts]
+        batch = Generation(self, self._key(model), rows, opts)
+        for _ in batch:
+            pass
+        return batch.completions
+
+    def _eos_ids(self, tokenizer) -> set[int]:
+        ids = set()
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        ids.add(tokenizer.eos_token_id)
+        end = _end_of_turn_id(tokenizer)
+        ids.add(end)
+        ids.discard(None)
+        return ids
+
+
+class Generation:
+    """An answer being generated: iterate for text pieces (row 0); afterwards `.completion`.
+
+    Holds the adapter gate while it runs and releases it when exhausted or closed, so a
+    stream dropped half-way (client gone) frees the model for other adapters.
+    """
+
+    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions):
+        tokenizer = engine._tokenizers[key]
+        eos = engine._eos_ids(tokenizer)
+        self.trackers = [TextTracker(tokenizer, opts, eos, len(r)) for r in rows]
+        self._engine, self._key, self._rows, self._opts = engine, key, rows, opts
+        self._iter = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter.close()
+
+    def _run(self) -> Iterator[str]:
+        engine = self._engine
+        engine._gate.acquire(self._key)
+        try:
+            pad = engine._tokenizers[self._key].pad_token_id or 0
+            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad):
+                piece = self.trackers[0].take()
+                if piece:
+                    yield piece
+        finally:
+            engine._gate.release()
+        piece = self.trackers[0].take()
+        if piece:
+            yield piece
+
+    @property
+    def completion(self) -> Completion:
+        return self.trackers[0].completion()
+
+    @property
+    def completions(self) -> list[Completion]:
+        return [t.completion() for t in self.trackers]
+
+
+def _end_of_turn_id(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (e.g. <|im_end|>, <|eot_id|>)."""
+    from mmtune.train.render import _end_of_turn
+
+    try:
+        token = _end_of_turn(tokenizer)
+    except UserError:
+        return None
+    return tokenizer.convert_tokens_to_ids(token) if token else None
+
+
+def _load(model: str, dtype: Any, device: str | None):
+    import torch
+
+    from mmtune.models.loader import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    net = load_model(model, dtype=dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device).eval()
+    return net, tokenizer
+
+
+def _adapter_tokenizer(path: str):
+    """The tokenizer saved beside an adapter (training saves it with the chat template), if any."""
+    folder = Path(path).expanduser()
+    if not (folder / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+__all__ = ["Engine", "Generation", "Completion", "GenOptions", "Message"]
