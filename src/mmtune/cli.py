@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "models",
     "train",
     "demo",
+    "merge",
 )
 
 EPILOG = """\

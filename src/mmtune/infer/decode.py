@@ -123,7 +123,9 @@ def logits_processors(opts: GenOptions):
     return procs
 
 
-def decode_loop(model, rows: list[list[int]], trackers: list[TextTracker], opts: GenOptions, pad_id: int) -> Iterator[None]:
+def decode_loop(
+    model, rows: list[list[int]], trackers: list[TextTracker], opts: GenOptions, pad_id: int
+) -> Iterator[None]:
     """Generate for every row until each tracker is done; yields after every step.
 
     Rows are left-padded into one batch; positions come from the attention mask, so a
@@ -142,8 +144,13 @@ def decode_loop(model, rows: list[list[int]], trackers: list[TextTracker], opts:
     history, step_ids, cache = ids, ids, None
     with torch.inference_mode():
         while not all(t.done for t in trackers):
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                        past_key_values=cache, use_cache=True)
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
             cache = out.past_key_values
             scores = procs(history, out.logits[:, -1, :].float())
             nxt = _pick(scores, opts, generator)

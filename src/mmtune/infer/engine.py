@@ -46,7 +46,9 @@ def to_sample(messages: Sample | Sequence[Mapping[str, Any]], tools: list[dict] 
     parsed = openai.parse(row, out, None)
     errors = [f for f in out.findings if f.is_error]
     if errors or parsed is None:
-        raise UserError("; ".join(f"{f.field}: {f.message}" for f in errors) or "messages: not a message list")
+        raise UserError(
+            "; ".join(f"{f.field}: {f.message}" for f in errors) or "messages: not a message list"
+        )
     return parsed.sample
 
 
@@ -196,7 +198,9 @@ class Engine:
             pass
         return stream.completion
 
-    def stream(self, messages, *, model: str | None = None, tools: list[dict] | None = None, **gen: Any) -> Generation:
+    def stream(
+        self, messages, *, model: str | None = None, tools: list[dict] | None = None, **gen: Any
+    ) -> Generation:
         """Text pieces as they are produced; `.completion` holds the usage once it is exhausted."""
         opts = self.options(**gen)
         ids = self.prompt_ids(messages, model, tools)

@@ -63,11 +63,20 @@ def _stops(stop: str | Iterable[str]) -> tuple[str, ...]:
 
 def _validate(o: GenOptions) -> None:
     checks = [
-        (_is_int(o.max_new_tokens) and o.max_new_tokens >= 1, "max_new_tokens (max_tokens) must be an integer >= 1"),
-        (_is_num(o.temperature) and 0 <= o.temperature <= 2, "temperature must be between 0 and 2 (0 = greedy)"),
+        (
+            _is_int(o.max_new_tokens) and o.max_new_tokens >= 1,
+            "max_new_tokens (max_tokens) must be an integer >= 1",
+        ),
+        (
+            _is_num(o.temperature) and 0 <= o.temperature <= 2,
+            "temperature must be between 0 and 2 (0 = greedy)",
+        ),
         (_is_num(o.top_p) and 0 < o.top_p <= 1, "top_p must be in (0, 1]"),
         (_is_int(o.top_k) and o.top_k >= 0, "top_k must be an integer >= 0 (0 = off)"),
-        (_is_num(o.repetition_penalty) and o.repetition_penalty > 0, "repetition_penalty must be > 0 (1 = off)"),
+        (
+            _is_num(o.repetition_penalty) and o.repetition_penalty > 0,
+            "repetition_penalty must be > 0 (1 = off)",
+        ),
         (o.seed is None or _is_int(o.seed), "seed must be an integer"),
     ]
     for ok, message in checks:
