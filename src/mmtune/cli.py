@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "demo",
     "merge",
+    "serve",
 )
 
 EPILOG = """\

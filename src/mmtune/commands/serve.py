@@ -1,0 +1,62 @@
+"""`mmtune serve`: an OpenAI-compatible HTTP server for base models, adapters and merged models."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EPILOG = """\
+examples:
+  mmtune serve                                   the default model on http://127.0.0.1:8000/v1
+  mmtune serve runs/a runs/b                     two adapters over one copy of their base
+  mmtune serve support=runs/a runs/a-merged      NAME=PATH picks the name clients send as `model`
+  mmtune serve runs/a --api-key secret --max-concurrency 8
+
+Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret").chat.completions.create(model="a", ...)
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve models over an OpenAI-compatible API (/v1/chat/completions)",
+        description="Serve base models, LoRA adapters (several over one base; the request's `model` picks one) "
+        "and merged models with OpenAI's /v1/models and /v1/chat/completions (streaming included).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="[NAME=]model: registry name, hub id, model folder, .gguf file or training output "
+        "folder (default: the embedded smollm2-135m-instruct)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MMTUNE_API_KEY"),
+        help="require `Authorization: Bearer KEY` (default: $MMTUNE_API_KEY, else no key)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=4,
+        help="requests generating at once; more wait in a queue (default: 4)",
+    )
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mmtune.serve.app import create_app
+    from mmtune.serve.pool import build_pool
+
+    pool = build_pool(args.models, dtype=args.dtype)
+    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency)
+    print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
