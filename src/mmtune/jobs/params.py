@@ -1,0 +1,310 @@
+"""A fine-tuning job request, checked: OpenAI's fields plus mmtune's own, each range-checked.
+
+OpenAI clients send hyper-parameters either the legacy way (top-level `hyperparameters`)
+or the current way (`method={"type": "supervised", "supervised": {"hyperparameters": ...}}`);
+both are read. mmtune's own settings (preset, LoRA shape, max_length, a training `method`
+name such as "lora", max_steps, ...) arrive as extra top-level fields (the openai client's
+`extra_body`) or inside either hyper-parameter object. An unknown field is an error naming
+the closest known one, so a typo never trains with a default.
+
+The result is plain data: the job row's `params` and the `TrainConfig` values of its run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmtune.config import DEFAULT_PRESET, METHODS, PRESETS
+from mmtune.jobs.errors import APIError, bad_request
+from mmtune.jobs.store import new_id, valid_id
+from mmtune.models.registry import DEFAULT_MODEL, REGISTRY
+
+OPENAI_HYPER = ("n_epochs", "batch_size", "learning_rate_multiplier")
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOP_LEVEL = ("model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed",
+             "metadata", "integrations")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a job may ask for (the service's settings; create-time range checks use them)."""
+
+    max_epochs: int = 10
+    max_batch_size: int = 32
+    max_length: int = 4096
+    max_learning_rate: float = 0.1
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"must be an integer from {lo} to {hi}"
+        return None if lo <= v <= hi else f"must be from {lo} to {hi}"
+    return check
+
+
+def _num(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return f"must be a number in {span}"
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"must be in {span}"
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def mmtune_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
+    """mmtune's own job settings and their checks (name -> check returning a problem or None)."""
+    return {
+        "preset": _choice(tuple(PRESETS)),
+        "method": _choice(METHODS),
+        "lora_rank": _int(1, 256),
+        "lora_alpha": _num(0, 4096, lo_open=True),
+        "lora_dropout": _num(0, 1, hi_open=True),
+        "max_length": _int(8, limits.max_length),
+        "max_steps": _int(1, 1_000_000),
+        "save_steps": _int(1, 1_000_000),
+        "logging_steps": _int(1, 100_000),
+    }
+
+
+def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | None]) -> dict[str, Any]:
+    """The job row for a create request, or APIError(400/404) naming the field at fault."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_request")
+    check_integrations(body)
+    extras = {k: v for k, v in body.items() if k not in TOP_LEVEL}
+    method = body.get("method")
+    if method is not None and not isinstance(method, dict):
+        extras["method"] = method  # mmtune's training method ("lora"), not OpenAI's method object
+    own = mmtune_fields(limits)
+    _refuse_unknown(extras, own, "")
+    openai_hyper, nested_own = _hyperparameters(body, own)
+    settings = _merge(extras, nested_own)
+    for name, value in settings.items():
+        _check(name, value, own[name])
+    model = check_model(body.get("model"))
+    training = _file_param(body, "training_file", file_exists, required=True)
+    validation = _file_param(body, "validation_file", file_exists, required=False)
+    if validation is not None and validation == training:
+        raise bad_request("validation_file must differ from training_file: the validation loss of rows the model "
+                          "trains on says nothing", "validation_file")
+    return {
+        "id": new_id("job"),
+        "model": model,
+        "training_file": training,
+        "validation_file": validation,
+        "suffix": _suffix(body.get("suffix")),
+        "seed": _seed(body.get("seed")),
+        "metadata": _metadata(body.get("metadata")),
+        "params": resolve(openai_hyper, settings, limits),
+    }
+
+
+def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Concrete values: "auto" and absent ones come from the preset; lr = preset lr x multiplier."""
+    preset = settings.get("preset", DEFAULT_PRESET)
+    base = PRESETS[preset]
+
+    def pick(name: str, default: Any) -> Any:
+        value = hyper.get(name, "auto")
+        return default if value == "auto" else value
+
+    multiplier = float(pick("learning_rate_multiplier", 1.0))
+    lr = base["learning_rate"] * multiplier
+    if not 0 < lr <= limits.max_learning_rate:
+        raise bad_request(f"learning_rate_multiplier {multiplier} gives a learning rate of {lr:g} (preset {preset}: "
+                          f"{base['learning_rate']:g} x multiplier); it must be in (0, {limits.max_learning_rate:g}]",
+                          "hyperparameters.learning_rate_multiplier")
+    own = {
+        "preset": preset,
+        "method": settings.get("method", "lora"),
+        "learning_rate": lr,
+        "lora_rank": settings.get("lora_rank", base["lora_rank"]),
+        "lora_alpha": settings.get("lora_alpha", base["lora_alpha"]),
+        "lora_dropout": settings.get("lora_dropout", base["lora_dropout"]),
+        "max_length": settings.get("max_length", min(2048, limits.max_length)),
+        "max_steps": settings.get("max_steps"),
+        "save_steps": settings.get("save_steps", 50),
+        "logging_steps": settings.get("logging_steps", 1),
+    }
+    return {
+        "hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
+                            "batch_size": pick("batch_size", base["batch_size"]),
+                            "learning_rate_multiplier": multiplier},
+        "mmtune": own,
+    }
+
+
+# ------------------------------------------------------------------ pieces
+
+
+def _refuse_unknown(values: Mapping[str, Any], own: Mapping[str, Any], where: str) -> None:
+    allowed = [*OPENAI_HYPER, *own] if where else list(own)
+    known = allowed if where else [*TOP_LEVEL, *own]
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
+            raise bad_request(f"unknown parameter {where}{key!r}{hint}", f"{where}{key}", "unknown_parameter")
+
+
+def _hyperparameters(body: dict[str, Any], own: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenAI hyper-parameters (from `hyperparameters` and/or `method`) and any mmtune fields inside them."""
+    sources: list[tuple[str, Any]] = []
+    if body.get("hyperparameters") is not None:
+        sources.append(("hyperparameters", body["hyperparameters"]))
+    method = body.get("method")
+    if isinstance(method, dict):
+        if method.get("type", "supervised") != "supervised":
+            raise bad_request(f"method type {method.get('type')!r} is not supported: mmtune fine-tunes with "
+                              "'supervised' (set method.type to supervised)", "method.type", "unsupported")
+        sup = method.get("supervised") or {}
+        if not isinstance(sup, dict):
+            raise bad_request("method.supervised must be an object", "method.supervised")
+        if sup.get("hyperparameters") is not None:
+            sources.append(("method.supervised.hyperparameters", sup["hyperparameters"]))
+    hyper: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for where, values in sources:
+        if not isinstance(values, dict):
+            raise bad_request(f"{where} must be an object", where)
+        _refuse_unknown(values, own, where + ".")
+        for key, value in values.items():
+            target = hyper if key in OPENAI_HYPER else nested
+            if key in target and target[key] != value:
+                raise bad_request(f"{key} is given twice with different values ({target[key]!r} and {value!r}): "
+                                  "give it once", f"{where}.{key}")
+            target[key] = value
+    _check_openai(hyper)
+    return hyper, nested
+
+
+def _check_openai(hyper: dict[str, Any]) -> None:
+    checks = {"n_epochs": _int(1, 10), "batch_size": _int(1, 32),
+              "learning_rate_multiplier": _num(0, 1e6, lo_open=True)}
+    for key, value in hyper.items():
+        if value != "auto" and (problem := checks[key](value)):
+            raise bad_request(f"hyperparameters.{key} {problem} or 'auto' (got {value!r})",
+                              f"hyperparameters.{key}")
+
+
+def _merge(top: dict[str, Any], nested: dict[str, Any]) -> dict[str, Any]:
+    out = dict(nested)
+    for key, value in top.items():
+        if key == "method" and isinstance(value, dict):
+            continue
+        if key in out and out[key] != value:
+            raise bad_request(f"{key} is given twice with different values ({out[key]!r} and {value!r})", key)
+        out[key] = value
+    return out
+
+
+def _check(name: str, value: Any, check: Callable[[Any], str | None]) -> None:
+    if value is None:
+        return
+    problem = check(value)
+    if problem:
+        raise bad_request(f"{name} {problem} (got {value!r})", name)
+
+
+def check_model(model: Any) -> str:
+    """A registry name or alias, an existing local model folder / .gguf file, or a hub id ("org/name")."""
+    if model is None:
+        return DEFAULT_MODEL
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("model must be a model name: a registry name (`mmtune models`), a local folder or a "
+                          "hub id", "model")
+    model = model.strip()
+    if model in REGISTRY or any(model in s.aliases for s in REGISTRY.values()):
+        return model
+    path = Path(model).expanduser()
+    if path.is_absolute() and path.exists():
+        return str(path.resolve())
+    if HUB_ID_RE.fullmatch(model) and not path.exists():
+        return model
+    close = difflib.get_close_matches(model.lower(), list(REGISTRY), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise APIError(404, f"model {model!r} was not found: {hint}give a registry name (`mmtune models` lists them), "
+                   "an absolute path to a local model folder or .gguf file, or a hub id like org/name",
+                   param="model", code="model_not_found")
+
+
+def model_base_name(model: str) -> str:
+    """The <base> of `ft:<base>:<suffix>:<job>`: registry name, folder or file name, or hub id."""
+    spec = REGISTRY.get(model) or next((s for s in REGISTRY.values() if model in s.aliases), None)
+    if spec is not None:
+        name = spec.name
+    elif model.startswith("/"):
+        path = Path(model)
+        name = (path.stem if path.suffix.lower() == ".gguf" else path.name) or "model"
+    else:
+        name = model
+    return name.replace(":", "-")
+
+
+def _file_param(body: dict[str, Any], name: str, exists: Callable[[str], dict | None], required: bool) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise bad_request(f"{name} is required: upload a file with purpose fine-tune (POST /v1/files) and "
+                              "pass its id", name, "missing_required_parameter")
+        return None
+    if not valid_id("file", value):
+        raise bad_request(f"{name} must be a file id like file-abc123 (got {str(value)[:80]!r})", name,
+                          "invalid_file_id")
+    row = exists(value)
+    if row is None:
+        raise APIError(404, f"{name} {value!r} was not found: upload it first (POST /v1/files)", param=name,
+                       code="file_not_found")
+    if row["purpose"] != "fine-tune":
+        raise bad_request(f"{name} {value} has purpose {row['purpose']!r}; upload it with purpose 'fine-tune'",
+                          name, "invalid_file_purpose")
+    return value
+
+
+def _suffix(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not SUFFIX_RE.fullmatch(value):
+        raise bad_request("suffix must be 1 to 64 characters of letters, digits, '.', '_' or '-' "
+                          f"(got {str(value)[:80]!r})", "suffix")
+    return value
+
+
+def _seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(2**31)
+    problem = _int(0, 2**31 - 1)(value)
+    if problem:
+        raise bad_request(f"seed {problem} (got {value!r})", "seed")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    ok = (isinstance(value, dict) and len(value) <= 16
+          and all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                  for k, v in value.items()))
+    if not ok:
+        raise bad_request("metadata must be an object of at most 16 string keys (up to 64 characters) with string "
+                          "values (up to 512 characters)", "metadata")
+    return value
+
+
+def check_integrations(body: dict[str, Any]) -> None:
+    if body.get("integrations"):
+        raise bad_request("integrations are not supported by mmtune: leave them out (metrics are in the job's "
+                          "events and its result file)", "integrations", "unsupported")

@@ -1,0 +1,380 @@
+"""Running one job: write its training config, run `mmtune train` as a subprocess, follow it.
+
+The runner is the only code that touches a training process. It follows the run's
+`metrics.jsonl` (one event per logged step, carrying step, loss and tokens) and its
+`checkpoint-*/` folders (one checkpoint row each), and ends the job as succeeded, failed
+or cancelled. The subprocess gets its own process group (a cancel stops all of it) and,
+on Linux, dies with the service (PR_SET_PDEATHSIG), so a killed service leaves no orphan
+training behind; the next start re-queues the job and the re-run passes `--resume`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mmtune
+from mmtune.config import TrainConfig
+from mmtune.errors import UserError
+from mmtune.jobs.params import model_base_name
+from mmtune.jobs.store import now
+
+if TYPE_CHECKING:
+    from mmtune.jobs.service import JobService
+
+# what `mmtune train` writes (mmtune.train.callbacks / sft; not imported here: they import torch)
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def fine_tuned_model_name(job: dict[str, Any]) -> str:
+    """`ft:<base>:<suffix>:<job id>` (the suffix part is empty without a suffix, as OpenAI does)."""
+    return f"ft:{model_base_name(job['model'])}:{job['suffix'] or ''}:{job['id']}"
+
+
+def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path) -> TrainConfig:
+    """The job's `mmtune train` config (validated: a bad combination fails here, not in the subprocess)."""
+    hyper, own = job["params"]["hyperparameters"], job["params"]["mmtune"]
+    values = {
+        "model": job["model"], "data": [str(data)], "val_data": [str(val)] if val else [], "output": str(output),
+        "preset": own["preset"], "method": own["method"], "learning_rate": own["learning_rate"],
+        "epochs": hyper["n_epochs"], "batch_size": hyper["batch_size"], "max_steps": own["max_steps"],
+        "max_length": own["max_length"], "lora_rank": own["lora_rank"], "lora_alpha": own["lora_alpha"],
+        "lora_dropout": own["lora_dropout"], "seed": job["seed"], "logging_steps": own["logging_steps"],
+        "save_steps": own["save_steps"],
+    }
+    return TrainConfig.from_dict(values, f"job {job['id']}")
+
+
+def estimate_total_steps(job: dict[str, Any], rows: int) -> int:
+    """Optimizer steps of the run: max_steps, else batches per epoch x epochs."""
+    own, hyper = job["params"]["mmtune"], job["params"]["hyperparameters"]
+    if own["max_steps"]:
+        return int(own["max_steps"])
+    return max(1, math.ceil(rows / hyper["batch_size"])) * int(hyper["n_epochs"])
+
+
+def last_checkpoint(output: Path) -> tuple[int, Path] | None:
+    found = scan_checkpoints(output)
+    if not found:
+        return None
+    step = max(found)
+    return step, output / found[step]
+
+
+def scan_checkpoints(output: Path) -> dict[int, str]:
+    """step -> folder name of each complete checkpoint (the Trainer writes trainer_state.json last)."""
+    out: dict[int, str] = {}
+    if not output.is_dir():
+        return out
+    for path in output.glob(f"{CHECKPOINT_PREFIX}*"):
+        step = path.name[len(CHECKPOINT_PREFIX):]
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            out[int(step)] = path.name
+    return out
+
+
+class MetricsTail:
+    """Reads metrics.jsonl again whenever it changes. It is small (one line a logged step), and a
+    resumed run rewrites it from the checkpoint's history, which a byte offset would misread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """All complete records, or None when the file has not changed since the last read."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        text = self.path.read_bytes().decode("utf-8", "replace")
+        records = []
+        for line in text.split("\n")[:-1]:  # the last piece is an unfinished line (or empty)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                records.append(rec)
+        return records
+
+
+def _pdeathsig():
+    """A pre-exec hook that makes the child get SIGTERM when the service dies (Linux only)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the hook only calls it
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
+def training_env() -> dict[str, str]:
+    """The service's environment, with this mmtune first on the path (the child runs the same code)."""
+    env = dict(os.environ)
+    src = str(Path(mmtune.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the run's process group, SIGKILL after `grace_s`; reaps it."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill_stale(pid: int | None, marker: str) -> bool:
+    """Kill the process group of a training process left by a previous service, if it still runs.
+
+    Only a process whose command line names this job's config is touched (a reused pid is
+    someone else's); without /proc (not Linux) nothing is killed."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return False
+    if marker not in cmdline:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
+    return True
+
+
+def log_error(log: Path) -> str:
+    """The reason a run failed, from the end of its log: its `error:` line, else its last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, io.SEEK_END) - LOG_TAIL_BYTES))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log was written"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1][len("error:"):].strip()
+    return lines[-1] if lines else "the log is empty"
+
+
+def metrics_csv(records: list[dict[str, Any]]) -> bytes:
+    """The result file: one row per logged step (OpenAI's step_metrics.csv, plus mmtune's token counts)."""
+    cols = ("step", "train_loss", "valid_loss", "learning_rate", "tokens", "trained_tokens", "epoch")
+    by_step: dict[int, dict[str, Any]] = {}
+    for r in records:
+        row = by_step.setdefault(r["step"], {"step": r["step"]})
+        row.update({k: v for k, v in _openai_metrics(r).items() if k in cols})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for step in sorted(by_step):
+        writer.writerow(by_step[step])
+    return buf.getvalue().encode("utf-8")
+
+
+def _openai_metrics(rec: dict[str, Any]) -> dict[str, Any]:
+    out = dict(rec)
+    if "loss" in rec:
+        out["train_loss"] = rec["loss"]
+    if "eval_loss" in rec:
+        out["valid_loss"] = rec["eval_loss"]
+    if "lr" in rec:
+        out["learning_rate"] = rec["lr"]
+    return out
+
+
+class JobRunner:
+    """Runs one claimed job (status `running`) until it ends or the service stops."""
+
+    def __init__(self, service: JobService, job: dict[str, Any]):
+        self.svc = service
+        self.store = service.store
+        self.job = job
+        self.id = job["id"]
+        self.output = service.layout.output(self.id)
+        self.tail = MetricsTail(self.output / METRICS_FILE)
+        self.records: list[dict[str, Any]] = []
+        self.last_step = job["last_step"]
+        self.last_eval_step = job["last_eval_step"]
+        self.known_checkpoints: set[int] | None = None
+        self.started = (time.monotonic(), job["last_step"])
+
+    # ------------------------------------------------------------ top level
+    def run(self) -> None:
+        try:
+            args = self.command()
+        except UserError as e:
+            self.fail("invalid_config", f"the job's training config is invalid: {e}")
+            return
+        proc = self.start(args)
+        outcome = self.follow(proc)
+        self.sync()
+        if outcome == "exited":
+            self.finish(proc.returncode)
+
+    def command(self) -> list[str]:
+        files = self.svc.job_file_paths(self.job)
+        cfg = train_config(self.job, files["training_file"], files.get("validation_file"), self.output)
+        folder = self.svc.layout.job_dir(self.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        config_path = cfg.save(folder)
+        args = [self.svc.settings.python, "-m", "mmtune.cli", "train", "--config", str(config_path)]
+        resume = last_checkpoint(self.output)
+        if resume:
+            args.append("--resume")
+            self.store.add_event(self.id, "info", f"Resuming training from checkpoint at step {resume[0]}",
+                                 {"step": resume[0]})
+        elif self.output.is_dir() and any(self.output.iterdir()):
+            args.append("--overwrite")  # an earlier attempt stopped before its first checkpoint
+        return args
+
+    def start(self, args: list[str]) -> subprocess.Popen:
+        log_path = self.svc.layout.log(self.id)
+        attempt = self.job["attempts"] + 1
+        with open(log_path, "ab") as log:
+            log.write(f"=== attempt {attempt}: {' '.join(args)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=self.svc.layout.job_dir(self.id), env=training_env(),
+                                    start_new_session=True, preexec_fn=_pdeathsig())
+        self.store.update_job(self.id, pid=proc.pid, attempts=attempt,
+                              event=("info", "message", "Fine-tuning job started" if attempt == 1 else
+                                     f"Fine-tuning job started again (attempt {attempt})"))
+        return proc
+
+    def follow(self, proc: subprocess.Popen) -> str:
+        """Poll until the process exits ("exited"), the job is cancelled or the service stops."""
+        while True:
+            self.sync()
+            if self.svc.stopping.is_set():
+                stop_process(proc, self.svc.settings.kill_grace_s)
+                self.store.add_event(self.id, "warn", "The service stopped while this job was running; it "
+                                     "resumes from its last checkpoint when the service starts again")
+                return "stopped"
+            status = (self.store.get_job(self.id) or {}).get("status")
+            if status != "running":
+                stop_process(proc, self.svc.settings.kill_grace_s)
+                self.store.update_job(self.id, pid=None, event=("info", "message", "Training process stopped"))
+                return "cancelled"
+            try:
+                proc.wait(timeout=self.svc.settings.poll_interval)
+                return "exited"
+            except subprocess.TimeoutExpired:
+                continue
+
+    # ------------------------------------------------------------ following the run
+    def sync(self) -> None:
+        """Record new metrics (as events) and the checkpoint folders, each in one transaction."""
+        records = self.tail.read()
+        if records is not None:
+            self.records = records
+            self._record_metrics(records)
+        found = scan_checkpoints(self.output)
+        if set(found) != self.known_checkpoints:
+            metrics = {step: (name, self._checkpoint_metrics(step)) for step, name in found.items()}
+            self.store.sync_checkpoints(self.id, metrics)
+            self.known_checkpoints = set(found)
+
+    def _record_metrics(self, records: list[dict[str, Any]]) -> None:
+        total = self.job.get("total_steps")
+        new: list[tuple[str, dict[str, Any]]] = []
+        for rec in records:
+            step = rec["step"]
+            data = {**_openai_metrics(rec), "total_steps": total}
+            if "loss" in rec and step > self.last_step:
+                new.append((f"Step {step}/{total or '?'}: training loss={rec['loss']:.4f}", data))
+                self.last_step = step
+            if "eval_loss" in rec and step > self.last_eval_step:
+                new.append((f"Step {step}/{total or '?'}: validation loss={rec['eval_loss']:.4f}", data))
+                self.last_eval_step = step
+        if not new:
+            return
+        tokens = next((r["trained_tokens"] for r in reversed(records) if "trained_tokens" in r), None)
+        self.store.add_metrics(self.id, new, self.last_step, self.last_eval_step, trained_tokens=tokens,
+                               estimated_finish=self._estimated_finish(total))
+
+    def _estimated_finish(self, total: int | None) -> int | None:
+        t0, step0 = self.started
+        done = self.last_step - step0
+        if not total or done <= 0:
+            return None
+        per_step = (time.monotonic() - t0) / done
+        return now() + int(per_step * max(0, total - self.last_step))
+
+    def _checkpoint_metrics(self, step: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": step}
+        for rec in self.records:
+            if rec["step"] == step:
+                if "loss" in rec:
+                    out["train_loss"] = rec["loss"]
+                if "eval_loss" in rec:
+                    out["valid_loss"] = rec["eval_loss"]
+        return out
+
+    # ------------------------------------------------------------ endings
+    def finish(self, returncode: int) -> None:
+        summary_path = self.output / SUMMARY_FILE
+        if returncode == 0 and summary_path.is_file():
+            self.succeed(json.loads(summary_path.read_text(encoding="utf-8")))
+        elif returncode < 0:
+            self.fail("training_killed", f"the training process was killed by signal {-returncode} (out of "
+                      f"memory?); its log is {self.svc.layout.log(self.id)}")
+        else:
+            self.fail("training_failed", f"training failed (exit status {returncode}): "
+                      f"{log_error(self.svc.layout.log(self.id))} (log: {self.svc.layout.log(self.id)})")
+
+    def succeed(self, summary: dict[str, Any]) -> None:
+        tokens = int(summary.get("trained_tokens") or 0)
+        cost = round(tokens / 1e6 * self.svc.settings.price_per_million_tokens, 6)
+        name = fine_tuned_model_name(self.job)
+        result = self.svc.add_result_file(self.id, metrics_csv(self.records))
+        self.store.add_event(self.id, "info", f"New fine-tuned model created: {name}",
+                             {"fine_tuned_model": name, "trained_tokens": tokens, "estimated_cost": cost,
+                              "final_train_loss": summary.get("final_train_loss"),
+                              "final_valid_loss": summary.get("final_eval_loss")})
+        done = self.store.update_job(
+            self.id, when=("running",), status="succeeded", fine_tuned_model=name, trained_tokens=tokens,
+            estimated_cost=cost, finished_at=now(), estimated_finish=None, pid=None, result_files=[result],
+            event=("info", "message", "The job has successfully completed"))
+        if done:
+            self.svc.notify_success(self.store.get_job(self.id), self.output)
+
+    def fail(self, code: str, message: str) -> None:
+        self.store.update_job(self.id, when=("running",), status="failed", finished_at=now(), pid=None,
+                              estimated_finish=None, error={"code": code, "message": message, "param": None},
+                              event=("error", "message", f"Job failed: {message}"))
