@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "merge",
     "serve",
+    "chat",
     "jobs",
 )
 

@@ -1,0 +1,81 @@
+"""`mmtune chat`: talk to a model (base, adapter or merged) in the terminal, streaming."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "chat",
+        help="chat with a model in the terminal (streaming, multi-turn)",
+        description="Interactive chat: tokens appear as they are generated; the conversation is kept. "
+        "Commands: /clear, /system TEXT, /exit. Ctrl-C stops the current answer.",
+        epilog="examples:\n  mmtune chat\n  mmtune chat runs/demo --temperature 0\n"
+        "  mmtune chat runs/demo-merged --system 'Answer in French.'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="registry name, hub id, model folder, .gguf file or training output folder "
+        "(default: the embedded smollm2-135m-instruct)",
+    )
+    p.add_argument("--system", default=None, help="system prompt (default: none)")
+    add_generation_arguments(p)
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def add_generation_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 512) -> None:
+    """Generation flags shared by `chat` and `infer`."""
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help=f"longest answer in tokens (default: {max_new_tokens})",
+    )
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
+    p.add_argument(
+        "--top-k", type=int, default=0, help="sample from the k likeliest tokens (default: 0 = off)"
+    )
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="(default: 1.0 = off)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop when this text appears (repeatable; default: none)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "stop": args.stop,
+        "seed": args.seed,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmtune.infer.chat import ChatSession, repl
+    from mmtune.infer.engine import Engine
+    from mmtune.infer.options import make_options
+
+    gen = generation_options(args)
+    make_options(**gen)  # a bad flag fails before the model loads
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:  # pragma: no cover - Windows
+        pass
+    print(f"loading {args.model or 'the default model'} ...", file=sys.stderr, flush=True)
+    engine = Engine(args.model, dtype=args.dtype)
+    return repl(engine, gen, ChatSession(system=args.system))
