@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,18 @@ def scan_checkpoints(output: Path) -> dict[int, str]:
         if step.isdigit() and (path / "trainer_state.json").is_file():
             out[int(step)] = path.name
     return out
+
+
+def drop_incomplete_checkpoints(output: Path) -> list[str]:
+    """Remove checkpoint folders a killed run left half-written (no trainer_state.json, which the
+    Trainer writes last): `--resume` takes the highest-numbered folder, complete or not."""
+    complete = set(scan_checkpoints(output).values())
+    dropped = []
+    for path in output.glob(f"{CHECKPOINT_PREFIX}*") if output.is_dir() else []:
+        if path.is_dir() and path.name not in complete:
+            shutil.rmtree(path, ignore_errors=True)
+            dropped.append(path.name)
+    return dropped
 
 
 class MetricsTail:
@@ -254,6 +267,7 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         config_path = cfg.save(folder)
         args = [self.svc.settings.python, "-m", "mmtune.cli", "train", "--config", str(config_path)]
+        drop_incomplete_checkpoints(self.output)
         resume = last_checkpoint(self.output)
         if resume:
             args.append("--resume")
