@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "merge",
     "serve",
     "chat",
+    "infer",
     "jobs",
 )
 

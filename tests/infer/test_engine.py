@@ -28,9 +28,15 @@ def reference_greedy(model_dir, msgs, n=8):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_base("qwen2"), dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(model_dir)).eval()
-    ids = torch.tensor([tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]])
+    ids = torch.tensor(
+        [
+            tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        ]
+    )
     out = model.generate(input_ids=ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_names_and_default(engine):
@@ -93,7 +99,9 @@ def test_eos_ends_the_answer(engine):
 
     tok = engine.tokenizer()
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    head = engine.model.base_model.model.lm_head if hasattr(engine.model, "base_model") else engine.model.lm_head
+    head = (
+        engine.model.base_model.model.lm_head if hasattr(engine.model, "base_model") else engine.model.lm_head
+    )
     saved = head.weight.data.clone()
     try:
         with torch.no_grad():
@@ -106,8 +114,14 @@ def test_eos_ends_the_answer(engine):
 
 @pytest.mark.parametrize(
     ("gen", "word"),
-    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_new_tokens": 0}, "max_new_tokens"),
-     ({"stop": [""]}, "stop"), ({"seed": "x"}, "seed"), ({"beam": 2}, "unknown")],
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"stop": [""]}, "stop"),
+        ({"seed": "x"}, "seed"),
+        ({"beam": 2}, "unknown"),
+    ],
 )
 def test_bad_options_are_user_errors(engine, gen, word):
     with pytest.raises(UserError, match=word):

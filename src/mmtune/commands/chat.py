@@ -29,7 +29,9 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run, _parser=p)
 
 
-def add_generation_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 512) -> None:
+def add_generation_arguments(
+    p: argparse.ArgumentParser, max_new_tokens: int = 512, temperature: float = 0.7
+) -> None:
     """Generation flags shared by `chat` and `infer`."""
     p.add_argument(
         "--max-new-tokens",
@@ -37,7 +39,9 @@ def add_generation_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 5
         default=max_new_tokens,
         help=f"longest answer in tokens (default: {max_new_tokens})",
     )
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
+    p.add_argument(
+        "--temperature", type=float, default=temperature, help=f"0 = greedy (default: {temperature})"
+    )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
     p.add_argument(
         "--top-k", type=int, default=0, help="sample from the k likeliest tokens (default: 0 = off)"
