@@ -1,0 +1,336 @@
+"""Training configuration: one typed dataclass is the single source of truth.
+
+Every `TrainConfig` field carries its type, default and help text. From it come the
+`mmtune train` flags (commands/train.py), the YAML a run writes beside its outputs, and the
+commented YAML reference (`mmtune train --print-config`). Values are layered, lowest first:
+
+    dataclass defaults < preset (--preset) < YAML file (--config) < command-line flags
+
+An unknown key in a YAML file is an error that names the closest valid key, so a typo never
+silently trains with a default. This module imports nothing heavy (no torch): `mmtune --help`
+and the job service read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmtune.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # == mmtune.models.registry.DEFAULT_MODEL (a test checks)
+METHODS = ("lora", "qlora", "full")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+TRAIN_ON = ("assistant", "all", "last")
+STRATEGIES = ("no", "steps", "epoch")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr")
+ALL_LINEAR = "all-linear"
+
+# Presets set only these fields; the dataclass defaults equal the "standard" preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "standard": {"learning_rate": 1e-4, "epochs": 3, "batch_size": 8, "lora_rank": 8, "lora_alpha": 32,
+                 "lora_dropout": 0.05},
+    "quality": {"learning_rate": 1e-4, "epochs": 5, "batch_size": 16, "lora_rank": 16, "lora_alpha": 64,
+                "lora_dropout": 0.1},
+    "fast": {"learning_rate": 1e-4, "epochs": 2, "batch_size": 8, "lora_rank": 4, "lora_alpha": 16,
+             "lora_dropout": 0.05},
+}
+DEFAULT_PRESET = "standard"
+
+
+def _opt(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
+         default_text: str | None = None) -> Any:
+    """A config field: default, help text and allowed values, all in one place."""
+    meta = {"help": help, "choices": choices, "metavar": metavar, "default_text": default_text}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_STD = PRESETS["standard"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a supervised fine-tuning run needs; written to <output>/config.yaml."""
+
+    # what to train
+    model: str = _opt(DEFAULT_MODEL, "model to fine-tune: registry name (`mmtune models`), Hugging Face hub id, "
+                      "local folder or .gguf file", metavar="MODEL",
+                      default_text=f"{DEFAULT_MODEL}, the embedded SmolLM2-135M-Instruct")
+    data: list[str] = _opt([], "training data file(s): jsonl/json in openai, swift, llava or alpaca shape",
+                           metavar="FILE")
+    val_data: list[str] = _opt([], "validation data file(s); without them, --val-ratio splits some off --data",
+                               metavar="FILE")
+    val_ratio: float = _opt(0.0, "fraction of --data held out for validation (deterministic, by --seed); "
+                            "0 = no validation unless --val-data")
+    output: str = _opt("runs/mmtune", "output folder: adapter or weights, tokenizer, config.yaml, metrics.jsonl, "
+                       "loss.png, summary.json, checkpoint-*/", metavar="DIR")
+    overwrite: bool = _opt(False, "allow training into an output folder that already holds a run (its files are "
+                           "replaced)")
+    preset: str = _opt(DEFAULT_PRESET, "hyper-parameter preset (learning rate, epochs, batch size, LoRA rank, "
+                       "alpha, dropout); YAML and flags override it", choices=tuple(PRESETS))
+    # how
+    method: str = _opt("lora", "lora: train small adapters on a frozen model; qlora: the same on a 4/8-bit "
+                       "quantized model (CUDA only); full: train every weight", choices=METHODS)
+    quant_bits: int = _opt(4, "bits of the quantized base model for qlora", choices=(4, 8))
+    learning_rate: float = _opt(_STD["learning_rate"], "peak learning rate")
+    epochs: int = _opt(_STD["epochs"], "passes over the training data (ignored when --max-steps is set)")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides --epochs)")
+    batch_size: int = _opt(_STD["batch_size"], "rows per device per forward pass")
+    grad_accum: int = _opt(1, "forward passes per optimizer step; effective batch = batch_size x grad_accum x "
+                           "devices")
+    warmup_steps: int = _opt(0, "optimizer steps of linear learning-rate warm-up")
+    warmup_ratio: float = _opt(0.0, "warm-up as a fraction of all steps (instead of --warmup-steps)")
+    scheduler: str = _opt("cosine", "learning-rate schedule after warm-up", choices=SCHEDULERS)
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_length: int = _opt(2048, "longest row in tokens; longer rows are truncated (or dropped with --drop-long)")
+    drop_long: bool = _opt(False, "drop rows longer than --max-length instead of truncating them")
+    train_on: str = _opt("assistant", "which tokens the loss is computed on: assistant turns, all tokens, or "
+                         "only the last assistant turn", choices=TRAIN_ON)
+    seed: int = _opt(42, "random seed: data order, validation split, adapter initialisation")
+    precision: str = _opt("auto", "number format: auto = bf16 on a GPU that supports it, else fp32",
+                          choices=PRECISIONS)
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: less memory, "
+                                        "about 30% slower")
+    # LoRA
+    lora_rank: int = _opt(_STD["lora_rank"], "LoRA rank r (adapter size)")
+    lora_alpha: float = _opt(_STD["lora_alpha"], "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = _opt(_STD["lora_dropout"], "dropout on the LoRA input")
+    lora_targets: list[str] | None = _opt(None, "module names LoRA adapts, or all-linear", metavar="NAME",
+                                          default_text="the model's registry targets, else all-linear")
+    use_dora: bool = _opt(False, "DoRA: weight-decomposed LoRA")
+    use_rslora: bool = _opt(False, "rank-stabilised LoRA (scale alpha / sqrt(r))")
+    # evaluation, checkpoints, logging
+    eval_strategy: str = _opt("epoch", "when to compute validation loss (when there is validation data)",
+                              choices=STRATEGIES)
+    eval_steps: int | None = _opt(None, "with --eval-strategy steps: every this many steps",
+                                  default_text="--logging-steps")
+    save_strategy: str = _opt("steps", "when to write a checkpoint-*/ folder (what --resume continues from)",
+                              choices=STRATEGIES)
+    save_steps: int = _opt(200, "with --save-strategy steps: every this many optimizer steps")
+    save_total_limit: int | None = _opt(2, "keep at most this many checkpoints (oldest removed); none = keep all")
+    logging_steps: int = _opt(10, "log loss, learning rate and tokens/s every this many steps")
+    resume: bool = _opt(False, "continue from the last checkpoint-*/ in --output (optimizer, schedule, data "
+                        "position)")
+    skip_bad_rows: bool = _opt(False, "train without the rows that have errors (they are counted and listed) "
+                               "instead of refusing the file")
+    media_root: str | None = _opt(None, "folder that relative image/video paths are resolved against",
+                                  metavar="DIR", default_text="the data file's folder")
+    num_workers: int = _opt(0, "data-loader worker processes")
+
+    # ---- building ----
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config", validate: bool = True) -> TrainConfig:
+        """A validated config from plain values (YAML-loaded or parsed flags)."""
+        check_keys(values, source)
+        cfg = cls(**{k: coerce(k, v, source) for k, v in values.items()})
+        if validate:
+            cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(read_yaml(path), str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, with_help: bool = False) -> str:
+        """YAML that `from_yaml` reads back to an equal config; `with_help` adds each field's help."""
+        if not with_help:
+            return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        out = []
+        for f in fields(self):
+            out.append(f"# {field_help(f)}")
+            out.append(f"{f.name}: {_flow(getattr(self, f.name))}")
+        return "\n".join(out) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / "config.yaml"
+        path.write_text("# mmtune train config, resolved (defaults < preset < --config < flags)\n"
+                        + self.to_yaml(), encoding="utf-8")
+        return path
+
+    # ---- derived values ----
+    @property
+    def quantization(self) -> str | None:
+        """The loader's quantization name for this run ("4bit" | "8bit"), None unless qlora."""
+        return f"{self.quant_bits}bit" if self.method == "qlora" else None
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    # ---- validation ----
+    def validate(self) -> None:
+        """Raise UserError listing every invalid value, each with what to set instead."""
+        problems = [p for p in _problems(self) if p]
+        if problems:
+            raise UserError("invalid training config:\n  " + "\n  ".join(problems))
+
+
+def _flow(value: Any) -> str:
+    """One value as inline YAML (`[a.jsonl]`, `0.0001`, `null`)."""
+    return yaml.safe_dump([value], default_flow_style=True, allow_unicode=True, width=10**6).strip()[1:-1]
+
+
+def _problems(c: TrainConfig) -> list[str | None]:
+    def need(ok: bool, msg: str) -> str | None:
+        return None if ok else msg
+
+    return [
+        need(bool(c.data), "data: no training data: pass --data FILE (or `data:` in the config file)"),
+        need(bool(c.output), "output: give an output folder with --output DIR"),
+        need(c.learning_rate > 0, f"learning_rate must be > 0 (got {c.learning_rate}); try 1e-4"),
+        need(c.epochs >= 1, f"epochs must be >= 1 (got {c.epochs}); use --max-steps for shorter runs"),
+        need(c.max_steps is None or c.max_steps >= 1, f"max_steps must be >= 1 or unset (got {c.max_steps})"),
+        need(c.batch_size >= 1, f"batch_size must be >= 1 (got {c.batch_size})"),
+        need(c.grad_accum >= 1, f"grad_accum must be >= 1 (got {c.grad_accum})"),
+        need(c.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {c.warmup_steps})"),
+        need(0 <= c.warmup_ratio < 1, f"warmup_ratio must be in [0, 1) (got {c.warmup_ratio})"),
+        need(not (c.warmup_steps and c.warmup_ratio), "set warmup_steps or warmup_ratio, not both"),
+        need(c.weight_decay >= 0, f"weight_decay must be >= 0 (got {c.weight_decay})"),
+        need(c.max_length >= 8, f"max_length must be >= 8 tokens (got {c.max_length})"),
+        need(0 <= c.val_ratio < 1, f"val_ratio must be in [0, 1) (got {c.val_ratio}); 0.05 is typical"),
+        need(not (c.val_data and c.val_ratio), "set val_data or val_ratio, not both"),
+        need(c.lora_rank >= 1, f"lora_rank must be >= 1 (got {c.lora_rank})"),
+        need(c.lora_alpha > 0, f"lora_alpha must be > 0 (got {c.lora_alpha})"),
+        need(0 <= c.lora_dropout < 1, f"lora_dropout must be in [0, 1) (got {c.lora_dropout})"),
+        need(c.uses_lora or not (c.use_dora or c.use_rslora or c.lora_targets),
+             "use_dora, use_rslora and lora_targets apply to lora/qlora only: drop them or set method: lora"),
+        need(c.lora_targets is None or len(c.lora_targets) > 0, "lora_targets: give module names or all-linear"),
+        need(c.eval_steps is None or c.eval_steps >= 1, f"eval_steps must be >= 1 (got {c.eval_steps})"),
+        need(c.save_steps >= 1, f"save_steps must be >= 1 (got {c.save_steps})"),
+        need(c.save_total_limit is None or c.save_total_limit >= 1,
+             f"save_total_limit must be >= 1 or unset (got {c.save_total_limit})"),
+        need(c.logging_steps >= 1, f"logging_steps must be >= 1 (got {c.logging_steps})"),
+        need(c.num_workers >= 0, f"num_workers must be >= 0 (got {c.num_workers})"),
+        need(not (c.resume and c.overwrite), "resume and overwrite contradict each other: choose one"),
+    ]
+
+
+# ---- field introspection (flags, docs, coercion) ----
+def config_fields() -> list[dataclasses.Field]:
+    return list(fields(TrainConfig))
+
+
+def field_type(name: str) -> Any:
+    return typing.get_type_hints(TrainConfig)[name]
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """Help text with the default and, for preset-controlled fields, each preset's value."""
+    text = f.metadata["help"]
+    if f.metadata.get("choices"):
+        text += f" [{'|'.join(str(c) for c in f.metadata['choices'])}]"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text += f" (default: {f.metadata.get('default_text') or format_value(default)}"
+    if f.name in PRESETS[DEFAULT_PRESET]:
+        text += "; presets: " + ", ".join(f"{p} {format_value(v[f.name])}" for p, v in PRESETS.items())
+    return text + ")"
+
+
+def format_value(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, list):
+        return " ".join(map(str, v)) if v else "none"
+    return str(v)
+
+
+def check_keys(values: Mapping[str, Any], source: str) -> None:
+    """Unknown keys are errors naming the closest valid key (a typo must not train with a default)."""
+    names = [f.name for f in config_fields()]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), names, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else "see `mmtune train --print-config` for all keys"
+            raise UserError(f"{source}: unknown config key {key!r}: {hint}")
+
+
+def coerce(name: str, value: Any, source: str = "config") -> Any:
+    """`value` as the type field `name` declares (YAML reads 1e-4 as a string; a single file as a str)."""
+    hint = field_type(name)
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise UserError(f"{source}: {name} needs a value")
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    try:
+        out = _coerce_to(base, value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {name} must be {_type_name(base)}, not {value!r}") from None
+    choices = dataclasses_field(name).metadata.get("choices")
+    if choices and out not in choices:
+        raise UserError(f"{source}: {name} must be one of {', '.join(map(str, choices))}, not {value!r}")
+    return out
+
+
+def _coerce_to(base: Any, value: Any) -> Any:
+    if typing.get_origin(base) is list:
+        items = [value] if isinstance(value, str | int | float) else list(value)
+        return [str(v) for v in items]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise TypeError
+    if base is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        return int(value)
+    if base is float:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    if isinstance(value, list | dict):
+        raise TypeError
+    return str(value)
+
+
+def _type_name(base: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(base, "a list")
+
+
+def dataclasses_field(name: str) -> dataclasses.Field:
+    return next(f for f in config_fields() if f.name == name)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{p} must be a YAML mapping of config keys (like `learning_rate: 1e-4`)")
+    return values
+
+
+def resolve_config(flags: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
+                   validate: bool = True) -> TrainConfig:
+    """The run's config: defaults < preset < YAML file < flags (only flags the user actually gave)."""
+    flags = dict(flags or {})
+    from_file = read_yaml(config_file) if config_file else {}
+    check_keys(from_file, str(config_file))
+    check_keys(flags, "command line")
+    from_file = {k: coerce(k, v, str(config_file)) for k, v in from_file.items()}
+    flags = {k: coerce(k, v, "command line") for k, v in flags.items()}
+    preset = flags.get("preset") or from_file.get("preset") or DEFAULT_PRESET
+    values = {**PRESETS[preset], **from_file, **flags, "preset": preset}
+    return TrainConfig.from_dict(values, "config", validate)

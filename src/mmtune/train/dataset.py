@@ -1,0 +1,125 @@
+"""Data files -> rendered training and validation rows, with every lost row or token counted.
+
+Files are read through the data layer (which refuses a file with errors unless the user
+asked to skip bad rows, and then says how many and where). The validation split is made on
+samples, before tokenization, with a seeded shuffle, so the same data and seed always give
+the same split whatever the model. Rows longer than max_length are truncated or, with
+`drop_long`, dropped; either way ONE warning says how many rows and tokens it cost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from mmtune.config import TrainConfig
+from mmtune.data.reader import ReadOptions, load_samples
+from mmtune.data.schema import Sample
+from mmtune.errors import UserError
+from mmtune.train.render import render_sample
+
+Warn = Callable[[str], None]
+Row = dict[str, list[int]]
+
+
+@dataclass
+class DataStats:
+    """What happened to the data on its way to the model (goes into summary.json)."""
+
+    train_rows: int = 0
+    val_rows: int = 0
+    truncated_rows: int = 0
+    truncated_tokens: int = 0
+    dropped_long_rows: int = 0
+    dropped_empty_rows: int = 0  # no trained token left (answer cut off, or no trainable turn)
+    train_tokens: int = 0  # tokens of one pass over the training rows
+    train_supervised_tokens: int = 0  # of which trained on (labels != -100)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Datasets:
+    train: list[Row]
+    val: list[Row] | None
+    stats: DataStats
+
+
+def read_files(paths: list[str], cfg: TrainConfig, warn: Warn) -> list[Sample]:
+    """All usable samples of `paths`, in file order (bad rows refused, or skipped and reported)."""
+    options = ReadOptions(media_root=cfg.media_root, enforce_root=cfg.media_root is not None)
+    samples: list[Sample] = []
+    for path in paths:
+        samples.extend(load_samples(path, options, skip_bad_rows=cfg.skip_bad_rows, warn=warn))
+    return samples
+
+
+def split_samples(samples: list[Sample], ratio: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): a seeded, deterministic hold-out of ceil(ratio * n) rows (at least 1 if ratio > 0)."""
+    if ratio <= 0:
+        return samples, []
+    n_val = max(1, math.ceil(ratio * len(samples)))
+    if n_val >= len(samples):
+        raise UserError(f"val_ratio {ratio} leaves no training rows out of {len(samples)}: lower --val-ratio "
+                        "or give a separate --val-data file")
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    return ([s for i, s in enumerate(samples) if i not in val_idx],
+            [s for i, s in enumerate(samples) if i in val_idx])
+
+
+def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats) -> list[Row]:
+    """Render each sample to ids/labels; count (and drop, if asked) over-long rows."""
+    rows: list[Row] = []
+    for sample in samples:
+        r = render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length)
+        if r.truncated:
+            if cfg.drop_long:
+                stats.dropped_long_rows += 1
+                continue
+            stats.truncated_rows += 1
+            stats.truncated_tokens += r.truncated
+        if r.n_supervised == 0:
+            stats.dropped_empty_rows += 1
+            continue
+        rows.append({"input_ids": r.input_ids, "labels": r.labels})
+    return rows
+
+
+def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print) -> Datasets:
+    """Training rows (and validation rows, from val_data or a val_ratio split) ready for the collator."""
+    samples = read_files(cfg.data, cfg, warn)
+    if cfg.val_data:
+        train_s, val_s = samples, read_files(cfg.val_data, cfg, warn)
+    else:
+        train_s, val_s = split_samples(samples, cfg.val_ratio, cfg.seed)
+    stats = DataStats()
+    train = encode(train_s, tokenizer, cfg, stats)
+    val = encode(val_s, tokenizer, cfg, stats) if val_s else None
+    report_losses(stats, len(train_s) + len(val_s), cfg, warn)
+    if not train:
+        raise UserError("no training rows left after rendering: every row was dropped (see the warnings above); "
+                        "raise --max-length or check that rows have assistant answers to learn")
+    stats.train_rows, stats.val_rows = len(train), len(val or [])
+    stats.train_tokens = sum(len(r["input_ids"]) for r in train)
+    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"] if x != -100) for r in train)
+    return Datasets(train, val or None, stats)
+
+
+def report_losses(stats: DataStats, total: int, cfg: TrainConfig, warn: Warn) -> None:
+    """One warning per kind of loss, with counts: over-long rows, rows left with nothing to train."""
+    if stats.truncated_rows:
+        warn(f"warning: {stats.truncated_rows} of {total} rows are longer than max_length {cfg.max_length} and "
+             f"were truncated, losing {stats.truncated_tokens} tokens (raise --max-length, or pass --drop-long "
+             "to drop them instead)")
+    if stats.dropped_long_rows:
+        warn(f"warning: dropped {stats.dropped_long_rows} of {total} rows longer than max_length "
+             f"{cfg.max_length} (--drop-long); raise --max-length to keep them")
+    if stats.dropped_empty_rows:
+        warn(f"warning: skipped {stats.dropped_empty_rows} of {total} rows with no token to train on (the answer "
+             f"was cut by max_length {cfg.max_length}, or no assistant turn is trainable with train_on="
+             f"{cfg.train_on})")

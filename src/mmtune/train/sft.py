@@ -1,0 +1,381 @@
+"""Supervised fine-tuning: `run_sft(cfg)` reads top to bottom, setup -> train -> save.
+
+The loop is the Hugging Face Trainer (so `accelerate launch` with a DeepSpeed or FSDP config
+works unchanged); mmtune adds data checking and rendering, LoRA/DoRA/rsLoRA/QLoRA/full set-up,
+token accounting, and a self-describing output folder:
+
+    adapter_model.safetensors + adapter_config.json   (lora/qlora)  | model*.safetensors + config.json (full)
+    tokenizer files + chat_template.jinja, config.yaml (resolved), metrics.jsonl, loss.png,
+    summary.json, mmtune.json (base model, method, mmtune version), checkpoint-*/ (for --resume)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from mmtune import __version__
+from mmtune.config import ALL_LINEAR, TrainConfig
+from mmtune.errors import UserError
+from mmtune.models.loader import check_quantization_available, load_model, load_tokenizer, resolve_model_path
+from mmtune.models.registry import find_spec
+from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder
+from mmtune.train.collate import IGNORE_INDEX, PadCollator
+from mmtune.train.dataset import Datasets, build_datasets
+
+META_FILE = "mmtune.json"
+SUMMARY_FILE = "summary.json"
+_COUNTS = "mmtune"  # key in TrainerState.stateful_callbacks: saved in checkpoints, restored on resume
+# files a run writes at the top of its output folder (removed by --overwrite before a new run)
+RUN_FILES = ("config.yaml", META_FILE, SUMMARY_FILE, "metrics.jsonl", "loss.png", "adapter_config.json",
+             "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "config.json",
+             "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "chat_template.jinja", "README.md", "training_args.bin")
+
+
+def run_sft(cfg: TrainConfig) -> dict[str, Any]:
+    """Fine-tune `cfg.model` on `cfg.data`; returns the summary (also saved as summary.json)."""
+    from accelerate import PartialState
+
+    dist = PartialState()
+    console = Console(stderr=True, quiet=not dist.is_main_process)
+    say = console.print
+    # ---- setup
+    check_quantization_available(cfg.quantization)  # QLoRA without CUDA fails here, before any loading
+    resume_from = prepare_output(cfg, dist.is_main_process)
+    dist.wait_for_everyone()
+    set_seed(cfg.seed)
+    precision = resolve_precision(cfg.precision)
+    tokenizer = load_tokenizer(cfg.model)
+    data = build_datasets(cfg, tokenizer, warn=say)
+    model = load_for_training(cfg, precision)
+    model = apply_method(model, cfg)
+    trainable, total = count_params(model)
+    say(f"[bold]{cfg.method}[/] on {cfg.model}: {data.stats.train_rows} training rows, "
+        f"{data.stats.val_rows} validation rows; training {trainable:,} of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%), precision {precision}")
+    recorder = RunRecorder(cfg.output)
+    trainer = build_trainer(cfg, model, tokenizer, data, precision, [recorder, RichProgress(console)])
+    if dist.is_main_process:
+        cfg.save(cfg.output)
+    # ---- train
+    if resume_from:
+        say(f"resuming from {resume_from}")
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    # ---- save
+    trainer.save_model(cfg.output)  # adapter or full weights (gathered under ZeRO-3/FSDP) + tokenizer
+    summary = make_summary(cfg, trainer, result.metrics, recorder, data, (trainable, total), resume_from)
+    if dist.is_main_process:
+        finish_output(cfg, summary, recorder)
+        print_summary(console, summary)
+    dist.wait_for_everyone()
+    return summary
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def prepare_output(cfg: TrainConfig, is_main: bool) -> str | None:
+    """The checkpoint to resume from (with --resume), after making sure no finished run is clobbered."""
+    out = Path(cfg.output)
+    last = last_checkpoint(out)
+    if cfg.resume:
+        if last is None:
+            raise UserError(f"--resume: {out} holds no checkpoint-*/ folder to continue from; run without "
+                            "--resume to start afresh (or check --output)")
+        return last
+    if out.is_dir() and (any(out.glob("checkpoint-*")) or any((out / f).exists() for f in RUN_FILES[:4])):
+        if not cfg.overwrite:
+            raise UserError(f"{out} already holds a training run: pass --resume to continue it, --overwrite to "
+                            "replace it, or choose another --output")
+        if is_main:
+            clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """The newest complete checkpoint-N/ in `out`. A run killed while saving leaves a folder
+    without a readable trainer_state.json (the Trainer writes it last): such folders are skipped."""
+    if not out.is_dir():
+        return None
+    found = []
+    for folder in out.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and _readable_json(folder / "trainer_state.json"):
+            found.append((int(step), folder))
+    return str(max(found)[1]) if found else None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def clear_run(out: Path) -> None:
+    """Remove what an earlier run wrote (and only that) before training into the same folder."""
+    for ckpt in out.glob("checkpoint-*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for shard in out.glob("model-*-of-*.safetensors"):
+        shard.unlink()
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> bf16 on a CUDA GPU that supports it, else fp32; explicit half precision needs a GPU."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not cuda:
+        raise UserError(f"precision {precision} needs a CUDA GPU and this machine has none: use --precision "
+                        "fp32 (or auto)")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bf16: use --precision fp16 (or auto, which picks fp32)")
+    return precision
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_for_training(cfg: TrainConfig, precision: str):
+    """The base model. A frozen base (lora/qlora) is loaded in the training precision; a fully trained
+    model keeps fp32 master weights and mixed precision comes from autocast."""
+    dtype = torch.float32 if cfg.method == "full" else _DTYPES[precision]
+    device_map = None
+    if cfg.method == "qlora":
+        from accelerate import PartialState
+
+        device_map = {"": PartialState().local_process_index}  # each process holds its own copy
+    model = load_model(cfg.model, dtype=dtype, quantization=cfg.quantization, device_map=device_map)
+    model.config.use_cache = False  # the KV cache is for generation; training only wastes memory on it
+    return model
+
+
+def apply_method(model, cfg: TrainConfig):
+    """Freeze what should not train and wrap the model in LoRA adapters (lora/qlora)."""
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=resolve_lora_targets(model, cfg), use_dora=cfg.use_dora,
+                      use_rslora=cfg.use_rslora, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def resolve_lora_targets(model, cfg: TrainConfig) -> list[str] | str:
+    """The module names LoRA wraps: the config's, else the registry's for this model, else all-linear.
+
+    Named targets are checked against the model's linear layers, so a typo is an error that
+    lists the valid names instead of PEFT's "target modules not found".
+    """
+    targets = cfg.lora_targets
+    if targets is None:
+        spec = find_spec(cfg.model)
+        targets = list(spec.lora_targets) if spec and spec.lora_targets else [ALL_LINEAR]
+    if targets == [ALL_LINEAR]:
+        return ALL_LINEAR
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise UserError(f"LoRA target(s) {', '.join(missing)} are not linear layers of {cfg.model}; its linear "
+                        f"layers are: {', '.join(names)}. Set --lora-targets to some of them, or all-linear")
+    return targets
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+class MMTuneTrainer(Trainer):
+    """The Trainer plus token accounting: trained (supervised) tokens and tokens/s in every log.
+
+    The trained-token count lives in `state.stateful_callbacks`, which checkpoints save and
+    --resume restores, so a resumed run's totals continue where the checkpoint left them.
+    """
+
+    _mark: tuple[float, int] | None = None  # (time, input tokens) at the previous train log
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._mark is None:
+            self._mark = (time.perf_counter(), self.state.num_input_tokens_seen)
+            self._session_start = self._mark
+        n = (inputs["labels"] != IGNORE_INDEX).sum().reshape(1).to(self.args.device)
+        counts = self.state.stateful_callbacks.setdefault(_COUNTS, {})
+        counts["trained_tokens"] = counts.get("trained_tokens", 0) + int(self.accelerator.gather(n).sum().item())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    @property
+    def trained_tokens(self) -> int:
+        return int(self.state.stateful_callbacks.get(_COUNTS, {}).get("trained_tokens", 0))
+
+    def session_tokens_per_s(self, runtime: float) -> float:
+        start = getattr(self, "_session_start", (0.0, self.state.num_input_tokens_seen))[1]
+        return (self.state.num_input_tokens_seen - start) / max(runtime, 1e-9)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now, tokens = time.perf_counter(), self.state.num_input_tokens_seen
+            if self._mark is not None:
+                logs["tokens_per_s"] = (tokens - self._mark[1]) / max(now - self._mark[0], 1e-9)
+            self._mark = (now, tokens)
+        if "loss" in logs or "eval_loss" in logs:
+            logs["trained_tokens"] = self.trained_tokens
+        super().log(logs, start_time)
+
+
+class SaveMeta(TrainerCallback):
+    """Writes mmtune.json into each checkpoint, so a checkpoint loads like a finished run."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def on_save(self, args, state, control, **kw):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_meta(folder, self.cfg, complete=False)
+
+
+def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> TrainingArguments:
+    """The Trainer's arguments, all derived from the config (nothing else reaches the Trainer)."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    eval_strategy = cfg.eval_strategy if has_eval else "no"
+    return TrainingArguments(
+        output_dir=cfg.output,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        lr_scheduler_type=cfg.scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": 0.1} if cfg.scheduler == "cosine_with_min_lr" else None,
+        warmup_steps=cfg.warmup_ratio or cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda and not mps,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        eval_strategy=eval_strategy,
+        eval_steps=cfg.eval_steps if eval_strategy == "steps" else None,
+        save_strategy=cfg.save_strategy,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.num_workers,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False if cfg.uses_lora else None,
+        report_to="none",
+        disable_tqdm=True,
+        log_level="warning",
+    )
+
+
+def build_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision: str,
+                  callbacks: list[TrainerCallback]) -> MMTuneTrainer:
+    has_eval = data.val is not None and cfg.eval_strategy != "no"
+    trainer = MMTuneTrainer(
+        model=model,
+        args=training_arguments(cfg, precision, has_eval),
+        train_dataset=data.train,
+        eval_dataset=data.val,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
+    )
+    for default in (ProgressCallback, PrinterCallback):  # RichProgress replaces them
+        trainer.remove_callback(default)
+    return trainer
+
+
+# ---------------------------------------------------------------------------- save
+
+
+def write_meta(folder: str | Path, cfg: TrainConfig, complete: bool = True) -> None:
+    """mmtune.json: what a loader needs to use this folder (base model + adapter, or full weights)."""
+    meta = {
+        "mmtune_version": __version__,
+        "base_model": cfg.model,
+        "base_model_path": resolve_model_path(cfg.model),
+        "method": cfg.method,
+        "adapter": cfg.uses_lora,
+        "quantization": cfg.quantization,
+        "complete": complete,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def make_summary(cfg: TrainConfig, trainer: MMTuneTrainer, metrics: dict[str, Any], recorder: RunRecorder,
+                 data: Datasets, params: tuple[int, int], resume_from: str | None) -> dict[str, Any]:
+    runtime = float(metrics.get("train_runtime", 0.0))
+    return {
+        "model": cfg.model,
+        "method": cfg.method,
+        "output": str(cfg.output),
+        "train_runtime_s": round(runtime, 2),
+        "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0), 4),
+        "trained_tokens": trainer.trained_tokens,
+        "input_tokens": int(trainer.state.num_input_tokens_seen),
+        "tokens_per_s": round(trainer.session_tokens_per_s(runtime), 1),
+        "final_train_loss": recorder.last("loss"),
+        "final_eval_loss": recorder.last("eval_loss"),
+        "trainable_params": params[0],
+        "total_params": params[1],
+        "resumed_from": Path(resume_from).name if resume_from else None,
+        "data": data.stats.to_dict(),
+    }
+
+
+def finish_output(cfg: TrainConfig, summary: dict[str, Any], recorder: RunRecorder) -> None:
+    """Leave the output folder self-describing (and free of the Trainer's pickled arguments)."""
+    out = Path(cfg.output)
+    (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml is the readable record
+    write_meta(out, cfg)
+    recorder.plot()
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def print_summary(console: Console, s: dict[str, Any]) -> None:
+    table = Table(title="training finished", show_header=False, title_justify="left")
+    rows = [("output", s["output"]), ("steps", s["steps"]), ("time", f"{s['train_runtime_s']:.1f} s"),
+            ("trained tokens", f"{s['trained_tokens']:,}"), ("tokens/s", f"{s['tokens_per_s']:.0f}"),
+            ("final train loss", _fmt(s["final_train_loss"])), ("final eval loss", _fmt(s["final_eval_loss"]))]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
