@@ -19,6 +19,7 @@ checkpoint (`mmtune train --resume`). Events and files already recorded stay as 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -64,7 +65,7 @@ class Settings:
 
 class JobService:
     def __init__(self, data_dir: str | Path | None = None, settings: Settings | None = None, **overrides: Any):
-        self.settings = settings or Settings(**overrides)
+        self.settings = dataclasses.replace(settings or Settings(), **overrides)
         if self.settings.concurrency < 0:
             raise UserError("concurrency must be >= 0 (0 = queue jobs without running them)")
         self.layout = Layout(Path(data_dir).expanduser() if data_dir else default_data_dir())
