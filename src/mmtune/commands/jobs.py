@@ -34,61 +34,94 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("jobs", help="fine-tuning jobs: the OpenAI-compatible job service and its client",
-                              description="Create, follow and cancel fine-tuning jobs over the OpenAI fine-tuning "
-                              "API, or run the job service (`mmtune jobs serve`).", epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "jobs",
+        help="fine-tuning jobs: the OpenAI-compatible job service and its client",
+        description="Create, follow and cancel fine-tuning jobs over the OpenAI fine-tuning "
+        "API, or run the job service (`mmtune jobs serve`).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(_parser=p)
     sub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
     _add_create(sub)
-    for name, func, text in (("list", run_list, "list jobs, newest first"),
-                             ("show", run_show, "one job"),
-                             ("events", run_events, "a job's events (newest last)"),
-                             ("cancel", run_cancel, "cancel a job (a running one's training process is stopped)"),
-                             ("wait", run_wait, "print a job's events until it ends; exit 0 if it succeeded")):
+    for name, func, text in (
+        ("list", run_list, "list jobs, newest first"),
+        ("show", run_show, "one job"),
+        ("events", run_events, "a job's events (newest last)"),
+        ("cancel", run_cancel, "cancel a job (a running one's training process is stopped)"),
+        ("wait", run_wait, "print a job's events until it ends; exit 0 if it succeeded"),
+    ):
         c = sub.add_parser(name, help=text, description=text)
         if name != "list":
             c.add_argument("job", help="job id (ftjob-...)")
         if name in ("list", "events"):
-            c.add_argument("--limit", type=int, default=20 if name == "list" else 100,
-                           help="how many to show (default: %(default)s)")
+            c.add_argument(
+                "--limit",
+                type=int,
+                default=20 if name == "list" else 100,
+                help="how many to show (default: %(default)s)",
+            )
         if name == "wait":
-            c.add_argument("--timeout", type=float, default=None, help="give up after this many seconds "
-                           "(default: wait for ever)")
+            c.add_argument(
+                "--timeout",
+                type=float,
+                default=None,
+                help="give up after this many seconds (default: wait for ever)",
+            )
         _add_client(c)
         c.set_defaults(func=func, _parser=c)
     _add_serve(sub)
 
 
 def _add_client(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-url", default=os.environ.get("MMTUNE_BASE_URL", DEFAULT_BASE_URL),
-                   help="the API's base URL (default: $MMTUNE_BASE_URL or %(default)s)")
-    p.add_argument("--api-key", default=os.environ.get("MMTUNE_API_KEY"),
-                   help="API key, sent as a Bearer token (default: $MMTUNE_API_KEY; none)")
+    p.add_argument(
+        "--base-url",
+        default=os.environ.get("MMTUNE_BASE_URL", DEFAULT_BASE_URL),
+        help="the API's base URL (default: $MMTUNE_BASE_URL or %(default)s)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MMTUNE_API_KEY"),
+        help="API key, sent as a Bearer token (default: $MMTUNE_API_KEY; none)",
+    )
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
 
 
 def _add_create(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("create", help="upload data (or use an uploaded file id) and start a job",
-                       description="Create a fine-tuning job. DATA is a local .jsonl/.json file (uploaded first) "
-                       "or the id of an uploaded file. Unset hyper-parameters come from the preset.")
+    c = sub.add_parser(
+        "create",
+        help="upload data (or use an uploaded file id) and start a job",
+        description="Create a fine-tuning job. DATA is a local .jsonl/.json file (uploaded first) "
+        "or the id of an uploaded file. Unset hyper-parameters come from the preset.",
+    )
     c.add_argument("data", metavar="DATA", help="training data: a local file or a file id (file-...)")
     c.add_argument("--validation", metavar="DATA", help="validation data: a local file or a file id")
-    c.add_argument("--model", help="base model: registry name, absolute local path or hub id (default: the "
-                   "server's default, the embedded SmolLM2)")
+    c.add_argument(
+        "--model",
+        help="base model: registry name, absolute local path or hub id (default: the "
+        "server's default, the embedded SmolLM2)",
+    )
     c.add_argument("--suffix", help="added to the model name: ft:<base>:<suffix>:<job id>")
     c.add_argument("--seed", type=int, help="random seed (default: chosen by the server)")
     c.add_argument("--epochs", type=int, dest="n_epochs", help="epochs, 1-10 (default: the preset's)")
     c.add_argument("--batch-size", type=int, help="batch size, 1-32 (default: the preset's)")
-    c.add_argument("--lr-multiplier", type=float, dest="learning_rate_multiplier",
-                   help="learning rate = preset learning rate x this (default: 1)")
+    c.add_argument(
+        "--lr-multiplier",
+        type=float,
+        dest="learning_rate_multiplier",
+        help="learning rate = preset learning rate x this (default: 1)",
+    )
     c.add_argument("--preset", help="hyper-parameter preset: standard, quality or fast (default: standard)")
     c.add_argument("--method", help="lora, qlora or full (default: lora)")
-    for flag, kind, text in (("--lora-rank", int, "LoRA rank"), ("--lora-alpha", float, "LoRA alpha"),
-                             ("--lora-dropout", float, "LoRA dropout"),
-                             ("--max-length", int, "longest row in tokens (the server caps it, default 4096)"),
-                             ("--max-steps", int, "stop after this many steps (short runs)"),
-                             ("--save-steps", int, "checkpoint every this many steps (default: 50)")):
+    for flag, kind, text in (
+        ("--lora-rank", int, "LoRA rank"),
+        ("--lora-alpha", float, "LoRA alpha"),
+        ("--lora-dropout", float, "LoRA dropout"),
+        ("--max-length", int, "longest row in tokens (the server caps it, default 4096)"),
+        ("--max-steps", int, "stop after this many steps (short runs)"),
+        ("--save-steps", int, "checkpoint every this many steps (default: 50)"),
+    ):
         c.add_argument(flag, type=kind, help=f"{text} (default: the preset's or the server's)")
     c.add_argument("--wait", action="store_true", help="then print its events until it ends")
     _add_client(c)
@@ -96,21 +129,37 @@ def _add_create(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="run the job service (OpenAI files + fine-tuning jobs API)",
-                       description="Serve /v1/files and /v1/fine_tuning/jobs. Jobs run one at a time (see "
-                       "--concurrency) as `mmtune train` subprocesses; state lives in SQLite under --data-dir. "
-                       "A job cut off by a stop resumes from its last checkpoint when the service starts again.")
-    s.add_argument("--data-dir", help="where files, jobs and the database live (default: $MMTUNE_HOME or "
-                   "~/.local/share/mmtune)")
+    s = sub.add_parser(
+        "serve",
+        help="run the job service (OpenAI files + fine-tuning jobs API)",
+        description="Serve /v1/files and /v1/fine_tuning/jobs. Jobs run one at a time (see "
+        "--concurrency) as `mmtune train` subprocesses; state lives in SQLite under --data-dir. "
+        "A job cut off by a stop resumes from its last checkpoint when the service starts again.",
+    )
+    s.add_argument(
+        "--data-dir",
+        help="where files, jobs and the database live (default: $MMTUNE_HOME or ~/.local/share/mmtune)",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    s.add_argument("--api-key", default=os.environ.get("MMTUNE_API_KEY"),
-                   help="require this Bearer key (default: $MMTUNE_API_KEY; none = no key needed)")
+    s.add_argument(
+        "--api-key",
+        default=os.environ.get("MMTUNE_API_KEY"),
+        help="require this Bearer key (default: $MMTUNE_API_KEY; none = no key needed)",
+    )
     s.add_argument("--concurrency", type=int, default=1, help="jobs trained at once (default: %(default)s)")
-    s.add_argument("--price-per-million", type=float, default=0.0,
-                   help="price per 1M trained tokens, for a job's estimated_cost (default: %(default)s)")
-    s.add_argument("--max-length-limit", type=int, default=4096,
-                   help="largest max_length a job may ask for (default: %(default)s)")
+    s.add_argument(
+        "--price-per-million",
+        type=float,
+        default=0.0,
+        help="price per 1M trained tokens, for a job's estimated_cost (default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-length-limit",
+        type=int,
+        default=4096,
+        help="largest max_length a job may ask for (default: %(default)s)",
+    )
     s.set_defaults(func=run_serve, _parser=s)
 
 
@@ -133,8 +182,10 @@ class Client:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise UserError(f"cannot reach the job service at {self.base} ({e}): start it with `mmtune jobs serve` "
-                            "(or `mmtune serve`), or pass --base-url") from None
+            raise UserError(
+                f"cannot reach the job service at {self.base} ({e}): start it with `mmtune jobs serve` "
+                "(or `mmtune serve`), or pass --base-url"
+            ) from None
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]
@@ -148,7 +199,9 @@ class Client:
         if not path.is_file():
             raise UserError(f"{path} is not a file: give a .jsonl/.json data file or an uploaded file id")
         with open(path, "rb") as f:
-            return self.call("POST", "/files", files={"file": (path.name, f)}, data={"purpose": "fine-tune"})["id"]
+            return self.call("POST", "/files", files={"file": (path.name, f)}, data={"purpose": "fine-tune"})[
+                "id"
+            ]
 
     def file_id(self, data: str) -> str:
         """An uploaded file's id: `data` itself when it is one, else the id of `data` uploaded now."""
@@ -162,12 +215,26 @@ def run_create(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"training_file": client.file_id(args.data)}
     if args.validation:
         body["validation_file"] = client.file_id(args.validation)
-    for key in ("model", "suffix", "seed", "preset", "method", "lora_rank", "lora_alpha", "lora_dropout",
-                "max_length", "max_steps", "save_steps"):
+    for key in (
+        "model",
+        "suffix",
+        "seed",
+        "preset",
+        "method",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "max_length",
+        "max_steps",
+        "save_steps",
+    ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
-    hyper = {k: getattr(args, k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")
-             if getattr(args, k) is not None}
+    hyper = {
+        k: getattr(args, k)
+        for k in ("n_epochs", "batch_size", "learning_rate_multiplier")
+        if getattr(args, k) is not None
+    }
     if hyper:  # the legacy field: it leaves `method` free for mmtune's training method name
         body["hyperparameters"] = hyper
     job = client.call("POST", "/fine_tuning/jobs", json=body)
@@ -195,7 +262,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    page = Client(args).call("GET", f"/fine_tuning/jobs/{_job_id(args.job)}/events", params={"limit": args.limit})
+    page = Client(args).call(
+        "GET", f"/fine_tuning/jobs/{_job_id(args.job)}/events", params={"limit": args.limit}
+    )
     if args.json:
         print(json.dumps(page, indent=2, ensure_ascii=False))
         return 0
@@ -234,7 +303,9 @@ def _wait(client: Client, job_id: str, timeout: float | None, as_json: bool) -> 
 
 def _job_id(value: str) -> str:
     if not re.fullmatch(r"ftjob-[A-Za-z0-9]{8,64}", value):
-        raise UserError(f"{value!r} is not a job id: job ids look like ftjob-... (`mmtune jobs list` shows them)")
+        raise UserError(
+            f"{value!r} is not a job id: job ids look like ftjob-... (`mmtune jobs list` shows them)"
+        )
     return value
 
 
@@ -255,7 +326,9 @@ def _print_job(job: dict[str, Any], as_json: bool, full: bool = False) -> None:
         print(f"  mmtune: {json.dumps(own)}")
         print(f"  trained tokens: {job['trained_tokens']}  estimated cost: {job.get('estimated_cost')}")
         if job["error"]:
-            print(f"  error [{job['error']['code']}] ({job['error'].get('param')}): {job['error']['message']}")
+            print(
+                f"  error [{job['error']['code']}] ({job['error'].get('param')}): {job['error']['message']}"
+            )
 
 
 def _event_line(event: dict[str, Any]) -> str:
@@ -273,10 +346,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from mmtune.jobs.params import Limits
     from mmtune.jobs.service import JobService, Settings
 
-    settings = Settings(concurrency=args.concurrency, price_per_million_tokens=args.price_per_million,
-                        limits=Limits(max_length=args.max_length_limit))
+    settings = Settings(
+        concurrency=args.concurrency,
+        price_per_million_tokens=args.price_per_million,
+        limits=Limits(max_length=args.max_length_limit),
+    )
     service = JobService(args.data_dir, settings)
     app = create_jobs_app(service, api_key=args.api_key)
-    print(f"mmtune jobs service: http://{args.host}:{args.port}/v1 (data: {service.layout.root})", file=sys.stderr)
+    print(
+        f"mmtune jobs service: http://{args.host}:{args.port}/v1 (data: {service.layout.root})",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
