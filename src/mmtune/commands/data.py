@@ -24,53 +24,91 @@ examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="check, convert, inspect and split training data",
-                       description="Check, convert, inspect and split training data files.")
+    p = sub.add_parser(
+        "data",
+        help="check, convert, inspect and split training data",
+        description="Check, convert, inspect and split training data files.",
+    )
     p.set_defaults(_parser=p)
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     fmt_help = f"force the format ({', '.join(FORMAT_NAMES)}); default: detected from the rows"
     root_help = "folder that relative media paths are resolved against (default: the data file's folder); media must stay inside it"
 
-    c = dsub.add_parser("check", help="list every problem in data files", epilog=CHECK_EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Check data files: every error and warning, with file, line, field and rule.")
+    c = dsub.add_parser(
+        "check",
+        help="list every problem in data files",
+        epilog=CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check data files: every error and warning, with file, line, field and rule.",
+    )
     c.add_argument("files", nargs="+", metavar="FILE", help=".jsonl or .json data files")
     c.add_argument("--format", choices=FORMAT_NAMES, help=fmt_help)
-    c.add_argument("--rules", choices=("default", "strict"), default="default", help="rule set (default: %(default)s)")
+    c.add_argument(
+        "--rules", choices=("default", "strict"), default="default", help="rule set (default: %(default)s)"
+    )
     c.add_argument("--media-root", help=root_help)
-    c.add_argument("--no-media", action="store_true", help="do not open media files (faster; existence and decoding unchecked)")
+    c.add_argument(
+        "--no-media",
+        action="store_true",
+        help="do not open media files (faster; existence and decoding unchecked)",
+    )
     c.add_argument("--json", action="store_true", help="print one JSON object (the machine-readable report)")
-    c.add_argument("--fail-on-warnings", action="store_true", help="exit 1 when there are warnings but no errors")
-    c.add_argument("--tokenizer", help="with --max-length: a model name or folder whose tokenizer counts tokens")
-    c.add_argument("--max-length", type=int, help="warn about rows longer than this many tokens (needs --tokenizer)")
+    c.add_argument(
+        "--fail-on-warnings", action="store_true", help="exit 1 when there are warnings but no errors"
+    )
+    c.add_argument(
+        "--tokenizer", help="with --max-length: a model name or folder whose tokenizer counts tokens"
+    )
+    c.add_argument(
+        "--max-length", type=int, help="warn about rows longer than this many tokens (needs --tokenizer)"
+    )
     c.set_defaults(func=run_check)
 
-    v = dsub.add_parser("convert", help="convert a data file to another format",
-                        description="Convert a data file to another format, through mmtune's canonical sample. "
-                        "A conversion that would lose information is refused unless --lossy.")
+    v = dsub.add_parser(
+        "convert",
+        help="convert a data file to another format",
+        description="Convert a data file to another format, through mmtune's canonical sample. "
+        "A conversion that would lose information is refused unless --lossy.",
+    )
     v.add_argument("src", metavar="IN")
     v.add_argument("dst", metavar="OUT", help="output file: .jsonl (one row a line) or .json (one array)")
     v.add_argument("--to", required=True, choices=FORMAT_NAMES, help="target format")
     v.add_argument("--format", choices=FORMAT_NAMES, help=fmt_help)
-    v.add_argument("--media-root", help="folder the input's relative media paths are relative to (default: its folder)")
-    v.add_argument("--lossy", action="store_true", help="convert even if something the target cannot hold is dropped")
+    v.add_argument(
+        "--media-root", help="folder the input's relative media paths are relative to (default: its folder)"
+    )
+    v.add_argument(
+        "--lossy", action="store_true", help="convert even if something the target cannot hold is dropped"
+    )
     v.set_defaults(func=run_convert)
 
-    s = dsub.add_parser("stats", help="rows, turns, media, characters and token counts",
-                        description="Statistics of a data file; with --tokenizer also token counts.")
+    s = dsub.add_parser(
+        "stats",
+        help="rows, turns, media, characters and token counts",
+        description="Statistics of a data file; with --tokenizer also token counts.",
+    )
     s.add_argument("file", metavar="FILE")
     s.add_argument("--format", choices=FORMAT_NAMES, help=fmt_help)
-    s.add_argument("--tokenizer", help="model name, folder or .gguf whose tokenizer (and chat template) counts tokens")
+    s.add_argument(
+        "--tokenizer", help="model name, folder or .gguf whose tokenizer (and chat template) counts tokens"
+    )
     s.add_argument("--max-length", type=int, help="count rows (and tokens) over this length")
     s.add_argument("--plot", metavar="PNG", help="save a histogram of tokens per row (needs --tokenizer)")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(func=run_stats)
 
-    t = dsub.add_parser("split", help="deterministic train/validation split",
-                        description="Split a data file into <name>.train and <name>.val files; rows are copied unchanged.")
+    t = dsub.add_parser(
+        "split",
+        help="deterministic train/validation split",
+        description="Split a data file into <name>.train and <name>.val files; rows are copied unchanged.",
+    )
     t.add_argument("file", metavar="FILE")
-    t.add_argument("--val-ratio", type=float, default=0.1, help="share of rows for validation (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=42, help="random seed: same seed, same split (default: %(default)s)")
+    t.add_argument(
+        "--val-ratio", type=float, default=0.1, help="share of rows for validation (default: %(default)s)"
+    )
+    t.add_argument(
+        "--seed", type=int, default=42, help="random seed: same seed, same split (default: %(default)s)"
+    )
     t.add_argument("--out-dir", help="where to write the two files (default: beside FILE)")
     t.add_argument("--force", action="store_true", help="overwrite existing output files")
     t.set_defaults(func=run_split)
@@ -84,10 +122,18 @@ def run_check(args) -> int:
 
     count = _token_counter(args.tokenizer) if args.tokenizer else None
     if args.max_length and not count:
-        print("note: --max-length needs --tokenizer to count tokens; lengths are not checked", file=sys.stderr)
-    opts = ReadOptions(fmt=args.format, rules=args.rules, media_root=args.media_root,
-                       enforce_root=bool(args.media_root), check_media=not args.no_media,
-                       max_length=args.max_length, count_tokens=count)
+        print(
+            "note: --max-length needs --tokenizer to count tokens; lengths are not checked", file=sys.stderr
+        )
+    opts = ReadOptions(
+        fmt=args.format,
+        rules=args.rules,
+        media_root=args.media_root,
+        enforce_root=bool(args.media_root),
+        check_media=not args.no_media,
+        max_length=args.max_length,
+        count_tokens=count,
+    )
     reports = []
     if args.json:
         _check_json(args.files, opts, reports)
@@ -140,13 +186,17 @@ class _Printer:
     def finding(self, path: str, f) -> None:
         colour = self.red if f.severity == "error" else self.yellow
         field = f" {f.field}" if f.field else ""
-        print(f"{path}:{f.line}:{field} {colour}{f.severity}{self.reset} "
-              f"{self.dim}[{f.rule}]{self.reset} {f.message}")
+        print(
+            f"{path}:{f.line}:{field} {colour}{f.severity}{self.reset} "
+            f"{self.dim}[{f.rule}]{self.reset} {f.message}"
+        )
 
     def file_end(self, r) -> None:
         state = f"{self.red}✗" if r.errors else (f"{self.yellow}!" if r.warnings else "✓")
-        print(f"{state}{self.reset} {self.bold}{r.path}{self.reset}: {r.format} format, {r.rows} rows, "
-              f"{r.errors} error(s), {r.warnings} warning(s)")
+        print(
+            f"{state}{self.reset} {self.bold}{r.path}{self.reset}: {r.format} format, {r.rows} rows, "
+            f"{r.errors} error(s), {r.warnings} warning(s)"
+        )
 
     def total(self, reports) -> None:
         if len(reports) > 1:
@@ -165,7 +215,9 @@ def _token_counter(name: str):
 def run_convert(args) -> int:
     from mmtune.data.convert import convert_file
 
-    rep = convert_file(args.src, args.dst, args.to, fmt=args.format, media_root=args.media_root, lossy=args.lossy)
+    rep = convert_file(
+        args.src, args.dst, args.to, fmt=args.format, media_root=args.media_root, lossy=args.lossy
+    )
     print(f"converted {rep.rows} rows: {args.src} ({rep.source_format}) → {args.dst} ({args.to})")
     for what, n in rep.losses.items():
         print(f"  dropped in {n} row(s): {what}")
@@ -200,20 +252,31 @@ def _print_stats(st: dict) -> None:
 
     con = Console()
     t = Table(title=f"{st['path']} ({st['format']})", show_header=False)
-    t.add_row("rows", f"{st['rows']}" + (f"  ({st['rows_with_errors']} with errors)" if st["rows_with_errors"] else ""))
+    t.add_row(
+        "rows",
+        f"{st['rows']}" + (f"  ({st['rows_with_errors']} with errors)" if st["rows_with_errors"] else ""),
+    )
     t.add_row("messages by role", ", ".join(f"{k}: {v}" for k, v in st["messages_by_role"].items()))
     a = st["assistant_turns"]
     t.add_row("assistant turns", f"{a['total']} (mean {a['mean']} per row, max {a['max']})")
     t.add_row("images / videos / tool calls", f"{st['images']} / {st['videos']} / {st['tool_calls']}")
     c = st["characters"]
-    t.add_row("characters", f"{c['total']} (per row: mean {c['mean']}, p50 {c['p50']}, p90 {c['p90']}, max {c['max']})")
+    t.add_row(
+        "characters",
+        f"{c['total']} (per row: mean {c['mean']}, p50 {c['p50']}, p90 {c['p90']}, max {c['max']})",
+    )
     if "tokens" in st:
         k = st["tokens"]
-        t.add_row("tokens", f"{k['total']} (per row: mean {k['mean']}, p50 {k['p50']}, p90 {k['p90']}, "
-                  f"p99 {k['p99']}, max {k['max']})")
+        t.add_row(
+            "tokens",
+            f"{k['total']} (per row: mean {k['mean']}, p50 {k['p50']}, p90 {k['p90']}, "
+            f"p99 {k['p99']}, max {k['max']})",
+        )
     if "rows_over_max_length" in st:
-        t.add_row(f"over max length {st['max_length']}",
-                  f"{st['rows_over_max_length']} rows, {st['tokens_over_max_length']} tokens would be cut")
+        t.add_row(
+            f"over max length {st['max_length']}",
+            f"{st['rows_over_max_length']} rows, {st['tokens_over_max_length']} tokens would be cut",
+        )
     con.print(t)
     if "tokens" in st and st["tokens"]["histogram"]:
         hist = st["tokens"]["histogram"]
