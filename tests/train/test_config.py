@@ -8,6 +8,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -168,3 +169,19 @@ def test_config_and_train_command_import_no_torch():
 def test_every_field_has_help():
     for f in dataclasses.fields(TrainConfig):
         assert len(f.metadata.get("help", "")) > 10, f.name
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    cfg = resolve_config({}, path)
+    assert cfg.data and cfg.output.startswith("runs/")
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_leave_precision_and_batching_to_mmtune(path):
+    values = yaml.safe_load(path.read_text())
+    assert values["distributed_type"] in ("DEEPSPEED", "FSDP") and values["mixed_precision"] == "no"
+    assert "gradient_accumulation_steps" not in values.get("deepspeed_config", {})  # "auto": from --grad-accum
