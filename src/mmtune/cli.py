@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "serve",
     "chat",
     "infer",
+    "export",
     "jobs",
 )
 

@@ -6,7 +6,9 @@ adapter a no-op and every "adapter changes the output" test pass vacuously).
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from helpers.tiny_models import tiny_model_dir
 
 _adapters: dict[tuple[str, int], Path] = {}
 _root = Path(tempfile.mkdtemp(prefix="mmtune-infer-tests-"))
+atexit.register(shutil.rmtree, _root, True)
 
 
 def tiny_base(family: str = "qwen2") -> Path:
