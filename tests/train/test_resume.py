@@ -86,3 +86,13 @@ def test_an_interrupted_checkpoint_is_skipped(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-8").mkdir()  # killed before its state was written
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_simply_start_again(tmp_path):
+    from mmtune.train.sft import holds_run
+
+    for name in ("config.yaml", "metrics.jsonl", "loss.png"):  # what such a run leaves
+        (tmp_path / name).write_text("x")
+    assert not holds_run(tmp_path)
+    (tmp_path / "checkpoint-2").mkdir()
+    assert holds_run(tmp_path)

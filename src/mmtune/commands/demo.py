@@ -22,18 +22,18 @@ QUESTIONS = (
     "Who founded Lumen Bakery?",
     "你叫什么名字？",
 )
-# Measured on the 2-core CPU: see the module docstring and tests/train/test_sft_e2e.py.
+# Measured on the 2-core CPU (see the report in the module docstring).
 DEMO_SETTINGS = {
     "method": "lora",
-    "learning_rate": 1e-3,
-    "max_steps": 36,
+    "learning_rate": 2e-3,
+    "max_steps": 16,  # ~6 epochs of the 22 rows; all six answers were right from step 12 on
     "batch_size": 8,
     "lora_rank": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.0,
     "lora_targets": ["all-linear"],
     "warmup_steps": 2,
-    "scheduler": "cosine",
+    "scheduler": "constant_with_warmup",
     "max_length": 128,
     "logging_steps": 4,
     "save_strategy": "no",
@@ -95,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_answers(
-    base_model: str, adapter_dir: str, questions: list[str], max_new_tokens: int = 40
-) -> tuple[list[str], list[str]]:
+def compare_answers(base_model: str, adapter_dir: str, questions: list[str],
+                    max_new_tokens: int = 32) -> tuple[list[str], list[str]]:
     """Greedy answers of the base model (adapter disabled) and of the tuned model, per question."""
     import torch
     from peft import PeftModel
@@ -107,29 +106,29 @@ def compare_answers(
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # saved with the run, chat template included
     model = PeftModel.from_pretrained(load_model(base_model, dtype=torch.float32), adapter_dir).eval()
-    tuned = [greedy(model, tokenizer, q, max_new_tokens) for q in questions]
+    tuned = greedy(model, tokenizer, questions, max_new_tokens)
     with model.disable_adapter():
-        base = [greedy(model, tokenizer, q, max_new_tokens) for q in questions]
+        base = greedy(model, tokenizer, questions, max_new_tokens)
     return base, tuned
 
 
-def greedy(model, tokenizer, question: str, max_new_tokens: int) -> str:
-    """One greedy answer, prompted through the same chat template as training."""
+def greedy(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers to all questions in one left-padded batch, prompted through the same chat
+    template as training (one batch: a few times faster than one question at a time on a CPU)."""
     import torch
 
     from mmtune.data.schema import Message, Sample
     from mmtune.train.render import render_prompt
 
-    ids = render_prompt(Sample([Message.simple("user", question)]), tokenizer)
+    prompts = [render_prompt(Sample([Message.simple("user", q)]), tokenizer) for q in questions]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad)
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
 def print_comparison(questions: list[str], base: list[str], tuned: list[str], summary: dict) -> None:

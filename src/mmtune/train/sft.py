@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,12 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     from accelerate import PartialState
 
     dist = PartialState()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     console = Console(stderr=True, quiet=not dist.is_main_process)
-    say = console.print
+
+    def say(message: str) -> None:  # plain text: paths and messages may hold [brackets]
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
+
     # ---- setup
     check_quantization_available(cfg.quantization)  # QLoRA without CUDA fails here, before any loading
     resume_from = prepare_output(cfg, dist.is_main_process)
@@ -61,7 +66,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     model = load_for_training(cfg, precision)
     model = apply_method(model, cfg)
     trainable, total = count_params(model)
-    say(f"[bold]{cfg.method}[/] on {cfg.model}: {data.stats.train_rows} training rows, "
+    say(f"{cfg.method} on {cfg.model}: {data.stats.train_rows} training rows, "
         f"{data.stats.val_rows} validation rows; training {trainable:,} of {total:,} parameters "
         f"({100 * trainable / total:.2f}%), precision {precision}")
     recorder = RunRecorder(cfg.output)
@@ -86,7 +91,12 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def prepare_output(cfg: TrainConfig, is_main: bool) -> str | None:
-    """The checkpoint to resume from (with --resume), after making sure no finished run is clobbered."""
+    """The checkpoint to resume from (with --resume), after making sure no run is clobbered.
+
+    A folder holding checkpoints or a finished run needs --resume or --overwrite. A run killed
+    before its first checkpoint left only files a new run rewrites (config.yaml, metrics.jsonl,
+    loss.png): starting again over it is allowed, so a job runner can simply re-run the command.
+    """
     out = Path(cfg.output)
     last = last_checkpoint(out)
     if cfg.resume:
@@ -94,7 +104,7 @@ def prepare_output(cfg: TrainConfig, is_main: bool) -> str | None:
             raise UserError(f"--resume: {out} holds no checkpoint-*/ folder to continue from; run without "
                             "--resume to start afresh (or check --output)")
         return last
-    if out.is_dir() and (any(out.glob("checkpoint-*")) or any((out / f).exists() for f in RUN_FILES[:4])):
+    if holds_run(out):
         if not cfg.overwrite:
             raise UserError(f"{out} already holds a training run: pass --resume to continue it, --overwrite to "
                             "replace it, or choose another --output")
@@ -102,6 +112,15 @@ def prepare_output(cfg: TrainConfig, is_main: bool) -> str | None:
             clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def holds_run(out: Path) -> bool:
+    """Checkpoints, weights or a finished run's records: what a new run must not silently replace."""
+    if not out.is_dir():
+        return False
+    markers = (SUMMARY_FILE, META_FILE, "adapter_model.safetensors", "model.safetensors",
+               "model.safetensors.index.json")
+    return any(out.glob("checkpoint-*")) or any((out / m).exists() for m in markers)
 
 
 def last_checkpoint(out: Path) -> str | None:
