@@ -31,7 +31,7 @@ def test_two_process_ddp_run_finishes_with_a_summary(tiny_llama, repeated_data, 
            "--model", str(tiny_llama), "--data", str(repeated_data), "--output", str(out),
            # 16 rows, 2 processes x 2 rows: 4 steps are exactly one epoch
            "--max-steps", "4", "--batch-size", "2", "--logging-steps", "1", "--save-strategy", "no",
-           "--max-length", "48"]
+           "--max-length", "96"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

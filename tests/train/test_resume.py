@@ -25,7 +25,7 @@ def settings(model: Path, data: Path, output: Path) -> dict:
     # lora_dropout stays on: the resumed run must also restore the RNG state to match
     return {"model": str(model), "data": [str(data)], "output": str(output), "max_steps": STEPS, "batch_size": 2,
             "learning_rate": 3e-3, "logging_steps": 1, "save_strategy": "steps", "save_steps": 2,
-            "save_total_limit": 2, "max_length": 48, "seed": 7}
+            "save_total_limit": 2, "max_length": 96, "seed": 7}
 
 
 def cli_args(values: dict) -> list[str]:
