@@ -71,7 +71,7 @@ def main() -> int:
     MEDIA.mkdir(parents=True, exist_ok=True)
     images = make_images()
     video = make_video(MEDIA / "moving_circle.mp4")
-    print(f"example media ready: {len(images)} images, 1 video in {MEDIA}", file=sys.stderr)
+    print(f"example media ready: {len(images)} images and {video.name} in {MEDIA}", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from mmtune.cli import COMMANDS, build_parser
-
 from tests.conftest import EXAMPLES
 
 NO_TORCH = """

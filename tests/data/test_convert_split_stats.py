@@ -7,7 +7,6 @@ from mmtune.data.reader import FileReader, ReadOptions
 from mmtune.data.split import split_file
 from mmtune.data.stats import collect_stats
 from mmtune.errors import UserError
-
 from tests.conftest import EXAMPLES
 
 

@@ -11,7 +11,6 @@ from mmtune.data.formats.common import normalize
 from mmtune.data.rawio import write_rows
 from mmtune.data.reader import FileReader, ReadOptions
 from mmtune.data.schema import Message, Part, Sample, ToolCall
-
 from tests.conftest import EXAMPLES
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)

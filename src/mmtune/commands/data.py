@@ -116,8 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------- check
 def run_check(args) -> int:
-    from mmtune.data.check import exit_status, iter_findings
-    from mmtune.data.check import FileReport
+    from mmtune.data.check import FileReport, exit_status, iter_findings
     from mmtune.data.reader import ReadOptions
 
     count = _token_counter(args.tokenizer) if args.tokenizer else None

@@ -72,7 +72,7 @@ def convert_file(src: str, dst: str, to: str, *, fmt: str | None = None, media_r
                 f"converting to {to} would lose information in {len(lost_rows)} of {report.rows} row(s); "
                 "nothing was written:\n" + "\n".join(lost_rows[:SHOW])
                 + ("\n  ..." if len(lost_rows) > SHOW else "")
-                + f"\nConvert to a format that holds it (openai holds everything), or pass --lossy to drop it."
+                + "\nConvert to a format that holds it (openai holds everything), or pass --lossy to drop it."
             )
         os.replace(tmp, dst)
     finally:
