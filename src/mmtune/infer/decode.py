@@ -150,6 +150,7 @@ def decode_loop(
                 position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
+                logits_to_keep=1,  # the prompt's other positions need no vocabulary projection
             )
             cache = out.past_key_values
             scores = procs(history, out.logits[:, -1, :].float())
