@@ -136,29 +136,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--concurrency) as `mmtune train` subprocesses; state lives in SQLite under --data-dir. "
         "A job cut off by a stop resumes from its last checkpoint when the service starts again.",
     )
-    s.add_argument(
-        "--data-dir",
-        help="where files, jobs and the database live (default: $MMTUNE_HOME or ~/.local/share/mmtune)",
-    )
+    add_service_arguments(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     s.add_argument(
         "--api-key",
         default=os.environ.get("MMTUNE_API_KEY"),
         help="require this Bearer key (default: $MMTUNE_API_KEY; none = no key needed)",
-    )
-    s.add_argument("--concurrency", type=int, default=1, help="jobs trained at once (default: %(default)s)")
-    s.add_argument(
-        "--price-per-million",
-        type=float,
-        default=0.0,
-        help="price per 1M trained tokens, for a job's estimated_cost (default: %(default)s)",
-    )
-    s.add_argument(
-        "--max-length-limit",
-        type=int,
-        default=4096,
-        help="largest max_length a job may ask for (default: %(default)s)",
     )
     s.set_defaults(func=run_serve, _parser=s)
 
@@ -339,10 +323,29 @@ def _event_line(event: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the service
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def add_service_arguments(s: argparse.ArgumentParser) -> None:
+    """The job service's flags, shared by `mmtune jobs serve` and `mmtune serve`."""
+    s.add_argument(
+        "--data-dir",
+        help="where files, jobs and the database live (default: $MMTUNE_HOME or ~/.local/share/mmtune)",
+    )
+    s.add_argument("--concurrency", type=int, default=1, help="jobs trained at once (default: %(default)s)")
+    s.add_argument(
+        "--price-per-million",
+        type=float,
+        default=0.0,
+        help="price per 1M trained tokens, for a job's estimated_cost (default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-length-limit",
+        type=int,
+        default=4096,
+        help="largest max_length a job may ask for (default: %(default)s)",
+    )
 
-    from mmtune.jobs.api import create_jobs_app
+
+def make_service(args: argparse.Namespace):
+    """The JobService the flags of `add_service_arguments` describe (not started)."""
     from mmtune.jobs.params import Limits
     from mmtune.jobs.service import JobService, Settings
 
@@ -351,7 +354,15 @@ def run_serve(args: argparse.Namespace) -> int:
         price_per_million_tokens=args.price_per_million,
         limits=Limits(max_length=args.max_length_limit),
     )
-    service = JobService(args.data_dir, settings)
+    return JobService(args.data_dir, settings)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mmtune.jobs.api import create_jobs_app
+
+    service = make_service(args)
     app = create_jobs_app(service, api_key=args.api_key)
     print(
         f"mmtune jobs service: http://{args.host}:{args.port}/v1 (data: {service.layout.root})",

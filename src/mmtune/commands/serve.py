@@ -6,8 +6,11 @@ import argparse
 import os
 
 EPILOG = """\
+The same server runs the fine-tuning jobs API (/v1/files, /v1/fine_tuning/jobs; see
+`mmtune jobs --help`) and serves each job's model (`ft:...`) as soon as the job succeeds.
+
 examples:
-  mmtune serve                                   the default model on http://127.0.0.1:8000/v1
+  mmtune serve                                   the default model + the jobs API on http://127.0.0.1:8000/v1
   mmtune serve runs/a runs/b                     two adapters over one copy of their base
   mmtune serve support=runs/a runs/a-merged      NAME=PATH picks the name clients send as `model`
   mmtune serve runs/a --api-key secret --max-concurrency 8
@@ -46,6 +49,10 @@ def add_parser(subparsers) -> None:
         help="requests generating at once; more wait in a queue (default: 4)",
     )
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.add_argument("--no-jobs", action="store_true", help="serve models only, without the fine-tuning jobs API")
+    from mmtune.commands.jobs import add_service_arguments
+
+    add_service_arguments(p.add_argument_group("fine-tuning jobs"))
     p.set_defaults(func=run, _parser=p)
 
 
@@ -56,7 +63,33 @@ def run(args: argparse.Namespace) -> int:
     from mmtune.serve.pool import build_pool
 
     pool = build_pool(args.models, dtype=args.dtype)
-    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency)
+    extra = {} if args.no_jobs else jobs_extension(args, pool)
+    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, **extra)
     print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
+    if not args.no_jobs:
+        print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def jobs_extension(args: argparse.Namespace, pool) -> dict:
+    """create_app arguments that add the jobs API; its fine-tuned models join `pool` live."""
+    import contextlib
+
+    from starlette.concurrency import run_in_threadpool
+
+    from mmtune.commands.jobs import make_service
+    from mmtune.jobs.api import create_jobs_router
+
+    service = make_service(args)
+    pool.sources.append(service.fine_tuned_models)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.close)
+
+    return {"routers": (create_jobs_router(service),), "unlimited_paths": ("/v1/files",), "lifespan": lifespan}

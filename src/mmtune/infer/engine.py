@@ -18,6 +18,8 @@ switches adapters only between them, first come first served.
 
 from __future__ import annotations
 
+import contextlib
+
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -89,6 +91,20 @@ class _AdapterGate:
             self._running -= 1
             self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Nothing generates inside this block (for changing the model, e.g. adding an adapter)."""
+        ticket = _Ticket(object())  # a key nobody else holds: waits for every running generation
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._may_run(ticket) and self._running == 0)
+            self._queue.remove(ticket)
+            self._running += 1
+        try:
+            yield
+        finally:
+            self.release()
+
 
 class _Ticket:
     __slots__ = ("key",)
@@ -148,12 +164,14 @@ class Engine:
         from peft import PeftModel
 
         key = f"a{len(self._adapters)}"
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(path, adapter_name=key)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=key)
-            self.model.base_model.disable_adapter_layers()  # the base stays the base
-        self.model.eval()
+        with self._gate.exclusive():  # a server may add adapters while it answers requests
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=key)
+                self._switch(self._gate._active)  # loading must not change what is active
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=key)
+                self.model.base_model.disable_adapter_layers()  # the base stays the base
+            self.model.eval()
         self._adapters[name] = key
         self._tokenizers[key] = _adapter_tokenizer(path) or self._tokenizers[BASE]
 

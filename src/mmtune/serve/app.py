@@ -101,9 +101,15 @@ def create_app(
     max_concurrency: int = 4,
     max_body_bytes: int = MAX_BODY_BYTES,
     routers: Iterable[APIRouter] = (),
+    unlimited_paths: tuple[str, ...] = (),
+    lifespan: Any = None,
 ) -> FastAPI:
-    """The server app for the models in `pool`; `routers` are added behind the same key check."""
-    app = FastAPI(title="mmtune", version=__version__)
+    """The server app for the models in `pool`; `routers` are added behind the same key check.
+
+    `unlimited_paths`: path prefixes exempt from the body limit (file uploads, which their
+    router limits itself); `lifespan`: FastAPI's start-up/shut-down context (a job service)."""
+    app = FastAPI(title="mmtune", version=__version__, lifespan=lifespan)
+    app.state.unlimited_paths = unlimited_paths
     app.state.pool = pool
     app.state.api_key = api_key or None
     app.state.limiter = Limiter(max_concurrency)
@@ -148,6 +154,8 @@ def _validation_message(errors: list[dict]) -> str:
 
 async def _limit_body(request: Request, call_next):
     """413 before reading a body whose Content-Length is over the limit."""
+    if request.url.path.startswith(request.app.state.unlimited_paths or ("\0",)):
+        return await call_next(request)
     limit = request.app.state.max_body_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
@@ -228,7 +236,7 @@ def models_router() -> APIRouter:
 
     @router.get("/models/{name:path}")
     async def get_model(name: str, request: Request):
-        _engine(request, name)
+        await _engine(request, name)
         return card(name)
 
     return router
@@ -240,7 +248,7 @@ def chat_router() -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
         req = _parse_chat(await read_json_body(request))
-        engine = _engine(request, req.model)
+        engine = await _engine(request, req.model)
         options = _choice_options(engine, req)
         engine.prompt_ids(req.messages, req.model, req.tools)  # bad messages: 400 before any work
         limiter: Limiter = request.app.state.limiter
@@ -271,8 +279,11 @@ def _parse_chat(body: Any) -> ChatCompletionRequest:
     return req
 
 
-def _engine(request: Request, name: str):
-    engine = request.app.state.pool.engine_for(name)
+async def _engine(request: Request, name: str):
+    pool = request.app.state.pool
+    engine = pool.engine_for(name)
+    if engine is None and pool.pending(name) is not None:  # e.g. a job just finished: load it now
+        engine = await asyncio.get_running_loop().run_in_executor(None, pool.load, name)
     if engine is None:
         served = ", ".join(request.app.state.pool.names)
         raise ApiError(
