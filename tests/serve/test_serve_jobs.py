@@ -17,7 +17,6 @@ from infer.tiny import messages, tiny_adapter, tiny_base
 
 from mmtune.serve.app import create_app
 from mmtune.serve.pool import build_pool
-
 from tests.conftest import EXAMPLES
 
 

@@ -19,7 +19,6 @@ switches adapters only between them, first come first served.
 from __future__ import annotations
 
 import contextlib
-
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path

@@ -1,5 +1,6 @@
-"""Batching rendered samples. The Trainer takes any callable `collator(features) -> batch`,
-so a packing collator (later) can replace this one without touching the training loop.
+"""Batching rendered samples. The Trainer takes any callable `collator(features) -> batch`:
+`PackCollator` (the default: one padding-free row per batch) and `PadCollator` (dynamic
+padding, `packing: false`) are interchangeable without touching the training loop.
 """
 
 from __future__ import annotations
@@ -40,3 +41,36 @@ class PadCollator:
             labels[i, :k] = torch.as_tensor(f["labels"], dtype=torch.long)
             attention_mask[i, :k] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class PackCollator:
+    """Padding-free packing: the batch's rows laid end to end in ONE row, with no pad token at all.
+
+    position_ids restart at 0 for every row, so rotary positions are those of the row alone, and
+    `cu_seq_lens_q/k` (cumulative row lengths, flash-attention's varlen convention) and
+    `max_length_q/k` tell the attention where rows begin: transformers' flash-attention reads
+    them, mmtune's `varlen_sdpa` too, and plain SDPA/eager find the same boundaries from the
+    position_ids. No token attends across a row boundary, so each row's logits are what it would
+    get alone. The first label of every row is set to -100: it is never a target unpacked (the
+    shift drops it), and packed it would otherwise teach the previous row's last token to
+    predict it.
+    """
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor | int]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        bounds = [0]
+        for f in features:
+            k = len(f["input_ids"])
+            ids.extend(f["input_ids"])
+            labels.append(IGNORE_INDEX)
+            labels.extend(f["labels"][1:])
+            positions.extend(range(k))
+            bounds.append(bounds[-1] + k)
+        cu = torch.tensor(bounds, dtype=torch.int32)
+        longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=False))
+        return {"input_ids": torch.tensor([ids], dtype=torch.long), "labels": torch.tensor([labels], dtype=torch.long),
+                "position_ids": torch.tensor([positions], dtype=torch.long), "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+                "max_length_q": longest, "max_length_k": longest}
