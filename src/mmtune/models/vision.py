@@ -1,0 +1,193 @@
+"""Processors of vision-language models, with or without torchvision.
+
+Where torchvision is installed, `load_processor` is `AutoProcessor.from_pretrained`: the
+official processor, untouched. transformers builds its video processors (and so every
+processor that holds one, e.g. Qwen2-VL's) only with torchvision; without it, the
+processor is assembled here from its parts: the PIL image processor, the tokenizer, the
+saved chat template and processor settings, plus `FramesVideoProcessor` — a numpy
+re-implementation of the Qwen2-VL video processor that takes frames mmtune decoded with
+PyAV. Nothing else differs, so rendering and the model see the same inputs either way
+(a test compares the shim's patches with the image processor's on a still "video").
+
+torch and transformers are imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+from mmtune.errors import UserError
+
+VIDEO_CONFIG = "video_preprocessor_config.json"
+# processor classes whose video processor FramesVideoProcessor stands in for
+_FRAMES_VIDEO_FAMILIES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+
+
+def has_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def load_processor(path: str, *, max_pixels: int | None = None, min_pixels: int | None = None):
+    """The model's processor (tokenizer + image/video processors + chat template).
+
+    max_pixels/min_pixels bound the resized image area on processors that resize by area
+    (Qwen2-VL family); elsewhere they are refused with the setting that fits that model.
+    """
+    from transformers import AutoProcessor
+
+    if has_torchvision():
+        processor = AutoProcessor.from_pretrained(path)
+    else:
+        processor = _assemble(Path(path))
+    if max_pixels is not None or min_pixels is not None:
+        set_pixel_bounds(processor, max_pixels=max_pixels, min_pixels=min_pixels)
+    return processor
+
+
+def set_pixel_bounds(processor, *, max_pixels: int | None, min_pixels: int | None) -> None:
+    """--max-pixels/--min-pixels onto the image (and video) processor's `size`."""
+    targets = [p for p in (processor.image_processor, getattr(processor, "video_processor", None)) if p is not None]
+    for proc in targets:
+        size = getattr(proc, "size", None)
+        keys = dict(size) if size is not None else {}
+        if "longest_edge" not in keys or "shortest_edge" not in keys or not hasattr(proc, "merge_size"):
+            raise UserError(
+                f"--max-pixels/--min-pixels apply to models that resize images by area (the Qwen2-VL family); "
+                f"{type(processor).__name__} resizes to a fixed size: drop these settings"
+            )
+        if max_pixels is not None:
+            keys["longest_edge"] = int(max_pixels)
+        if min_pixels is not None:
+            keys["shortest_edge"] = int(min_pixels)
+        if keys["shortest_edge"] > keys["longest_edge"]:
+            raise UserError(f"--min-pixels {keys['shortest_edge']} is larger than --max-pixels {keys['longest_edge']}")
+        proc.size = type(size)(**keys) if not isinstance(size, dict) else keys
+
+
+def _assemble(path: Path):
+    """The official processor class built from its parts, without torchvision (see module doc)."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    settings = _read_json(path / "processor_config.json")
+    name = settings.pop("processor_class", None) or _read_json(path / "tokenizer_config.json").get("processor_class")
+    if not name or not hasattr(transformers, name):
+        raise UserError(f"{path} names no known processor class (processor_config.json): is it a vision model folder?")
+    cls = getattr(transformers, name)
+    parts: dict[str, Any] = {
+        "image_processor": AutoImageProcessor.from_pretrained(path, backend="pil"),
+        "tokenizer": AutoTokenizer.from_pretrained(path),
+    }
+    template = path / "chat_template.jinja"
+    if template.is_file():
+        parts["chat_template"] = template.read_text(encoding="utf-8")
+    if "video_processor" in cls.get_attributes():
+        cls = _without_video_check(cls)
+        parts["video_processor"] = _video_shim(name, path, parts["image_processor"], settings.get("video_processor"))
+    for key in ("image_processor", "video_processor", "tokenizer", "chat_template", "auto_map"):
+        settings.pop(key, None)
+    return cls(**parts, **settings)
+
+
+def _video_shim(name: str, path: Path, image_processor, saved: dict | None):
+    if name not in _FRAMES_VIDEO_FAMILIES:
+        return None  # the processor then handles images only; a video row raises a clear error
+    return make_frames_video_processor(image_processor, saved or _read_json(path / VIDEO_CONFIG))
+
+
+@cache
+def _without_video_check(cls):
+    """`cls` accepting a video processor that is not one of transformers' torchvision classes."""
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor" and (argument is None or isinstance(argument, VideoProcessorMixin)):
+            return VideoProcessorMixin
+        return cls.check_argument_for_proper_class(self, argument_name, argument)
+
+    # same name: save_pretrained records the official class, so the folder loads anywhere
+    return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class,
+                                       "__module__": cls.__module__})
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def make_frames_video_processor(image_processor, config: dict | None = None):
+    """A FramesVideoProcessor with the image processor's normalisation and patching settings,
+    overridden by a saved video_preprocessor_config.json where there is one."""
+    cfg = dict(config or {})
+    size = cfg.get("size") or dict(image_processor.size)
+    return _frames_cls()(
+        size={"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]},
+        patch_size=cfg.get("patch_size", image_processor.patch_size),
+        temporal_patch_size=cfg.get("temporal_patch_size", image_processor.temporal_patch_size),
+        merge_size=cfg.get("merge_size", image_processor.merge_size),
+        image_mean=list(cfg.get("image_mean", image_processor.image_mean)),
+        image_std=list(cfg.get("image_std", image_processor.image_std)),
+    )
+
+
+@lru_cache(maxsize=1)
+def _frames_cls():
+    """Defined lazily: the base class lives in transformers."""
+    import numpy as np
+    from PIL import Image
+    from transformers.feature_extraction_utils import BatchFeature
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    class FramesVideoProcessor(VideoProcessorMixin):
+        """Qwen2-VL's video processing on uint8 frames (T, H, W, 3), in numpy: resize every frame to
+        one smart_resize'd size, rescale, normalise, repeat the last frame up to a multiple of
+        temporal_patch_size, and cut (t, h, w) patches in the order the vision tower expects."""
+
+        model_input_names = ["pixel_values_videos", "video_grid_thw"]
+
+        def __init__(self, *, size, patch_size, temporal_patch_size, merge_size, image_mean, image_std, **kw):
+            super().__init__(**kw)
+            self.size, self.patch_size, self.merge_size = dict(size), patch_size, merge_size
+            self.temporal_patch_size = temporal_patch_size
+            self.image_mean, self.image_std = image_mean, image_std
+
+        def __call__(self, videos, **kwargs) -> BatchFeature:
+            patches, grids = zip(*(self._one(np.asarray(v)) for v in videos), strict=True)
+            return BatchFeature({"pixel_values_videos": np.concatenate(patches),
+                                 "video_grid_thw": np.asarray(grids, dtype=np.int64)},
+                                tensor_type=kwargs.get("return_tensors"))
+
+        def _one(self, frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"expected frames shaped (T, H, W, 3), got {frames.shape}")
+            t, h, w, _ = frames.shape
+            factor = self.patch_size * self.merge_size
+            rh, rw = smart_resize(h, w, factor=factor, min_pixels=self.size["shortest_edge"],
+                                  max_pixels=self.size["longest_edge"])
+            resized = np.stack([np.asarray(Image.fromarray(f).resize((rw, rh), Image.BICUBIC)) for f in frames])
+            x = resized.astype(np.float32) / 255.0
+            x = (x - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+            x = x.transpose(0, 3, 1, 2)  # T, C, H, W
+            tps = self.temporal_patch_size
+            if t % tps:
+                x = np.concatenate([x, np.repeat(x[-1:], tps - t % tps, axis=0)])
+            gt, gh, gw = x.shape[0] // tps, rh // self.patch_size, rw // self.patch_size
+            m, p, c = self.merge_size, self.patch_size, x.shape[1]
+            x = x.reshape(gt, tps, c, gh // m, m, p, gw // m, m, p)
+            x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+            return x.reshape(gt * gh * gw, c * tps * p * p), [gt, gh, gw]
+
+        def to_dict(self) -> dict:
+            # saved under the official class name, so a torchvision install loads the real one
+            return {"video_processor_type": "Qwen2VLVideoProcessor", "size": self.size,
+                    "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
+                    "merge_size": self.merge_size, "image_mean": self.image_mean, "image_std": self.image_std,
+                    "do_sample_frames": False}
+
+    return FramesVideoProcessor

@@ -1,0 +1,73 @@
+"""Vision-language models: ModelSpec entries (kind="vision"), kept apart from REGISTRY for now.
+
+Why apart: the memory estimate (models/memory.py) counts a spec's parameters from its
+language-model numbers and its tests hold every REGISTRY entry to `params_b`; a vision
+entry's `params_b` includes its vision tower. Once memory.py accounts for the tower, these
+entries move into REGISTRY's `_ENTRIES` unchanged.
+
+Module prefixes are the parameter-name prefixes of transformers 5's official classes,
+checked against tiny models built from each family's config (tests/train/test_vision.py).
+"""
+
+from __future__ import annotations
+
+from mmtune.models.registry import LLAMA_LIKE_TARGETS, ModelSpec, _arch
+
+VISION_FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "idefics3")
+
+_QWEN2_VL = {"family": "qwen2_vl", "model_type": "qwen2_vl", "kind": "vision", "media_placeholder": "<|image_pad|>",
+             "vision_tower": "model.visual", "projector": "model.visual.merger",
+             "language_model": "model.language_model", "supports_video": True, "lora_targets": LLAMA_LIKE_TARGETS}
+_LLAVA = {"family": "llava", "model_type": "llava", "kind": "vision", "media_placeholder": "<image>",
+          "vision_tower": "model.vision_tower", "projector": "model.multi_modal_projector",
+          "language_model": "model.language_model", "lora_targets": LLAMA_LIKE_TARGETS}
+_IDEFICS3 = {"family": "idefics3", "model_type": "idefics3", "kind": "vision", "media_placeholder": "<image>",
+             "vision_tower": "model.vision_model", "projector": "model.connector",
+             "language_model": "model.text_model", "lora_targets": LLAMA_LIKE_TARGETS}
+
+VISION_ENTRIES: tuple[ModelSpec, ...] = (
+    ModelSpec(name="qwen2-vl-2b-instruct", hf_path="Qwen/Qwen2-VL-2B-Instruct", params_b=2.21,
+              **_arch(hidden=1536, layers=28, intermediate=8960, heads=12, kv_heads=2, vocab=151936, tied=True),
+              description="Qwen2-VL 2B: images (any number, any size) and video", **_QWEN2_VL),
+    ModelSpec(name="qwen2-vl-7b-instruct", hf_path="Qwen/Qwen2-VL-7B-Instruct", params_b=8.29,
+              **_arch(hidden=3584, layers=28, intermediate=18944, heads=28, kv_heads=4, vocab=152064, tied=False),
+              description="Qwen2-VL 7B: images (any number, any size) and video", **_QWEN2_VL),
+    ModelSpec(name="llava-1.5-7b", hf_path="llava-hf/llava-1.5-7b-hf", params_b=7.06,
+              **_arch(hidden=4096, layers=32, intermediate=11008, heads=32, kv_heads=32, vocab=32064, tied=False),
+              description="LLaVA-1.5 7B (CLIP ViT-L/336 + Vicuna); images", **_LLAVA),
+    ModelSpec(name="idefics3-8b-llama3", hf_path="HuggingFaceM4/Idefics3-8B-Llama3", params_b=8.46,
+              **_arch(hidden=4096, layers=32, intermediate=14336, heads=32, kv_heads=8, vocab=128259, tied=False),
+              description="Idefics3 8B (SigLIP + Llama 3); images, split into tiles", **_IDEFICS3),
+    ModelSpec(name="smolvlm-256m-instruct", hf_path="HuggingFaceTB/SmolVLM-256M-Instruct", params_b=0.256,
+              **_arch(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab=49280, tied=False),
+              description="SmolVLM 256M (Idefics3 architecture); images", **_IDEFICS3),
+)
+
+
+def _check(spec: ModelSpec) -> None:
+    if spec.kind != "vision" or spec.family not in VISION_FAMILIES:
+        raise ValueError(f"vision registry entry {spec.name!r}: kind must be 'vision' and family in VISION_FAMILIES")
+    if not (spec.media_placeholder and spec.language_model and spec.vision_tower):
+        raise ValueError(f"vision registry entry {spec.name!r}: needs media_placeholder, vision_tower, language_model")
+
+
+def _build(entries: tuple[ModelSpec, ...]) -> dict[str, ModelSpec]:
+    out: dict[str, ModelSpec] = {}
+    for spec in entries:
+        _check(spec)
+        if spec.name in out:
+            raise ValueError(f"duplicate vision registry name {spec.name!r}")
+        out[spec.name] = spec
+    return out
+
+
+VISION_REGISTRY: dict[str, ModelSpec] = _build(VISION_ENTRIES)
+
+
+def find_vision_spec(model: str, model_type: str | None = None) -> ModelSpec | None:
+    """The entry for a registry name / hub id, else the family default for a config `model_type`."""
+    key = model.strip()
+    for spec in VISION_REGISTRY.values():
+        if key in (spec.name, *spec.aliases) or key.lower() == spec.hf_path.lower():
+            return spec
+    return next((s for s in VISION_REGISTRY.values() if s.model_type == model_type), None) if model_type else None

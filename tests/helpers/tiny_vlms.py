@@ -1,0 +1,138 @@
+"""Tiny random vision-language models, one per vision family, saved as ordinary HF folders.
+
+`tiny_vlm_dir(family)` builds the family's real model class from a tiny config (2 text
+layers, hidden 64, a 2-layer vision tower of width 32), with SmolLM2's BPE tokenizer plus
+the family's media/control tokens, the family's real chat template (tests/fixtures/
+vision_templates, copied from TRL's store of original templates, and llava-hf's for
+LLaVA-1.5), and the family's PIL image processor sized so a 64x64 test image becomes a
+handful of media tokens. Folders are built once per test session: treat them as read-only.
+
+No torchvision here, so no video processor is saved; mmtune's loader supplies its own
+(mmtune.models.vision) when torchvision is missing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .tokenizers import make_tokenizer
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "vision_templates"
+HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE = 64, 2, 4, 2, 128
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+_built: dict[str, Path] = {}
+
+
+def _text_config(model_type: str, vocab: int, tok, **extra) -> dict:
+    ids = {k: tok.convert_tokens_to_ids(getattr(tok, f"{k}_token")) if getattr(tok, f"{k}_token") else None
+           for k in ("bos", "eos", "pad")}
+    return {"model_type": model_type, "vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "max_position_embeddings": 2048, "tie_word_embeddings": True, "bos_token_id": ids["bos"],
+            "eos_token_id": ids["eos"], "pad_token_id": ids["pad"], **extra}
+
+
+def _tokenizer(base: str, work: Path, specials: list[str], template: str, **special_map):
+    tok = make_tokenizer(base, work)
+    tok.add_special_tokens({**special_map, "additional_special_tokens": specials})
+    tok.chat_template = (TEMPLATES / template).read_text(encoding="utf-8")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _vocab(tok) -> int:
+    return -(-len(tok) // 64) * 64
+
+
+def _qwen2_vl(work: Path):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = _tokenizer("qwen2.5", work, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+                     "qwen2_vl.jinja")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                                                      "<|video_pad|>")}
+    text = _text_config("qwen2_vl_text", _vocab(tok), tok,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": HIDDEN, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    # 64x64 images -> 56x56 -> a 4x4 patch grid -> 4 media tokens after the 2x2 merge
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 4)
+    processor = _with_video(Qwen2VLProcessor, images, tok)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+def _with_video(cls, images, tok):
+    """The processor with the official video processor, or mmtune's stand-in where torchvision is missing."""
+    from mmtune.models.vision import _without_video_check, has_torchvision, make_frames_video_processor
+
+    if has_torchvision():  # pragma: no cover - not installed on the CI machine
+        from transformers import Qwen2VLVideoProcessor
+
+        video = Qwen2VLVideoProcessor(size=dict(images.size), patch_size=images.patch_size,
+                                      temporal_patch_size=images.temporal_patch_size, merge_size=images.merge_size)
+        return cls(image_processor=images, tokenizer=tok, video_processor=video, chat_template=tok.chat_template)
+    video = make_frames_video_processor(images)
+    return _without_video_check(cls)(image_processor=images, tokenizer=tok, video_processor=video,
+                                     chat_template=tok.chat_template)
+
+
+def _llava(work: Path):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tok = _tokenizer("llama3", work, ["<image>"], "llava.jinja")
+    vision = {"model_type": "clip_vision_model", "image_size": 28, "patch_size": 14, "projection_dim": 32, **VISION}
+    text = _text_config("llama", _vocab(tok), tok)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                         tie_word_embeddings=True)
+    images = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=tok.chat_template)
+    return LlavaForConditionalGeneration(config), processor
+
+
+def _idefics3(work: Path):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    rows = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    tok = _tokenizer("llama3", work, ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
+                                      *rows], "idefics3.jinja")
+    vision = {"image_size": 32, "patch_size": 8, **VISION}
+    text = _text_config("llama", _vocab(tok), tok)
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4,
+                                  chat_template=tok.chat_template)
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3}
+TINY_VLM_FAMILIES: tuple[str, ...] = tuple(BUILDERS)
+
+
+def tiny_vlm_dir(family: str) -> Path:
+    """Folder with a tiny random `family` VLM + processor (built once per session, read-only)."""
+    if family not in BUILDERS:
+        raise KeyError(f"no tiny VLM for family {family!r}; known: {', '.join(TINY_VLM_FAMILIES)}")
+    if family in _built and (_built[family] / "config.json").exists():
+        return _built[family]
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="mmtune-tiny-vlm-"))
+    out = work / f"tiny-{family}"
+    torch.manual_seed(0)
+    model, processor = BUILDERS[family](work)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    _built[family] = out
+    return out

@@ -1,0 +1,165 @@
+"""Vision-language fine-tuning on tiny random models of each vision family (no torchvision here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmtune.data.schema import Message, Part, Sample
+from mmtune.errors import UserError
+from mmtune.models.vision import load_processor, make_frames_video_processor
+from mmtune.models.vision_registry import VISION_REGISTRY, find_vision_spec
+from mmtune.train.collate_vision import VisionCollator, media_layout
+from mmtune.train.render import IGNORE_INDEX
+from mmtune.train.render_vision import render_vision_sample
+from mmtune.train.vision_parts import lora_target_regex, part_of, set_trainable, trainable_by_part
+from tests.helpers.tiny_vlms import TINY_VLM_FAMILIES, tiny_vlm_dir
+
+MEDIA = str(Path(__file__).resolve().parents[2] / "examples" / "data" / "media")
+# how each family's template writes one trained assistant turn (the independent reference)
+TURN = {"qwen2_vl": "{}<|im_end|>", "llava": " {}", "idefics3": " {}<end_of_utterance>"}
+
+
+@pytest.fixture(scope="module", params=TINY_VLM_FAMILIES)
+def family(request):
+    """Each vision family in turn (tests/conftest.py has made the example media)."""
+    return request.param
+
+
+def _user(*parts: Part) -> Message:
+    return Message("user", list(parts))
+
+
+def _rows(video: bool) -> list[tuple[Sample, list[str]]]:
+    """(sample, its trained answers): an image row, a multi-image multi-turn row, a text-only row, a video row."""
+    a = Message.simple
+    rows = [
+        (Sample([_user(Part.image("red_circle.png"), Part.of_text("What is this?")), a("assistant", "A red circle.")],
+                media_root=MEDIA), ["A red circle."]),
+        (Sample([_user(Part.image("red_circle.png"), Part.image("blue_square.png"), Part.of_text("Compare them.")),
+                 a("assistant", "A circle and a square."), a("user", "Sure?"), a("assistant", "Yes.", weight=0),
+                 a("user", "Colours?"), a("assistant", "Red, blue.")], media_root=MEDIA),
+         ["A circle and a square.", "Red, blue."]),
+        (Sample([a("user", "Hi"), a("assistant", "Hello there.")]), ["Hello there."]),
+    ]
+    if video:
+        rows.append((Sample([_user(Part.video("moving_circle.mp4"), Part.of_text("What moves?")),
+                             a("assistant", "A circle.")], media_root=MEDIA), ["A circle."]))
+    return rows
+
+
+def _runs(labels: list[int]) -> list[list[int]]:
+    runs, cur = [], []
+    for t in labels:
+        if t == IGNORE_INDEX:
+            if cur:
+                runs.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    return runs + ([cur] if cur else [])
+
+
+def test_registry_prefixes_are_the_parts_of_the_real_classes(family):
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    spec = find_vision_spec("", AutoConfig.from_pretrained(tiny_vlm_dir(family)).model_type)
+    assert spec is not None and spec.family == family
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(tiny_vlm_dir(family)))
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in (spec.vision_tower, spec.projector, spec.language_model):
+        assert any(n.startswith(prefix + ".") for n in names), prefix
+    outside = {n for n in names if not any(n.startswith(getattr(spec, p) + ".")
+                                           for p in ("vision_tower", "projector", "language_model"))}
+    assert outside <= {"lm_head.weight"}
+    assert {part_of(n, spec) for n in names} == {"vision_tower", "projector", "language_model"}
+
+
+def test_labels_are_exactly_the_assistant_answers_and_one_step_trains(family):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    folder = tiny_vlm_dir(family)
+    spec = find_vision_spec("", {"qwen2_vl": "qwen2_vl", "llava": "llava", "idefics3": "idefics3"}[family])
+    processor = load_processor(str(folder))
+    tok = processor.tokenizer
+    rows = _rows(video=spec.supports_video)
+    feats = [render_vision_sample(s, processor, video_frames=4, spec=spec) for s, _ in rows]
+    media_ids = {getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)} - {None}
+    for f, (sample, answers) in zip(feats, rows, strict=True):
+        assert len(f["labels"]) == len(f["input_ids"])
+        assert all(lab in (IGNORE_INDEX, i) for lab, i in zip(f["labels"], f["input_ids"], strict=True))
+        assert not media_ids & set(f["labels"])
+        assert [tok.decode(r) for r in _runs(f["labels"])] == [TURN[family].format(a) for a in answers]
+        n_media = sum(f["input_ids"].count(i) for i in media_ids)
+        assert (n_media > 0) == bool(sample.media())
+
+    batch = VisionCollator(tok.pad_token_id, media_layout(processor))(feats)
+    assert batch["input_ids"].shape[0] == len(rows)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    set_trainable(model, spec, train_vision="none", train_projector=True, lm_method="lora")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_regex(spec, lm=True,
+                                                                                                 vision=False)))
+    set_trainable(model, spec, train_vision="none", train_projector=True, lm_method="lora")
+    counts = trainable_by_part(model, spec)
+    assert counts["vision_tower"][0] == 0 and counts["projector"][0] == counts["projector"][1] > 0
+    assert 0 < counts["language_model"][0] < counts["language_model"][1]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss = model(**batch).loss
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    changed = {part_of(n.removeprefix("base_model.model.").replace(".base_layer.", "."), spec)
+               for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed == {"projector", "language_model"}
+
+    one = VisionCollator(tok.pad_token_id, media_layout(processor))([feats[0]])
+    one.pop("labels")
+    out = model.generate(**one, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == one["input_ids"].shape[1] + 3
+
+
+def test_limits_are_enforced_with_a_clear_error():
+    processor = load_processor(str(tiny_vlm_dir("qwen2_vl")))
+    two_images = _rows(video=False)[1][0]
+    one_image_spec = dataclasses.replace(VISION_REGISTRY["qwen2-vl-2b-instruct"], max_images=1)
+    with pytest.raises(UserError, match="at most 1 image"):
+        render_vision_sample(two_images, processor, spec=one_image_spec)
+    video_row = _rows(video=True)[3][0]
+    with pytest.raises(UserError, match="does not take video"):
+        render_vision_sample(video_row, processor, spec=VISION_REGISTRY["llava-1.5-7b"])
+
+
+def test_max_pixels_and_video_frames_change_the_media_tokens():
+    processor = load_processor(str(tiny_vlm_dir("qwen2_vl")))
+    image_row, video_row = _rows(video=True)[0][0], _rows(video=True)[3][0]
+    small = render_vision_sample(image_row, processor)
+    big = render_vision_sample(image_row, processor, max_pixels=28 * 28 * 16, min_pixels=28 * 28 * 16)
+    assert small["image_grid_thw"].tolist() == [[1, 4, 4]] and big["image_grid_thw"].tolist() == [[1, 8, 8]]
+    assert len(big["input_ids"]) - len(small["input_ids"]) == 16 - 4
+    assert render_vision_sample(video_row, processor, video_frames=4)["video_grid_thw"].tolist() == [[2, 4, 4]]
+    assert render_vision_sample(video_row, processor, video_frames=8)["video_grid_thw"].tolist() == [[4, 4, 4]]
+    with pytest.raises(UserError, match="resize by area"):
+        render_vision_sample(image_row, load_processor(str(tiny_vlm_dir("llava"))), max_pixels=1000)
+
+
+def test_frames_video_processor_matches_the_image_processor_on_a_still_video():
+    """A video of one repeated frame gives the image processor's patches (which copy the image
+    over the temporal patch): the shim cuts patches in the official order."""
+    from PIL import Image
+
+    processor = load_processor(str(tiny_vlm_dir("qwen2_vl")))
+    frame = np.asarray(Image.open(Path(MEDIA, "green_triangle.png")).convert("RGB"))
+    shim = make_frames_video_processor(processor.image_processor)
+    video = shim([np.stack([frame, frame])], return_tensors="np")
+    image = processor.image_processor([Image.fromarray(frame)], return_tensors="np")
+    assert video["video_grid_thw"].tolist() == image["image_grid_thw"].tolist()
+    np.testing.assert_allclose(video["pixel_values_videos"], image["pixel_values"], atol=2e-2)
