@@ -102,6 +102,13 @@ class TrainConfig:
                           choices=PRECISIONS)
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: less memory, "
                                         "about 30% slower")
+    packing: bool = _opt(True, "padding-free batches: a batch's rows laid end to end in one row, attention kept "
+                         "inside each row (exact: same loss as padded batches, no compute spent on padding)")
+    loss_on_supervised_only: bool = _opt(True, "compute the output layer and loss only where the next token is "
+                                         "trained, never the full logits tensor (exact: same loss, less time and "
+                                         "memory)")
+    data_cache: bool = _opt(True, "reuse rendered and tokenized rows from an earlier run with the same data files, "
+                            "tokenizer and settings ($MMTUNE_CACHE/tokenized, default ~/.cache/mmtune)")
     # LoRA
     lora_rank: int = _opt(_STD["lora_rank"], "LoRA rank r (adapter size)")
     lora_alpha: float = _opt(_STD["lora_alpha"], "LoRA alpha (the update is scaled by alpha / r)")

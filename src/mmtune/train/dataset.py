@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from mmtune.config import TrainConfig
 from mmtune.data.reader import ReadOptions, load_samples
@@ -35,7 +36,7 @@ class DataStats:
     dropped_long_rows: int = 0
     dropped_empty_rows: int = 0  # no trained token left (answer cut off, or no trainable turn)
     train_tokens: int = 0  # tokens of one pass over the training rows
-    train_supervised_tokens: int = 0  # of which trained on (labels != -100)
+    train_supervised_tokens: int = 0  # of which are trained targets (labels[1:] != -100)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -90,8 +91,34 @@ def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats)
     return rows
 
 
-def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print) -> Datasets:
-    """Training rows (and validation rows, from val_data or a val_ratio split) ready for the collator."""
+def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, cache_dir: Path | None = None) -> Datasets:
+    """Training rows (and validation rows), ready for the collator: from the on-disk cache when an
+    earlier run rendered the same data files with the same tokenizer and settings (its warnings
+    are repeated), else rendered now and cached."""
+    if not cfg.data_cache:
+        return render_datasets(cfg, tokenizer, warn)
+    from mmtune.train.token_cache import cache_key, load_cached, save_cached
+
+    key = cache_key(cfg, tokenizer)
+    hit = load_cached(key, cache_dir)
+    if hit is not None:
+        data, said = hit
+        for message in said:
+            warn(message)
+        return data
+    said: list[str] = []
+
+    def record(message: str) -> None:
+        said.append(message)
+        warn(message)
+
+    data = render_datasets(cfg, tokenizer, record)
+    save_cached(key, data, said, cache_dir)
+    return data
+
+
+def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print) -> Datasets:
+    """Read, check, split and render the data files (no cache)."""
     samples = read_files(cfg.data, cfg, warn)
     if cfg.val_data:
         train_s, val_s = samples, read_files(cfg.val_data, cfg, warn)
@@ -106,7 +133,8 @@ def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print) -> Datasets:
                         "raise --max-length or check that rows have assistant answers to learn")
     stats.train_rows, stats.val_rows = len(train), len(val or [])
     stats.train_tokens = sum(len(r["input_ids"]) for r in train)
-    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"] if x != -100) for r in train)
+    # targets as the loss sees them: labels shifted by one (the first label is never predicted)
+    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"][1:] if x != -100) for r in train)
     return Datasets(train, val or None, stats)
 
 

@@ -30,9 +30,11 @@ from mmtune.config import ALL_LINEAR, TrainConfig
 from mmtune.errors import UserError
 from mmtune.models.loader import check_quantization_available, load_model, load_tokenizer, resolve_model_path
 from mmtune.models.registry import find_spec
+from mmtune.train.attention import packing_safe, use_varlen_attention
 from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder
-from mmtune.train.collate import IGNORE_INDEX, PadCollator
+from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, build_datasets
+from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_flops, model_flops
 
 META_FILE = "mmtune.json"
 SUMMARY_FILE = "summary.json"
@@ -181,6 +183,8 @@ def load_for_training(cfg: TrainConfig, precision: str):
         device_map = {"": PartialState().local_process_index}  # each process holds its own copy
     model = load_model(cfg.model, dtype=dtype, quantization=cfg.quantization, device_map=device_map)
     model.config.use_cache = False  # the KV cache is for generation; training only wastes memory on it
+    if cfg.packing:
+        use_varlen_attention(model)  # per-row attention in packed batches (SDPA models; others keep theirs)
     return model
 
 
@@ -239,15 +243,63 @@ class MMTuneTrainer(Trainer):
     """
 
     _mark: tuple[float, int] | None = None  # (time, input tokens) at the previous train log
+    supervised_only: bool = True  # head + loss only where the next token is trained (compute_loss)
+    _attn_pairs: int = 0  # (query, key) pairs attended this session, for the FLOP count
+    _lora: bool = True  # only adapters train (4N FLOPs a token, not 6N)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._mark is None:
             self._mark = (time.perf_counter(), self.state.num_input_tokens_seen)
             self._session_start = self._mark
-        n = (inputs["labels"] != IGNORE_INDEX).sum().reshape(1).to(self.args.device)
+            self._session_trained = self.trained_tokens
+        n = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum().reshape(1).to(self.args.device)  # targets, as shifted
         counts = self.state.stateful_callbacks.setdefault(_COUNTS, {})
         counts["trained_tokens"] = counts.get("trained_tokens", 0) + int(self.accelerator.gather(n).sum().item())
+        self._attn_pairs += attention_pairs(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Next-token cross-entropy computed only at positions whose target is trained.
+
+        The model is asked for the logits of those positions alone (`logits_to_keep`), so the
+        output layer never runs on prompt or padding positions and the [tokens x vocabulary]
+        logits tensor is never built. Sum over targets / number of targets in the accumulated
+        batch: the same value, scaling and gradients as the model's own loss.
+        """
+        if not self.supervised_only or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        targets = inputs.pop("labels")[:, 1:]  # the token position j predicts
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+        outputs = model(**inputs, logits_to_keep=keep)
+        logits = outputs.logits.float()
+        chosen = targets[:, keep]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            loss = loss / (chosen != IGNORE_INDEX).sum().clamp(min=1)
+        else:  # as the Trainer treats a model's own loss given num_items_in_batch
+            loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _track_num_input_tokens(self, inputs):
+        """A packed batch has no padding (and no attention_mask): every input id is a real token."""
+        if "attention_mask" not in inputs and "position_ids" in inputs:
+            n = torch.as_tensor(inputs["input_ids"].numel(), device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(n).sum().item())
+            return
+        super()._track_num_input_tokens(inputs)
+
+    def throughput(self, runtime: float, peak_flops: float) -> Throughput:
+        """This session's supervised tokens/s and achieved FLOP/s as a share of `peak_flops`."""
+        start = getattr(self, "_session_start", (0.0, self.state.num_input_tokens_seen))[1]
+        tokens = self.state.num_input_tokens_seen - start
+        trained = self.trained_tokens - getattr(self, "_session_trained", self.trained_tokens)
+        per_token, per_pair = model_flops(self.accelerator.unwrap_model(self.model), full=not self._lora)
+        flops = per_token * tokens + per_pair * self._attn_pairs * self.accelerator.num_processes
+        return Throughput.of(runtime, tokens, trained, flops, peak_flops * self.accelerator.num_processes)
 
     @property
     def trained_tokens(self) -> int:
@@ -308,6 +360,7 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps,
+        prediction_loss_only=True,  # evaluation reports eval_loss only: keep no logits
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.num_workers,
@@ -328,13 +381,26 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision:
         args=training_arguments(cfg, precision, has_eval),
         train_dataset=data.train,
         eval_dataset=data.val,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PackCollator() if packs(cfg, model) else PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
     )
+    trainer.supervised_only = cfg.loss_on_supervised_only
+    trainer._lora = cfg.uses_lora
     for default in (ProgressCallback, PrinterCallback):  # RichProgress replaces them
         trainer.remove_callback(default)
     return trainer
+
+
+def packs(cfg: TrainConfig, model) -> bool:
+    """Packed batches when asked for and exact for this model's attention, else padded ones (said once)."""
+    if not cfg.packing:
+        return False
+    if packing_safe(model):
+        return True
+    warnings.warn(f"packing is off for {cfg.model}: its {model.config._attn_implementation} attention does not "
+                  "keep packed rows apart, so batches are padded instead (same results, slower)", stacklevel=2)
+    return False
 
 
 # ---------------------------------------------------------------------------- save
@@ -358,6 +424,8 @@ def write_meta(folder: str | Path, cfg: TrainConfig, complete: bool = True) -> N
 def make_summary(cfg: TrainConfig, trainer: MMTuneTrainer, metrics: dict[str, Any], recorder: RunRecorder,
                  data: Datasets, params: tuple[int, int], resume_from: str | None) -> dict[str, Any]:
     runtime = float(metrics.get("train_runtime", 0.0))
+    precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
+    speed = trainer.throughput(runtime, measure_peak_flops(precision))
     return {
         "model": cfg.model,
         "method": cfg.method,
@@ -368,6 +436,10 @@ def make_summary(cfg: TrainConfig, trainer: MMTuneTrainer, metrics: dict[str, An
         "trained_tokens": trainer.trained_tokens,
         "input_tokens": int(trainer.state.num_input_tokens_seen),
         "tokens_per_s": round(trainer.session_tokens_per_s(runtime), 1),
+        "supervised_tokens_per_s": round(speed.supervised_tokens_per_s, 1),
+        "flops_per_s": round(speed.flops_per_s),
+        "peak_flops_per_s": round(speed.peak_flops_per_s),
+        "mfu": round(speed.mfu, 4),
         "final_train_loss": recorder.last("loss"),
         "final_eval_loss": recorder.last("eval_loss"),
         "trainable_params": params[0],
@@ -390,6 +462,9 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
     table = Table(title="training finished", show_header=False, title_justify="left")
     rows = [("output", s["output"]), ("steps", s["steps"]), ("time", f"{s['train_runtime_s']:.1f} s"),
             ("trained tokens", f"{s['trained_tokens']:,}"), ("tokens/s", f"{s['tokens_per_s']:.0f}"),
+            ("supervised tokens/s", f"{s['supervised_tokens_per_s']:.0f}"),
+            ("FLOP/s", f"{s['flops_per_s'] / 1e9:.1f} G = {100 * s['mfu']:.1f}% of the measured "
+                       f"{s['peak_flops_per_s'] / 1e9:.0f} G peak"),
             ("final train loss", _fmt(s["final_train_loss"])), ("final eval loss", _fmt(s["final_eval_loss"]))]
     for k, v in rows:
         table.add_row(k, str(v))

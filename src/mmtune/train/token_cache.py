@@ -1,0 +1,105 @@
+"""Rendered, tokenized training data cached on disk, so a second run on the same data starts training at once.
+
+The key is a hash of everything the rows depend on: the bytes of every data file (not their
+names or times), the tokenizer (vocabulary, merges, special tokens, chat template), the config
+fields that shape rendering and splitting, and the source of the rendering code itself, so an
+edit to any of them is a miss, never a stale hit. An entry is one .npz (token ids as int32
+arrays plus offsets, and a JSON header with the data statistics and the warnings the render
+printed, which a hit prints again), written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mmtune.config import TrainConfig
+from mmtune.train import dataset, render
+from mmtune.train.dataset import Datasets, DataStats, Row
+
+FORMAT = 1
+# config fields that change which rows exist or what their tokens and labels are
+KEY_FIELDS = ("train_on", "max_length", "drop_long", "val_ratio", "seed", "skip_bad_rows", "media_root")
+
+
+def default_dir() -> Path:
+    """$MMTUNE_CACHE/tokenized, else ~/.cache/mmtune/tokenized."""
+    env = os.environ.get("MMTUNE_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "mmtune") / "tokenized"
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """What tokenization and chat rendering depend on, whatever folder the tokenizer came from."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def cache_key(cfg: TrainConfig, tokenizer) -> str:
+    parts = {
+        "format": FORMAT,
+        "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (render, dataset)],
+        "data": [_file_digest(p) for p in cfg.data],
+        "val_data": [_file_digest(p) for p in cfg.val_data],
+        "tokenizer": tokenizer_digest(tokenizer),
+        "config": {k: getattr(cfg, k) for k in KEY_FIELDS},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _flatten(rows: list[Row]) -> dict[str, np.ndarray]:
+    lengths = [len(r["input_ids"]) for r in rows]
+    return {"ids": np.fromiter((t for r in rows for t in r["input_ids"]), np.int32, sum(lengths)),
+            "labels": np.fromiter((t for r in rows for t in r["labels"]), np.int32, sum(lengths)),
+            "offsets": np.cumsum([0, *lengths], dtype=np.int64)}
+
+
+def _rows(ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> list[Row]:
+    ids_l, labels_l, off = ids.tolist(), labels.tolist(), offsets.tolist()
+    return [{"input_ids": ids_l[a:b], "labels": labels_l[a:b]} for a, b in zip(off[:-1], off[1:], strict=False)]
+
+
+def save_cached(key: str, data: Datasets, warnings: list[str], cache_dir: Path | None = None) -> Path:
+    folder = Path(cache_dir) if cache_dir else default_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"train_{k}": v for k, v in _flatten(data.train).items()}
+    if data.val is not None:
+        arrays.update({f"val_{k}": v for k, v in _flatten(data.val).items()})
+    header = {"stats": data.stats.to_dict(), "warnings": warnings}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
+    os.close(fd)
+    np.savez(tmp, header=np.array(json.dumps(header)), **arrays)
+    path = folder / f"{key}.npz"
+    os.replace(tmp, path)
+    return path
+
+
+def load_cached(key: str, cache_dir: Path | None = None) -> tuple[Datasets, list[str]] | None:
+    """(datasets, warnings to repeat) from the cache, or None (absent or unreadable: it is rebuilt)."""
+    path = (Path(cache_dir) if cache_dir else default_dir()) / f"{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            train = _rows(z["train_ids"], z["train_labels"], z["train_offsets"])
+            val = _rows(z["val_ids"], z["val_labels"], z["val_offsets"]) if "val_ids" in z else None
+    except (OSError, ValueError, KeyError):
+        return None
+    return Datasets(train, val, DataStats(**header["stats"])), header["warnings"]
