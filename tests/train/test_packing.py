@@ -99,3 +99,18 @@ def test_packed_head_skipping_loss_and_gradients_equal_the_padded_full_path(fami
     assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 4
     for k in fast_grads:
         torch.testing.assert_close(fast_grads[k], plain_grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_flop_count_of_a_tiny_llama(tmp_path_factory):
+    from mmtune.train.throughput import attention_pairs, matmul_params, model_flops
+
+    model = load("llama", tmp_path_factory, varlen=False)
+    c = model.config
+    per_layer = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * (c.hidden_size // 2)  # q,o + k,v (GQA 4:2)
+    per_layer += 3 * c.hidden_size * c.intermediate_size
+    assert matmul_params(model) == c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size  # + tied head
+    per_token, per_pair = model_flops(model, full=False)
+    assert per_token == 4 * matmul_params(model) and per_pair == 12 * c.num_hidden_layers * c.hidden_size
+    assert model_flops(model, full=True)[0] == 6 * matmul_params(model)
+    data = [{"input_ids": [1] * 3, "labels": [1] * 3}, {"input_ids": [1] * 2, "labels": [1] * 2}]
+    assert attention_pairs(PackCollator()(data)) == attention_pairs(PadCollator(0)(data)) == 6 + 3

@@ -122,6 +122,10 @@ def test_run_describes_itself(finished_run):
 def test_summary_and_metrics(finished_run):
     cfg, s = finished_run
     assert s["steps"] == 12 and s["train_runtime_s"] > 0 and s["tokens_per_s"] > 0
+    # throughput figures: supervised tokens/s, achieved model FLOP/s against the measured peak
+    assert s["supervised_tokens_per_s"] == pytest.approx(s["trained_tokens"] / s["train_runtime_s"], rel=0.02)
+    assert 0 < s["flops_per_s"] < s["peak_flops_per_s"] and s["mfu"] == pytest.approx(
+        s["flops_per_s"] / s["peak_flops_per_s"], abs=1e-4)
     assert s["data"]["train_rows"] == 12 and s["data"]["val_rows"] == 4
     # 12 rows / batch 4 = 3 steps an epoch: 12 steps are exactly 4 epochs of supervised tokens
     assert s["trained_tokens"] == 4 * s["data"]["train_supervised_tokens"]
