@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean examples
+.PHONY: install demo test test-fast bench bench-train bench-serve lint clean
 
 install: $(STAMP)
 
@@ -30,8 +30,15 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
+# Benchmarks print their figures; `bench` is the quick one, the others take minutes.
 bench: install
 	$(PY) bench/data_check.py
+
+bench-train: install
+	$(PY) bench/train_throughput.py
+
+bench-serve: install
+	$(PY) bench/serve.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples
