@@ -16,6 +16,15 @@ def add_parser(subparsers) -> None:
         "  mmtune chat runs/demo-merged --system 'Answer in French.'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_model_argument(p)
+    p.add_argument("--system", default=None, help="system prompt (default: none)")
+    add_generation_arguments(p)
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    """The optional MODEL positional that chat and infer share."""
     p.add_argument(
         "model",
         nargs="?",
@@ -23,10 +32,6 @@ def add_parser(subparsers) -> None:
         help="registry name, hub id, model folder, .gguf file or training output folder "
         "(default: the embedded smollm2-135m-instruct)",
     )
-    p.add_argument("--system", default=None, help="system prompt (default: none)")
-    add_generation_arguments(p)
-    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
-    p.set_defaults(func=run, _parser=p)
 
 
 def add_generation_arguments(

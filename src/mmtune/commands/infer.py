@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from mmtune.commands.chat import add_generation_arguments, generation_options
+from mmtune.commands.chat import add_generation_arguments, add_model_argument, generation_options
 
 
 def add_parser(subparsers) -> None:
@@ -19,13 +19,7 @@ def add_parser(subparsers) -> None:
         epilog="example:\n  mmtune infer runs/demo --data examples/data/persona.jsonl --out preds.jsonl --metrics",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="registry name, hub id, model folder, .gguf file or training output folder "
-        "(default: the embedded smollm2-135m-instruct)",
-    )
+    add_model_argument(p)
     p.add_argument("--data", required=True, metavar="FILE", help="data file (.jsonl or .json)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write predictions (.jsonl)")
     p.add_argument("--format", default=None, help="force the data format (default: detected)")

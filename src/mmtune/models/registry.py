@@ -519,11 +519,13 @@ def _check(spec: ModelSpec) -> None:
         )
 
 
-def build_registry(entries: tuple[ModelSpec, ...]) -> dict[str, ModelSpec]:
-    """Name → spec; duplicate names (or an alias colliding with a name) raise."""
+def build_registry(entries: tuple[ModelSpec, ...], check=None) -> dict[str, ModelSpec]:
+    """Name → spec; each entry passes `check` (default: the text registry's), and duplicate
+    names (or an alias colliding with a name) raise."""
+    check = check or _check
     registry: dict[str, ModelSpec] = {}
     for spec in entries:
-        _check(spec)
+        check(spec)
         if spec.name in registry:
             raise ValueError(f"duplicate model registry name {spec.name!r}")
         registry[spec.name] = spec

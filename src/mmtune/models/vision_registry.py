@@ -11,7 +11,7 @@ checked against tiny models built from each family's config (tests/train/test_vi
 
 from __future__ import annotations
 
-from mmtune.models.registry import LLAMA_LIKE_TARGETS, ModelSpec, _arch
+from mmtune.models.registry import LLAMA_LIKE_TARGETS, ModelSpec, _arch, build_registry
 
 VISION_FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "idefics3")
 
@@ -51,17 +51,7 @@ def _check(spec: ModelSpec) -> None:
         raise ValueError(f"vision registry entry {spec.name!r}: needs media_placeholder, vision_tower, language_model")
 
 
-def _build(entries: tuple[ModelSpec, ...]) -> dict[str, ModelSpec]:
-    out: dict[str, ModelSpec] = {}
-    for spec in entries:
-        _check(spec)
-        if spec.name in out:
-            raise ValueError(f"duplicate vision registry name {spec.name!r}")
-        out[spec.name] = spec
-    return out
-
-
-VISION_REGISTRY: dict[str, ModelSpec] = _build(VISION_ENTRIES)
+VISION_REGISTRY: dict[str, ModelSpec] = build_registry(VISION_ENTRIES, check=_check)
 
 
 def find_vision_spec(model: str, model_type: str | None = None) -> ModelSpec | None:
