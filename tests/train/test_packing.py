@@ -69,10 +69,13 @@ def test_pack_collator_layout():
     assert b["cu_seq_lens_q"].tolist() == [0, 3, 5] and b["max_length_q"] == 3
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "gemma2"])  # gemma2: padded, logit soft-capping
-def test_packed_head_skipping_loss_and_gradients_equal_the_padded_full_path(family, tiny_llama, tmp_path,
+@pytest.mark.parametrize(("family", "method"), [("llama", "lora"), ("gemma3", "lora"), ("gemma2", "lora"),
+                                               ("llama", "full")])  # gemma2: padded, logit soft-capping
+def test_packed_head_skipping_loss_and_gradients_equal_the_padded_full_path(family, method, tiny_llama, tmp_path,
                                                                              tmp_path_factory):
-    """Trainer.compute_loss: packing + head on trained positions only vs padding + the model's own loss."""
+    """Trainer.compute_loss: packing + head on trained positions only, the head and loss in chunks (small
+    ones here, so there are several), vs padding + the model's own loss. `full` trains the (tied) output
+    layer too, so the chunked loss's weight gradient is compared as well."""
     from peft import LoraConfig, get_peft_model
     from transformers import TrainingArguments
 
@@ -82,11 +85,18 @@ def test_packed_head_skipping_loss_and_gradients_equal_the_padded_full_path(fami
     for fast in (True, False):
         base = load(family, tmp_path_factory, varlen=fast)
         torch.manual_seed(0)  # the same random LoRA weights (B too, so gradients reach every matrix)
-        model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
+        if method == "lora":
+            model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0,
+                                                    init_lora_weights=False))
+        else:
+            model = base
         model.train()
         trainer = MMTuneTrainer(model=model, args=TrainingArguments(str(tmp_path / str(fast)), report_to="none",
                                                                     use_cpu=True))
         trainer.supervised_only = fast
+        trainer.loss_chunk = 16
+        if fast:  # the chunked head where logits are a plain linear map (not gemma2's soft-capped ones)
+            assert (trainer._plain_head(model) is not None) == (family != "gemma2")
         data = rows(model.config.vocab_size, lengths=(12, 30, 7, 21, 5), seed=1)
         batch = PackCollator()(data) if fast and packing_safe(model) else PadCollator(0)(data)
         n = sum(sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in data)
@@ -114,3 +124,35 @@ def test_flop_count_of_a_tiny_llama(tmp_path_factory):
     assert model_flops(model, full=True)[0] == 6 * matmul_params(model)
     data = [{"input_ids": [1] * 3, "labels": [1] * 3}, {"input_ids": [1] * 2, "labels": [1] * 2}]
     assert attention_pairs(PackCollator()(data)) == attention_pairs(PadCollator(0)(data)) == 6 + 3
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_chunked_linear_cross_entropy_equals_full_logits(weight_trains):
+    """Several chunks, ignored targets, a chunk with no target: same loss and gradients as full logits."""
+    from mmtune.train.chunked_loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)
+    targets = torch.randint(0, 50, (37,))
+    targets[::3] = IGNORE_INDEX
+    targets[8:16] = IGNORE_INDEX  # the second chunk of 8 has no target at all
+    chunked = linear_cross_entropy(hidden, weight, targets, chunk=8)
+    (chunked * 0.5).backward()  # a non-unit upstream gradient must scale both stored gradients
+    got = (hidden.grad.clone(), weight.grad.clone() if weight_trains else None)
+    hidden.grad = None
+    weight.grad = None
+    full = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE_INDEX,
+                                             reduction="sum")
+    (full * 0.5).backward()
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(got[0], hidden.grad)
+    if weight_trains:
+        torch.testing.assert_close(got[1], weight.grad)
+
+
+def test_chunked_head_is_used_only_where_exact(tmp_path_factory):
+    from mmtune.train.chunked_loss import plain_head
+
+    assert plain_head(load("llama", tmp_path_factory, varlen=False)) is not None
+    assert plain_head(load("gemma2", tmp_path_factory, varlen=False)) is None  # logit soft-capping

@@ -32,6 +32,7 @@ from mmtune.models.loader import check_quantization_available, load_model, load_
 from mmtune.models.registry import find_spec
 from mmtune.train.attention import packing_safe, use_varlen_attention
 from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder
+from mmtune.train.chunked_loss import CHUNK, HiddenHead, linear_cross_entropy, plain_head
 from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, build_datasets
 from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_flops, model_flops
@@ -246,6 +247,8 @@ class MMTuneTrainer(Trainer):
     supervised_only: bool = True  # head + loss only where the next token is trained (compute_loss)
     _attn_pairs: int = 0  # (query, key) pairs attended this session, for the FLOP count
     _lora: bool = True  # only adapters train (4N FLOPs a token, not 6N)
+    chunked_loss: bool = True  # output layer + loss chunk by chunk (train/chunked_loss.py) where exact
+    loss_chunk: int = CHUNK
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._mark is None:
@@ -261,9 +264,10 @@ class MMTuneTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Next-token cross-entropy computed only at positions whose target is trained.
 
-        The model is asked for the logits of those positions alone (`logits_to_keep`), so the
-        output layer never runs on prompt or padding positions and the [tokens x vocabulary]
-        logits tensor is never built. Sum over targets / number of targets in the accumulated
+        The model is asked for those positions alone (`logits_to_keep`), so the output layer never
+        runs on prompt or padding positions; where the logits are a plain linear map of the hidden
+        state, the output layer and the loss then run chunk by chunk (train/chunked_loss.py), so
+        not even the [targets x vocabulary] logits tensor is built whole. Sum over targets / number of targets in the accumulated
         batch: the same value, scaling and gradients as the model's own loss.
         """
         if not self.supervised_only or "labels" not in inputs:
@@ -271,11 +275,17 @@ class MMTuneTrainer(Trainer):
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]  # the token position j predicts
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-        outputs = model(**inputs, logits_to_keep=keep)
-        logits = outputs.logits.float()
         chosen = targets[:, keep]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
-                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        head = self._plain_head(model)
+        if head is not None:  # the head's matmul and the loss in chunks: no [targets x vocabulary] tensor
+            with HiddenHead(head):
+                outputs = model(**inputs, logits_to_keep=keep)
+            loss = linear_cross_entropy(outputs.logits, head.weight, chosen, self.loss_chunk)
+        else:
+            outputs = model(**inputs, logits_to_keep=keep)
+            logits = outputs.logits.float()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
+                                                     ignore_index=IGNORE_INDEX, reduction="sum")
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             loss = loss / (chosen != IGNORE_INDEX).sum().clamp(min=1)
         else:  # as the Trainer treats a model's own loss given num_items_in_batch
@@ -283,6 +293,13 @@ class MMTuneTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _plain_head(self, model):
+        """The output layer for the chunked loss, or None: a sharded model (FSDP, DeepSpeed) or logits that
+        are more than `hidden @ head.weight.T` keep the model's own head."""
+        if not self.chunked_loss or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return None
+        return plain_head(self.accelerator.unwrap_model(model))
 
     def _track_num_input_tokens(self, inputs):
         """A packed batch has no padding (and no attention_mask): every input id is a real token."""
