@@ -4,15 +4,49 @@ from __future__ import annotations
 
 import pytest
 
-from mmtune.models.memory import METHODS, count_params, estimate_memory, lora_params
+from mmtune.models.memory import (
+    METHODS,
+    count_params,
+    estimate_memory,
+    language_model_params,
+    lora_params,
+    vision_params,
+)
 from mmtune.models.registry import REGISTRY
 
 SPECS = list(REGISTRY.values())
+TEXT_SPECS = [s for s in SPECS if s.kind == "text"]
+VISION_SPECS = [s for s in SPECS if s.kind == "vision"]
+# Published vision tower + projector sizes (independent of the registry's numbers), in billions:
+# Qwen2-VL's 675M ViT (+ merger), CLIP ViT-L/336 + LLaVA's 2-layer MLP, SigLIP-B/16-512 + SmolVLM's connector.
+KNOWN_VISION_B = {"qwen2-vl-2b-instruct": 0.675, "qwen2-vl-7b-instruct": 0.675, "llava-1.5-7b": 0.3245,
+                  "smolvlm-256m-instruct": 0.0935}
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", TEXT_SPECS, ids=lambda s: s.name)
 def test_parameter_count_from_architecture_matches_declared_size(spec):
     assert count_params(spec) / 1e9 == pytest.approx(spec.params_b, rel=0.02)
+    assert vision_params(spec) == 0
+
+
+@pytest.mark.parametrize("spec", VISION_SPECS, ids=lambda s: s.name)
+def test_vision_model_language_part_and_tower_add_up(spec):
+    """The language-model numbers leave a plausible vision tower (under half the model) and,
+    where the entry declares its tower, add up to the declared total."""
+    lm, tower = language_model_params(spec), vision_params(spec)
+    assert 0 < tower < 0.5 * spec.params_b * 1e9
+    assert lm < spec.params_b * 1e9
+    assert count_params(spec) / 1e9 == pytest.approx(spec.params_b, rel=0.02)
+    if spec.name in KNOWN_VISION_B:
+        assert tower / 1e9 == pytest.approx(KNOWN_VISION_B[spec.name], rel=0.03)
+
+
+def test_vision_tower_frozen_under_lora_trained_under_full():
+    spec = REGISTRY["qwen2-vl-2b-instruct"]
+    full, lora, qlora = (estimate_memory(spec, m, 2048, 1) for m in METHODS)
+    tower_gib = vision_params(spec) / 1024**3
+    assert full["gradients"] > 2 * tower_gib > lora["gradients"]
+    assert qlora["weights"] > 2 * tower_gib  # the tower is never quantised
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

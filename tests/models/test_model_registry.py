@@ -17,11 +17,13 @@ from mmtune.models.registry import (
     build_registry,
     find_spec,
 )
+from mmtune.models.vision_registry import VISION_ENTRIES, VISION_FAMILIES
 
 
 def test_names_unique_and_every_family_present():
     assert len(REGISTRY) == len({s.name for s in REGISTRY.values()})
-    assert {s.family for s in REGISTRY.values()} == set(FAMILIES)
+    assert {s.family for s in REGISTRY.values() if s.kind == "text"} == set(FAMILIES)
+    assert {s.family for s in REGISTRY.values() if s.kind == "vision"} == set(VISION_FAMILIES)
     hub_paths = [s.hf_path.lower() for s in REGISTRY.values()]
     assert len(hub_paths) == len(set(hub_paths))
     assert REGISTRY[DEFAULT_MODEL].embedded
@@ -76,6 +78,28 @@ def test_incomplete_entry_raises(change, message):
         build_registry((dataclasses.replace(REGISTRY["qwen3-0.6b"], **change),))
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"vision_tower": None}, "vision_tower"),
+        ({"family": "qwen2"}, "VISION_FAMILIES"),
+        ({"default_train_vision": "some"}, "default_train_vision"),
+        ({"vision_params_b": 9.0}, "vision_params_b"),
+    ],
+)
+def test_incomplete_vision_entry_raises(change, message):
+    with pytest.raises(ValueError, match=message):
+        build_registry((dataclasses.replace(REGISTRY["qwen2-vl-2b-instruct"], **change),))
+
+
+def test_vision_entries_are_in_the_registry_and_found_by_folder(tmp_path):
+    assert all(REGISTRY[s.name] is s for s in VISION_ENTRIES)
+    assert find_spec("Qwen/Qwen2-VL-7B-Instruct").name == "qwen2-vl-7b-instruct"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"hidden_size": 64}}))
+    spec = find_spec(str(tmp_path))
+    assert spec.kind == "vision" and spec.family == "llava" and spec.vision_tower
+
+
 def test_to_dict_is_json():
     data = json.loads(json.dumps(REGISTRY["minicpm3-4b"].to_dict()))
     assert data["mla"] == [768, 256, 64, 32, 64] and data["lora_targets"][0] == "q_a_proj"
@@ -127,7 +151,7 @@ def test_lora_targets_are_the_linear_layers_of_the_real_architecture(family, tin
         for name, mod in model.named_modules()
         if isinstance(mod, torch.nn.Linear) and ".layers.0." in name
     }
-    specs = [s for s in REGISTRY.values() if s.family == family]
+    specs = [s for s in REGISTRY.values() if s.family == family and s.kind == "text"]
     for spec in specs:
         assert set(spec.lora_targets) == set(layer0), spec.name
     spec = _family_spec(family)

@@ -51,6 +51,23 @@ def test_table_and_show(capsys, monkeypatch):
         _run(["models", "show", "phi4-mini-instruc"], capsys)
 
 
+def test_vision_models_listed_apart_with_what_they_accept(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out = _run(["models"], capsys)
+    text_part, vision_part = out.split("vision-language models")
+    assert "qwen2-vl-2b-instruct" in vision_part and "qwen2-vl-2b-instruct" not in text_part
+    assert "qwen2.5-7b-instruct" in text_part and "qwen2.5-7b-instruct" not in vision_part
+    row = next(line for line in vision_part.splitlines() if "llava-1.5-7b" in line)
+    assert "any number" in row and " no " in row  # images, no video
+    code, out = _run(["models", "--json"], capsys)
+    models = {m["name"]: m for m in json.loads(out)["models"]}
+    assert models["qwen2-vl-2b-instruct"]["accepts"] == {"images": True, "max_images": None, "video": True}
+    assert models["llava-1.5-7b"]["accepts"]["video"] is False
+    assert "accepts" not in models["qwen2.5-7b-instruct"]
+    code, out = _run(["models", "show", "qwen2-vl-2b-instruct", "--json"], capsys)
+    assert 0.6 < json.loads(out)["vision_params_b"] < 0.7
+
+
 def _python(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

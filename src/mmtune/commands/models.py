@@ -1,5 +1,8 @@
 """`mmtune models`: the supported models, their LoRA targets and how much GPU memory tuning them takes.
 
+Text models and vision-language models are listed in two tables; the vision table says what
+each model accepts (images per conversation, video) and how big its vision tower is.
+
 Reads only the registry and the memory arithmetic (no torch), so it answers instantly.
 """
 
@@ -45,8 +48,24 @@ def _memory(spec, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return {m: estimate_memory(spec, m, args.seq_len, args.batch_size) for m in METHODS}
 
 
+def accepts(spec) -> dict | None:
+    """What a vision-language model takes in one conversation (None for a text model)."""
+    if spec.kind != "vision":
+        return None
+    return {"images": True, "max_images": spec.max_images, "video": spec.supports_video}
+
+
+def _images_text(spec) -> str:
+    if spec.max_images is None:
+        return "any number"
+    return "1 per conversation" if spec.max_images == 1 else f"up to {spec.max_images}"
+
+
 def _entry(spec, args: argparse.Namespace) -> dict:
-    return {**spec.to_dict(), "memory_gib": _memory(spec, args)}
+    out = {**spec.to_dict(), "memory_gib": _memory(spec, args)}
+    if spec.kind == "vision":
+        out["accepts"] = accepts(spec)
+    return out
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -68,6 +87,18 @@ def run_list(args: argparse.Namespace) -> int:
         )
         return 0
     from rich.console import Console
+
+    console = Console()
+    console.print(_text_table([e for e in entries if e["kind"] == "text"], args, DEFAULT_MODEL))
+    console.print(_vision_table([e for e in entries if e["kind"] == "vision"], args))
+    return 0
+
+
+def _memory_cells(e: dict) -> list[str]:
+    return [f"{e['memory_gib'][m]['total']:.1f}" for m in ("full", "lora", "qlora")]
+
+
+def _text_table(entries: list[dict], args: argparse.Namespace, default: str):
     from rich.table import Table
 
     table = Table(
@@ -77,19 +108,32 @@ def run_list(args: argparse.Namespace) -> int:
     for col in ("name", "family", "kind", "params", "hub path", "LoRA targets", "full", "LoRA", "QLoRA"):
         table.add_column(col, justify="right" if col in ("params", "full", "LoRA", "QLoRA") else "left")
     for e in entries:
-        mem = e["memory_gib"]
-        name = e["name"] + (" *" if e["name"] == DEFAULT_MODEL else "")
-        table.add_row(
-            name,
-            e["family"],
-            e["kind"],
-            f"{e['params_b']:g}B",
-            e["hf_path"],
-            ",".join(t.removesuffix("_proj") for t in e["lora_targets"]),
-            *(f"{mem[m]['total']:.1f}" for m in ("full", "lora", "qlora")),
-        )
-    Console().print(table)
-    return 0
+        name = e["name"] + (" *" if e["name"] == default else "")
+        table.add_row(name, e["family"], e["kind"], f"{e['params_b']:g}B", e["hf_path"],
+                      ",".join(t.removesuffix("_proj") for t in e["lora_targets"]), *_memory_cells(e))
+    return table
+
+
+def _vision_table(entries: list[dict], args: argparse.Namespace):
+    from rich.table import Table
+
+    from mmtune.models.registry import REGISTRY
+
+    table = Table(
+        title=f"vision-language models (GiB at seq len {args.seq_len}, batch {args.batch_size}; "
+        "media tokens count in the sequence)",
+        caption="images: per conversation; trains by default: LoRA on the language model, the projector in full, "
+        "the vision tower frozen (see `mmtune train --help`: --train-vision, --train-projector)",
+    )
+    for col in ("name", "family", "params", "vision", "hub path", "images", "video", "full", "LoRA", "QLoRA"):
+        table.add_column(col, justify="right" if col in ("params", "vision", "full", "LoRA", "QLoRA") else "left")
+    from mmtune.models.memory import vision_params
+
+    for e in entries:
+        spec = REGISTRY[e["name"]]
+        table.add_row(e["name"], e["family"], f"{e['params_b']:g}B", f"{vision_params(spec) / 1e9:.2f}B",
+                      e["hf_path"], _images_text(spec), "yes" if spec.supports_video else "no", *_memory_cells(e))
+    return table
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -103,6 +147,10 @@ def run_show(args: argparse.Namespace) -> int:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"unknown model {args.name!r}: {hint}`mmtune models` lists every registry name")
     entry = _entry(spec, args)
+    if spec.kind == "vision":
+        from mmtune.models.memory import vision_params
+
+        entry["vision_params_b"] = round(vision_params(spec) / 1e9, 3)
     if args.json:
         print(json.dumps(entry, ensure_ascii=False, indent=2))
         return 0
@@ -111,6 +159,8 @@ def run_show(args: argparse.Namespace) -> int:
 
     table = Table(title=spec.name, show_header=False)
     for key, value in entry.items():
+        if key == "accepts":
+            value = f"images: {_images_text(spec)}; video: {'yes' if value['video'] else 'no'}"
         if key == "memory_gib" or value in (None, (), [], False) and key not in ("trust_remote_code",):
             continue
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))

@@ -69,10 +69,26 @@ def embedding_params(spec: ModelSpec) -> int:
     return spec.vocab_size * spec.hidden_size * (1 if spec.tie_embeddings else 2)
 
 
-def count_params(spec: ModelSpec) -> int:
-    """Total parameters from the architecture numbers (norms counted, small biases not)."""
+def language_model_params(spec: ModelSpec) -> int:
+    """Parameters of the (language) decoder from its architecture numbers (norms counted, small
+    biases not)."""
     norms = spec.hidden_size * (2 * spec.num_layers + 1)
     return layer_linear_params(spec) + embedding_params(spec) + norms
+
+
+def vision_params(spec: ModelSpec) -> int:
+    """Vision tower + projector parameters of a vision-language model (0 for a text model): the
+    entry's `vision_params_b` where given, else its declared total minus the language model."""
+    if spec.kind != "vision":
+        return 0
+    if spec.vision_params_b is not None:
+        return round(spec.vision_params_b * 1e9)
+    return max(0, round(spec.params_b * 1e9) - language_model_params(spec))
+
+
+def count_params(spec: ModelSpec) -> int:
+    """Total parameters: the language model's from its numbers, plus the vision tower's."""
+    return language_model_params(spec) + vision_params(spec)
 
 
 def lora_params(spec: ModelSpec, rank: int = 16, targets: tuple[str, ...] | None = None) -> int:
@@ -126,7 +142,11 @@ def estimate_memory(
              (≈0.52 bytes/param); embeddings, output head and norms stay at W.
     - activations: see `activation_bytes` (same for every method: the frozen base still
       has to back-propagate through every layer).
-    Not counted: CUDA context, allocator fragmentation, the LoRA dropout copies.
+    - vision-language models: the vision tower + projector (`vision_params`) trains under
+      full and stays frozen at W bytes under lora/qlora (mmtune never quantises it); media
+      tokens count in `seq_len` like text tokens.
+    Not counted: CUDA context, allocator fragmentation, the LoRA dropout copies, the vision
+    tower's own activations, and a projector trained next to LoRA (small: ~1% of the model).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -139,7 +159,7 @@ def estimate_memory(
             2 * total_params * weight_bytes,
         )
     else:
-        quantised = layer_linear_params(spec) if method == "qlora" else 0
+        quantised = layer_linear_params(spec) if method == "qlora" else 0  # decoder projections only
         base = (total_params - quantised) * weight_bytes + quantised * NF4_BYTES
         weights, grads, optim = base + 4 * adapters, 4 * adapters, 8 * adapters
     acts = activation_bytes(spec, seq_len, batch_size, gradient_checkpointing)

