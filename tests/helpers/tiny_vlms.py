@@ -44,6 +44,22 @@ def _tokenizer(base: str, work: Path, specials: list[str], template: str, **spec
     return tok
 
 
+def _named_tokens(tok, work: Path, names: dict[str, str]):
+    """The tokenizer reloaded with named special tokens (tok.image_token ...), as the real checkpoints
+    declare them: a dict `extra_special_tokens` in tokenizer_config.json."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = work / "named-tokenizer"
+    tok.save_pretrained(folder)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["extra_special_tokens"] = names
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def _vocab(tok) -> int:
     return -(-len(tok) // 64) * 64
 
@@ -116,7 +132,87 @@ def _idefics3(work: Path):
     return Idefics3ForConditionalGeneration(config), processor
 
 
-BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3}
+def _qwen2_5_vl(work: Path):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    # Qwen2.5-VL's chat template is Qwen2-VL's
+    tok = _tokenizer("qwen2.5", work, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+                     "qwen2_vl.jinja")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                                                      "<|video_pad|>")}
+    text = _text_config("qwen2_5_vl_text", _vocab(tok), tok,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": HIDDEN,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+              "fullatt_block_indexes": [1]}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 4)
+    return Qwen2_5_VLForConditionalGeneration(config), _with_video(Qwen2_5_VLProcessor, images, tok)
+
+
+def _llava_next(work: Path):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = _tokenizer("mistral", work, ["<image>"], "llava_next.jinja")
+    vision = {"model_type": "clip_vision_model", "image_size": 28, "patch_size": 14, "projection_dim": 32, **VISION}
+    text = _text_config("mistral", _vocab(tok), tok)
+    # anyres: a 64x64 image is the 28x28 base view plus one 28x28 tile -> a handful of tokens
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=[[28, 28], [28, 56],
+                                                                                           [56, 28]],
+                             image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                        image_grid_pinpoints=[[28, 28], [28, 56], [56, 28]])
+    processor = LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=tok.chat_template)
+    return LlavaNextForConditionalGeneration(config), processor
+
+
+def _gemma3(work: Path):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tok = _tokenizer("gemma3", work, ["<start_of_image>", "<end_of_image>", "<image_soft_token>"], "gemma3.jinja")
+    tok = _named_tokens(tok, work, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                    "image_token": "<image_soft_token>"})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<start_of_image>", "<end_of_image>", "<image_soft_token>")}
+    text = _text_config("gemma3_text", _vocab(tok), tok, head_dim=16, sliding_window=64, query_pre_attn_scalar=16)
+    vision = {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 8, **VISION}
+    # 32x32 images -> 4x4 patches -> pooled to 2x2 = 4 soft tokens per image
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+                          image_token_index=ids["<image_soft_token>"], tie_word_embeddings=True)
+    images = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
+    processor = Gemma3Processor(image_processor=images, tokenizer=tok, image_seq_length=4,
+                                chat_template=tok.chat_template)
+    return Gemma3ForConditionalGeneration(config), processor
+
+
+def _mllama(work: Path):
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tok = _tokenizer("llama3", work, ["<|image|>"], "mllama.jinja", pad_token="<|finetune_right_pad_id|>")
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_global_layers": 1,
+              "attention_heads": 2, "image_size": 28, "patch_size": 14, "max_num_tiles": 2,
+              "intermediate_layers_indices": [0], "vision_output_dim": 64,
+              "supported_aspect_ratios": [[1, 1], [1, 2], [2, 1]]}
+    # self-attention layer 0, cross-attention layer 1
+    text = _text_config("mllama_text_model", _vocab(tok), tok, cross_attention_layers=[1])
+    config = MllamaConfig(vision_config=vision, text_config=text,
+                          image_token_index=tok.convert_tokens_to_ids("<|image|>"), tie_word_embeddings=True)
+    images = MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2)
+    processor = MllamaProcessor(image_processor=images, tokenizer=tok, chat_template=tok.chat_template)
+    return MllamaForConditionalGeneration(config), processor
+
+
+BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3,
+                                 "qwen2_5_vl": _qwen2_5_vl, "llava_next": _llava_next, "gemma3": _gemma3,
+                                 "mllama": _mllama}
 TINY_VLM_FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 
 

@@ -15,12 +15,19 @@ from mmtune.models.vision_registry import VISION_REGISTRY, find_vision_spec
 from mmtune.train.collate_vision import VisionCollator, media_layout
 from mmtune.train.render import IGNORE_INDEX
 from mmtune.train.render_vision import render_vision_sample
-from mmtune.train.vision_parts import lora_target_regex, part_of, set_trainable, trainable_by_part
+from mmtune.train.vision_parts import (
+    PROJECTOR_PARAMS,
+    lora_target_regex,
+    part_of,
+    set_trainable,
+    trainable_by_part,
+)
 from tests.helpers.tiny_vlms import TINY_VLM_FAMILIES, tiny_vlm_dir
 
 MEDIA = str(Path(__file__).resolve().parents[2] / "examples" / "data" / "media")
 # how each family's template writes one trained assistant turn (the independent reference)
-TURN = {"qwen2_vl": "{}<|im_end|>", "llava": " {}", "idefics3": " {}<end_of_utterance>"}
+TURN = {"qwen2_vl": "{}<|im_end|>", "llava": " {}", "idefics3": " {}<end_of_utterance>",
+        "qwen2_5_vl": "{}<|im_end|>", "llava_next": " {}</s>", "gemma3": "{}<end_of_turn>", "mllama": "{}<|eot_id|>"}
 
 
 @pytest.fixture(scope="module", params=TINY_VLM_FAMILIES)
@@ -33,8 +40,17 @@ def _user(*parts: Part) -> Message:
     return Message("user", list(parts))
 
 
-def _rows(video: bool) -> list[tuple[Sample, list[str]]]:
-    """(sample, its trained answers): an image row, a multi-image multi-turn row, a text-only row, a video row."""
+def _spec(family: str):
+    from transformers import AutoConfig
+
+    spec = find_vision_spec("", AutoConfig.from_pretrained(tiny_vlm_dir(family)).model_type)
+    assert spec is not None and spec.family == family
+    return spec
+
+
+def _rows(video: bool, multi_image: bool = True) -> list[tuple[Sample, list[str]]]:
+    """(sample, its trained answers): an image row, a multi-image multi-turn row, a text-only row, a video row,
+    and a row with an image and a video together."""
     a = Message.simple
     rows = [
         (Sample([_user(Part.image("red_circle.png"), Part.of_text("What is this?")), a("assistant", "A red circle.")],
@@ -48,6 +64,10 @@ def _rows(video: bool) -> list[tuple[Sample, list[str]]]:
     if video:
         rows.append((Sample([_user(Part.video("moving_circle.mp4"), Part.of_text("What moves?")),
                              a("assistant", "A circle.")], media_root=MEDIA), ["A circle."]))
+        rows.append((Sample([_user(Part.image("blue_square.png"), Part.video("moving_circle.mp4"),
+                                   Part.of_text("Same colour?")), a("assistant", "No.")], media_root=MEDIA), ["No."]))
+    if not multi_image:
+        rows.pop(1)
     return rows
 
 
@@ -67,8 +87,7 @@ def test_registry_prefixes_are_the_parts_of_the_real_classes(family):
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    spec = find_vision_spec("", AutoConfig.from_pretrained(tiny_vlm_dir(family)).model_type)
-    assert spec is not None and spec.family == family
+    spec = _spec(family)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(tiny_vlm_dir(family)))
     names = [n for n, _ in model.named_parameters()]
@@ -76,7 +95,7 @@ def test_registry_prefixes_are_the_parts_of_the_real_classes(family):
         assert any(n.startswith(prefix + ".") for n in names), prefix
     outside = {n for n in names if not any(n.startswith(getattr(spec, p) + ".")
                                            for p in ("vision_tower", "projector", "language_model"))}
-    assert outside <= {"lm_head.weight"}
+    assert outside <= {"lm_head.weight", *PROJECTOR_PARAMS}
     assert {part_of(n, spec) for n in names} == {"vision_tower", "projector", "language_model"}
 
 
@@ -86,12 +105,12 @@ def test_labels_are_exactly_the_assistant_answers_and_one_step_trains(family):
     from transformers import AutoModelForImageTextToText
 
     folder = tiny_vlm_dir(family)
-    spec = find_vision_spec("", {"qwen2_vl": "qwen2_vl", "llava": "llava", "idefics3": "idefics3"}[family])
+    spec = _spec(family)
     processor = load_processor(str(folder))
     tok = processor.tokenizer
-    rows = _rows(video=spec.supports_video)
+    rows = _rows(video=spec.supports_video, multi_image=spec.max_images is None)
     feats = [render_vision_sample(s, processor, video_frames=4, spec=spec) for s, _ in rows]
-    media_ids = {getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)} - {None}
+    media_ids = {getattr(o, a, None) for o in (processor, tok) for a in ("image_token_id", "video_token_id")} - {None}
     for f, (sample, answers) in zip(feats, rows, strict=True):
         assert len(f["labels"]) == len(f["input_ids"])
         assert all(lab in (IGNORE_INDEX, i) for lab, i in zip(f["labels"], f["input_ids"], strict=True))
@@ -163,3 +182,31 @@ def test_frames_video_processor_matches_the_image_processor_on_a_still_video():
     image = processor.image_processor([Image.fromarray(frame)], return_tensors="np")
     assert video["video_grid_thw"].tolist() == image["image_grid_thw"].tolist()
     np.testing.assert_allclose(video["pixel_values_videos"], image["pixel_values"], atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "idefics3"])
+def test_alignment_fallback_gives_the_same_labels_as_reported_offsets(name, monkeypatch):
+    """Processors that report no replacement offsets (Mllama) are labelled by aligning the processor's
+    tokens to the template text's: on processors that do report them, both paths agree."""
+    processor = load_processor(str(tiny_vlm_dir(name)))
+    spec = _spec(name)
+    rows = [s for s, _ in _rows(video=spec.supports_video)]
+    reported = [render_vision_sample(s, processor, video_frames=4) for s in rows]
+    call = type(processor).__call__
+
+    def without_offsets(self, *args, **kwargs):
+        out = call(self, *args, **kwargs)
+        out.pop("text_replacement_offsets", None)
+        return out
+
+    monkeypatch.setattr(type(processor), "__call__", without_offsets)
+    aligned = [render_vision_sample(s, processor, video_frames=4) for s in rows]
+    for r, a in zip(reported, aligned, strict=True):
+        assert a["input_ids"] == r["input_ids"] and a["labels"] == r["labels"]
+        assert any(lab != IGNORE_INDEX for lab in a["labels"])
+
+
+def test_one_image_models_refuse_a_second_image():
+    processor = load_processor(str(tiny_vlm_dir("mllama")))
+    with pytest.raises(UserError, match="llama-3.2-11b-vision-instruct takes at most 1 image"):
+        render_vision_sample(_rows(video=False)[1][0], processor, spec=_spec("mllama"))

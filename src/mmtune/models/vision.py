@@ -114,6 +114,20 @@ def _without_video_check(cls):
                                        "__module__": cls.__module__})
 
 
+def frames_metadata(videos, given=None) -> list:
+    """transformers VideoMetadata per video: what the caller passed (mmtune passes the decoder's
+    fps and sampled indices), else the frames taken as 24 fps (transformers' own default)."""
+    from transformers.video_utils import VideoMetadata
+
+    out = []
+    for i, frames in enumerate(videos):
+        meta = given[i] if given is not None and i < len(given) else None
+        if meta is None:
+            meta = {"total_num_frames": len(frames), "fps": 24.0, "frames_indices": list(range(len(frames)))}
+        out.append(meta if isinstance(meta, VideoMetadata) else VideoMetadata(**dict(meta)))
+    return out
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -157,11 +171,12 @@ def _frames_cls():
             self.temporal_patch_size = temporal_patch_size
             self.image_mean, self.image_std = image_mean, image_std
 
-        def __call__(self, videos, **kwargs) -> BatchFeature:
+        def __call__(self, videos, video_metadata=None, **kwargs) -> BatchFeature:
             patches, grids = zip(*(self._one(np.asarray(v)) for v in videos), strict=True)
             return BatchFeature({"pixel_values_videos": np.concatenate(patches),
-                                 "video_grid_thw": np.asarray(grids, dtype=np.int64)},
-                                tensor_type=kwargs.get("return_tensors"))
+                                 "video_grid_thw": np.asarray(grids, dtype=np.int64),
+                                 "video_metadata": frames_metadata(videos, video_metadata)},
+                                tensor_type=kwargs.get("return_tensors"), skip_tensor_conversion=["video_metadata"])
 
         def _one(self, frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
             if frames.ndim != 4 or frames.shape[-1] != 3:

@@ -53,6 +53,14 @@ def sample_indices(n: int, duration_s: float, *, fps: float | None, frames: int 
 
 def load_video(ref: str, media_root: str | None = None, *, fps: float | None = None, frames: int | None = None):
     """Sampled frames of the video as a uint8 array (T, H, W, 3)."""
+    return load_video_with_metadata(ref, media_root, fps=fps, frames=frames)[0]
+
+
+def load_video_with_metadata(ref: str, media_root: str | None = None, *, fps: float | None = None,
+                             frames: int | None = None):
+    """(frames, metadata): the sampled frames (T, H, W, 3) uint8 and where they came from, as
+    transformers' video processors take it (`video_metadata`): total_num_frames, fps (of the
+    file), duration (s), frames_indices (the sampled ones), width, height."""
     import av
     import numpy as np
 
@@ -66,4 +74,7 @@ def load_video(ref: str, media_root: str | None = None, *, fps: float | None = N
     keep = sample_indices(len(decoded), len(decoded) / rate, fps=fps, frames=frames)
     if not keep:
         raise UserError(f"video {ref!r} has no frames")
-    return np.stack([decoded[i] for i in keep])
+    height, width = decoded[0].shape[:2]
+    metadata = {"total_num_frames": len(decoded), "fps": rate, "duration": len(decoded) / rate,
+                "frames_indices": list(keep), "width": width, "height": height, "video_backend": "pyav"}
+    return np.stack([decoded[i] for i in keep]), metadata

@@ -8,16 +8,23 @@ The processor then expands each placeholder into the model's media tokens and to
 it reports where it replaced what (`return_text_replacement_offsets`) and each token's
 characters (`return_offsets_mapping`), so the spans are shifted past the expansions and
 mapped to tokens exactly, without re-tokenizing pieces. Media tokens are never labelled.
+
+Processors that do not report replacement offsets (Mllama, whose image token is not
+expanded; any that override `__call__` without them) take a second path: the template text
+is tokenized once by the tokenizer alone, with offsets, and that token sequence is aligned
+to the processor's (difflib, exact on token ids); tokens the processor kept carry their
+template-text characters, tokens it inserted (media expansions) carry none.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 from mmtune.models.registry import ModelSpec
-from mmtune.train.media_io import load_image, load_video
+from mmtune.train.media_io import load_image, load_video_with_metadata
 from mmtune.train.render import (
     _GENERATION_TAG,
     IGNORE_INDEX,
@@ -32,7 +39,10 @@ from mmtune.train.render import (
 
 # processor outputs that are not model inputs (or that the collator rebuilds)
 _DROP = ("offset_mapping", "text_replacement_offsets", "attention_mask")
-TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids")  # one value per token: padded by the collator
+# one value per token: padded by the collator (Gemma 3 names its media-token types token_type_ids)
+TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "token_type_ids")
+# media tensors with a token axis (dim 1): cut by truncation, padded along it by the collator
+TOKEN_AXIS_TENSORS = ("cross_attention_mask",)
 
 
 class TemplateView:
@@ -136,16 +146,44 @@ def _shift(spans: list[tuple[int, int]], replacements: list[dict], sample: Sampl
 
 
 def media_inputs(sample: Sample, *, video_fps: float | None = None, video_frames: int | None = None):
-    """(images, videos) decoded, in the order they appear in the conversation."""
+    """(images, videos, video_metadata) decoded, in the order they appear in the conversation; the
+    metadata (source fps, sampled frame indices) gives Qwen2.5-VL/Qwen3-VL their frame timing."""
     images = [load_image(p.ref, sample.media_root) for p in sample.images]
-    videos = [load_video(p.ref, sample.media_root, fps=video_fps, frames=video_frames) for p in sample.videos]
-    return images, videos
+    loaded = [load_video_with_metadata(p.ref, sample.media_root, fps=video_fps, frames=video_frames)
+              for p in sample.videos]
+    return images, [v for v, _ in loaded], [m for _, m in loaded]
+
+
+def _aligned_offsets(processor, full: str, ids: list[int], sample: Sample,
+                     spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each processor token's characters in `full` (the template text), for processors that do not
+    report their replacements: tokens the processor inserted or changed get (-1, -1), which no span
+    overlaps."""
+    ref = processor.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ref_ids, ref_off = list(ref["input_ids"]), [tuple(o) for o in ref["offset_mapping"]]
+    offsets: list[tuple[int, int]] = [(-1, -1)] * len(ids)
+    matcher = difflib.SequenceMatcher(a=ref_ids, b=ids, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            offsets[j1:j2] = ref_off[i1:i2]
+            continue
+        # the template characters the processor replaced (or the point it inserted at)
+        start = ref_off[i1][0] if i1 < len(ref_off) else len(full)
+        end = ref_off[i2 - 1][1] if i2 > i1 else start
+        if any(a < end and start < b if end > start else a < start < b for a, b in spans):
+            text = full[start:end] or processor.tokenizer.decode(ids[j1:j2])[:40]
+            raise UserError(f"{_where(sample)}the processor changed the text inside a trained turn ({text!r}); "
+                            "media placeholders belong in user turns only")
+    return offsets
 
 
 def _media_token_ids(processor) -> set[int]:
+    """Token ids of media placeholders and their expansions (never labelled)."""
     ids = set()
-    for attr in ("image_token_id", "video_token_id"):
-        value = getattr(processor, attr, None)
+    tok = getattr(processor, "tokenizer", None)
+    for owner, attr in ((processor, "image_token_id"), (processor, "video_token_id"), (tok, "image_token_id"),
+                        (tok, "video_token_id")):
+        value = getattr(owner, attr, None)
         if isinstance(value, int):
             ids.add(value)
     return ids
@@ -192,21 +230,26 @@ def render_vision_sample(
     messages = vision_messages(sample)
     full = _render(view, messages, sample.tools or None, gen=False, sample=sample)
     spans = _spans(view, sample, messages, train_on, full)
-    images, videos = media_inputs(sample, video_fps=video_fps, video_frames=video_frames)
-    out = processor(text=[full], images=images or None, videos=videos or None, add_special_tokens=False,
+    images, videos, metadata = media_inputs(sample, video_fps=video_fps, video_frames=video_frames)
+    media_kw = {"video_metadata": metadata, "do_sample_frames": False} if videos else {}
+    out = processor(text=[full], images=images or None, videos=videos or None, add_special_tokens=False, **media_kw,
                     return_offsets_mapping=True, return_text_replacement_offsets=True, return_tensors="pt",
                     **_size_kwargs(processor, max_pixels, min_pixels))
     ids = out["input_ids"][0].tolist()
-    offsets = [tuple(o) for o in out["offset_mapping"][0].tolist()]
-    replacements = out.get("text_replacement_offsets", [[]])[0] if (images or videos) else []
-    mask = _token_mask(offsets, _shift(spans, replacements, sample))
+    if "text_replacement_offsets" in out and "offset_mapping" in out:
+        offsets = [tuple(o) for o in out["offset_mapping"][0].tolist()]
+        replacements = out["text_replacement_offsets"][0] if (images or videos) else []
+        mask = _token_mask(offsets, _shift(spans, replacements, sample))
+    else:
+        mask = _token_mask(_aligned_offsets(processor, full, ids, sample, spans), spans)
     if train_on == "all":
         mask[0] = False
     media_ids = _media_token_ids(processor)
     labels = [i if m and i not in media_ids else IGNORE_INDEX for i, m in zip(ids, mask, strict=True)]
     row: dict[str, Any] = {"input_ids": ids, "labels": labels}
-    if "mm_token_type_ids" in out:
-        row["mm_token_type_ids"] = out["mm_token_type_ids"][0].tolist()
+    for key in TOKEN_KEYS[2:]:
+        if key in out:
+            row[key] = out[key][0].tolist()
     for key, value in out.items():
         if key not in _DROP and key not in row:
             row[key] = value
@@ -225,5 +268,8 @@ def _truncate(row: dict[str, Any], max_length: int | None, media_ids: set[int], 
     for key in TOKEN_KEYS:
         if key in row:
             row[key] = row[key][:max_length]
+    for key in TOKEN_AXIS_TENSORS:
+        if key in row:
+            row[key] = row[key][:, :max_length]
     row["truncated"] = n - max_length
     return row

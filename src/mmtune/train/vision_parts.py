@@ -2,7 +2,9 @@
 
 A parameter belongs to the part whose registry prefix it starts with, the longest prefix
 winning (Qwen2-VL's projector `model.visual.merger` sits inside its tower `model.visual`);
-anything else (lm_head, tied embeddings) counts with the language model.
+anything else (lm_head, tied embeddings) counts with the language model, except the few
+learned vision-side tensors that sit directly on the model (LLaVA-NeXT's `image_newline`, the
+embedding written after each row of image features), which go with the projector.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from mmtune.models.registry import ModelSpec
 TRAIN_VISION = ("none", "lora", "full")
 LM_METHODS = ("lora", "qlora", "full", "frozen")
 PARTS = ("vision_tower", "projector", "language_model")
+# top-level parameters of the vision side outside every prefix (LLaVA-NeXT / -Video / OneVision)
+PROJECTOR_PARAMS = ("model.image_newline",)
 
 
 def part_of(name: str, spec: ModelSpec) -> str:
     """'vision_tower' | 'projector' | 'language_model' for a parameter or module name."""
+    if name in PROJECTOR_PARAMS:
+        return "projector"
     best, length = "language_model", -1
     for part in PARTS:
         prefix = getattr(spec, part)
