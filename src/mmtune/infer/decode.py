@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mmtune.infer.options import GenOptions
+
+if TYPE_CHECKING:
+    from mmtune.infer.vision import Prefill
 
 _REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes half a UTF-8 character to
 
@@ -124,12 +128,19 @@ def logits_processors(opts: GenOptions):
 
 
 def decode_loop(
-    model, rows: list[list[int]], trackers: list[TextTracker], opts: GenOptions, pad_id: int
+    model,
+    rows: list[list[int]],
+    trackers: list[TextTracker],
+    opts: GenOptions,
+    pad_id: int,
+    prefill: Prefill | None = None,
 ) -> Iterator[None]:
     """Generate for every row until each tracker is done; yields after every step.
 
     Rows are left-padded into one batch; positions come from the attention mask, so a
     padded row generates exactly what it would alone (up to float rounding).
+    `prefill` (vision models) adds media tensors to the first forward only, and the
+    model's own positions where it has 3-D ones (infer/vision.py).
     Closing the iterator stops generation (client gone, Ctrl-C).
     """
     import torch
@@ -142,15 +153,18 @@ def decode_loop(
     generator = _generator(opts, device)
     procs = logits_processors(opts)
     history, step_ids, cache = ids, ids, None
+    extra = prefill.model_inputs(model) if prefill is not None else {}
+    place = prefill.positions if prefill is not None else None
     with torch.inference_mode():
         while not all(t.done for t in trackers):
             out = model(
                 input_ids=step_ids,
                 attention_mask=mask,
-                position_ids=positions,
+                position_ids=place(positions, cache is None) if place else positions,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,  # the prompt's other positions need no vocabulary projection
+                **(extra if cache is None else {}),  # media: the prefill's; later steps read the cache
             )
             cache = out.past_key_values
             scores = procs(history, out.logits[:, -1, :].float())

@@ -11,6 +11,12 @@ What it loads (`Engine(model)`):
   adapter_config.json, loaded once, and the adapter put over it. More adapters over the same
   base come with `adapters=` or `add_adapter()`; a request picks one by name.
 
+Vision-language models (a config with `vision_config`) load with their processor, and
+prompts may then carry images and videos (Sample media parts, or OpenAI content parts
+such as `image_url`): see infer/vision.py. Which media references a caller may use
+(local files, URLs) is its `MediaPolicy` (infer/media.py); the Engine's own default
+allows local files and no URLs. An adapter trained on a vision model loads like any other.
+
 Adapters over one base share its weights, and which adapter is active is module state in
 PEFT, so `_AdapterGate` lets any number of generations run at once on the same adapter and
 switches adapters only between them, first come first served.
@@ -28,6 +34,7 @@ from mmtune.data.schema import Message, Sample
 from mmtune.errors import UserError
 from mmtune.infer.artifacts import ADAPTER_CONFIG, adapter_base, is_adapter_dir, model_name
 from mmtune.infer.decode import Completion, TextTracker, decode_loop
+from mmtune.infer.media import LOCAL, MediaPolicy
 from mmtune.infer.options import GenOptions, make_options
 
 BASE = None  # adapter key of the bare base model
@@ -124,20 +131,23 @@ class Engine:
         dtype: Any = None,
         device: str | None = None,
         defaults: GenOptions | None = None,
+        media: MediaPolicy = LOCAL,
     ):
         from mmtune.models.registry import DEFAULT_MODEL
 
         model = model or DEFAULT_MODEL
         self.defaults = defaults or GenOptions()
+        self.media = media  # which media references prompts may use, unless a call says otherwise
         self._adapters: dict[str, Any] = {}  # name -> adapter key in the PEFT model
         self._tokenizers: dict[Any, Any] = {}
+        self._processors: dict[Any, Any] = {}  # vision models: adapter key -> processor
         first_adapter = None
         if is_adapter_dir(model):
             first_adapter, model = (name or model_name(model), model), adapter_base(model)
             name = None
         self.base = model
         self.name = name or model_name(model)
-        self.model, self._tokenizers[BASE] = _load(model, dtype, device)
+        self.model, self._tokenizers[BASE], self._processors[BASE] = _load(model, dtype, device)
         self.default_model = self.name
         self._gate = _AdapterGate(self._switch)
         extra = dict(adapters) if isinstance(adapters, Mapping) else {model_name(p): p for p in adapters}
@@ -148,6 +158,17 @@ class Engine:
             self.add_adapter(adapter_name, path)
 
     # ------------------------------------------------------------------ models
+
+    @property
+    def is_vision(self) -> bool:
+        """Whether prompts may carry images (and, see `takes_video`, videos)."""
+        return self._processors[BASE] is not None
+
+    @property
+    def takes_video(self) -> bool:
+        from mmtune.infer.vision import takes_video
+
+        return self.is_vision and takes_video(self._processors[BASE])
 
     @property
     def names(self) -> list[str]:
@@ -172,7 +193,14 @@ class Engine:
                 self.model.base_model.disable_adapter_layers()  # the base stays the base
             self.model.eval()
         self._adapters[name] = key
-        self._tokenizers[key] = _adapter_tokenizer(path) or self._tokenizers[BASE]
+        if self.is_vision:
+            from mmtune.infer.vision import adapter_processor
+
+            self._processors[key] = adapter_processor(path) or self._processors[BASE]
+            self._tokenizers[key] = self._processors[key].tokenizer
+        else:
+            self._processors[key] = None
+            self._tokenizers[key] = _adapter_tokenizer(path) or self._tokenizers[BASE]
 
     def _key(self, model: str | None) -> Any:
         name = model or self.default_model
@@ -198,11 +226,37 @@ class Engine:
     def options(self, **gen: Any) -> GenOptions:
         return make_options(self.defaults, **gen)
 
-    def prompt_ids(self, messages, model: str | None = None, tools: list[dict] | None = None) -> list[int]:
-        """The prompt's token ids: the training chat template with the generation header."""
-        from mmtune.train.render import render_prompt
+    def prompt_ids(
+        self,
+        messages,
+        model: str | None = None,
+        tools: list[dict] | None = None,
+        *,
+        media: MediaPolicy | None = None,
+    ) -> list[int]:
+        """The prompt's token ids: the training chat template with the generation header (and,
+        on a vision model, each image's or video's media tokens)."""
+        rows, _ = self._prepare([to_sample(messages, tools)], self._key(model), media)
+        return rows[0]
 
-        return render_prompt(to_sample(messages, tools), self.tokenizer(model), add_generation_prompt=True)
+    def _prepare(self, samples: list[Sample], key: Any, media: MediaPolicy | None):
+        """Token rows for `samples`, and for a vision model the media inputs of the prefill."""
+        from mmtune.infer.vision import check_media_fits
+
+        processor = self._processors[key]
+        name = self.name if key is BASE else next(n for n, k in self._adapters.items() if k == key)
+        for sample in samples:
+            check_media_fits(sample, name, processor)
+        if processor is None:
+            from mmtune.train.render import render_prompt
+
+            return [render_prompt(s, self._tokenizers[key], add_generation_prompt=True) for s in samples], None
+        from mmtune.infer.vision import Prefill, encode
+
+        batch = encode(samples, processor, media or self.media)
+        mask = batch["attention_mask"].bool()
+        rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
+        return rows, Prefill(self.model, batch)
 
     def chat(self, messages, *, model: str | None = None, **gen: Any) -> str:
         """The answer to `messages` (OpenAI-style dicts or a Sample)."""
@@ -216,28 +270,46 @@ class Engine:
         return stream.completion
 
     def stream(
-        self, messages, *, model: str | None = None, tools: list[dict] | None = None, **gen: Any
+        self,
+        messages,
+        *,
+        model: str | None = None,
+        tools: list[dict] | None = None,
+        media: MediaPolicy | None = None,
+        **gen: Any,
     ) -> Generation:
-        """Text pieces as they are produced; `.completion` holds the usage once it is exhausted."""
-        opts = self.options(**gen)
-        ids = self.prompt_ids(messages, model, tools)
-        return Generation(self, self._key(model), [ids], opts)
+        """Text pieces as they are produced; `.completion` holds the usage once it is exhausted.
 
-    def generate_batch(self, prompts: Sequence, *, model: str | None = None, **gen: Any) -> list[Completion]:
+        `media`: which media references the prompt may use (default: the engine's policy)."""
+        opts = self.options(**gen)
+        key = self._key(model)
+        rows, prefill = self._prepare([to_sample(messages, tools)], key, media)
+        return Generation(self, key, rows, opts, prefill)
+
+    def generate_batch(
+        self, prompts: Sequence, *, model: str | None = None, media: MediaPolicy | None = None, **gen: Any
+    ) -> list[Completion]:
         """Answers for many conversations at once (one left-padded batch)."""
         opts = self.options(**gen)
-        rows = [self.prompt_ids(p, model) for p in prompts]
-        batch = Generation(self, self._key(model), rows, opts)
+        key = self._key(model)
+        rows, prefill = self._prepare([to_sample(p) for p in prompts], key, media)
+        batch = Generation(self, key, rows, opts, prefill)
         for _ in batch:
             pass
         return batch.completions
 
-    def _eos_ids(self, tokenizer) -> set[int]:
+    def _eos_ids(self, key: Any) -> set[int]:
+        tokenizer, processor = self._tokenizers[key], self._processors[key]
         ids = set()
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         ids.add(tokenizer.eos_token_id)
-        end = _end_of_turn_id(tokenizer)
+        if processor is not None:  # the template may live on the processor only
+            from mmtune.train.render_vision import template_view
+
+            end = _end_of_turn_id(template_view(processor), tokenizer)
+        else:
+            end = _end_of_turn_id(tokenizer)
         ids.add(end)
         ids.discard(None)
         return ids
@@ -250,11 +322,12 @@ class Generation:
     stream dropped half-way (client gone) frees the model for other adapters.
     """
 
-    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions):
+    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None):
         tokenizer = engine._tokenizers[key]
-        eos = engine._eos_ids(tokenizer)
+        eos = engine._eos_ids(key)
         self.trackers = [TextTracker(tokenizer, opts, eos, len(r)) for r in rows]
         self._engine, self._key, self._rows, self._opts = engine, key, rows, opts
+        self._prefill = prefill  # vision models: media inputs of the first forward (infer/vision.py)
         self._iter = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -271,7 +344,7 @@ class Generation:
         engine._gate.acquire(self._key)
         try:
             pad = engine._tokenizers[self._key].pad_token_id or 0
-            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad):
+            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad, self._prefill):
                 piece = self.trackers[0].take()
                 if piece:
                     yield piece
@@ -290,27 +363,34 @@ class Generation:
         return [t.completion() for t in self.trackers]
 
 
-def _end_of_turn_id(tokenizer) -> int | None:
-    """The token the chat template closes an assistant turn with (e.g. <|im_end|>, <|eot_id|>)."""
+def _end_of_turn_id(template, tokenizer=None) -> int | None:
+    """The token the chat template closes an assistant turn with (e.g. <|im_end|>, <|eot_id|>).
+    `template`: what holds the template (a tokenizer, or a processor's template view)."""
     from mmtune.train.render import _end_of_turn
 
     try:
-        token = _end_of_turn(tokenizer)
+        token = _end_of_turn(template)
     except UserError:
         return None
-    return tokenizer.convert_tokens_to_ids(token) if token else None
+    return (tokenizer or template).convert_tokens_to_ids(token) if token else None
 
 
 def _load(model: str, dtype: Any, device: str | None):
+    """(model, tokenizer, processor): the processor is None for a text model."""
     import torch
 
+    from mmtune.infer.vision import load_vision, vision_path
     from mmtune.models.loader import load_model, load_tokenizer
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = vision_path(model)
+    if path is not None:
+        net, processor = load_vision(path, dtype, device)
+        return net, processor.tokenizer, processor
     tokenizer = load_tokenizer(model)
     net = load_model(model, dtype=dtype)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device).eval()
-    return net, tokenizer
+    return net, tokenizer, None
 
 
 def _adapter_tokenizer(path: str):

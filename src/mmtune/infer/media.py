@@ -1,0 +1,137 @@
+"""Images and videos in prompts: which references a caller may use, and loading them.
+
+A prompt's media reference is a `data:` URL, a local path (absolute, relative or
+`file://`) or an `http(s)://` URL. What is allowed depends on who asks, so each caller
+states it with a `MediaPolicy`:
+
+- `mmtune chat` and `mmtune infer`: local files anywhere (the user's own machine),
+  URLs only with `--allow-remote-media`;
+- the server: `data:` URLs always; local files only under `--media-root DIR` (and never
+  outside it, symlinks included); URLs only with `--allow-remote-media`.
+
+Every refusal is a UserError naming the flag that allows it (the server answers 400 with
+it). Decoding is media_io's: Pillow for images, PyAV for videos. No torch here.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+
+from mmtune.data.media import classify, inside, local_path
+from mmtune.data.schema import Sample
+from mmtune.errors import UserError
+
+REMOTE_FLAG = "--allow-remote-media"
+ROOT_FLAG = "--media-root DIR"
+MAX_REMOTE_BYTES = 64 * 1024 * 1024
+REMOTE_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Which media references a prompt may use.
+
+    allow_local: local files may be read; with `confine`, only inside `root`.
+    root: relative paths resolve against it (else against the sample's own media root,
+    e.g. the data file's folder, else the working directory).
+    """
+
+    allow_remote: bool = False
+    allow_local: bool = True
+    root: str | None = None
+    confine: bool = False
+
+    @classmethod
+    def server(cls, media_root: str | None = None, allow_remote: bool = False) -> MediaPolicy:
+        """The server's rule: local files only inside `media_root`, when one is given."""
+        root = os.path.realpath(os.path.expanduser(media_root)) if media_root else None
+        if root and not os.path.isdir(root):
+            raise UserError(f"--media-root {media_root} is not a folder: give an existing folder")
+        return cls(allow_remote=allow_remote, allow_local=root is not None, root=root, confine=True)
+
+
+LOCAL = MediaPolicy()  # chat / infer default: local files yes, remote no
+
+
+def check_ref(ref: str, kind: str, policy: MediaPolicy, sample_root: str | None = None) -> str:
+    """The reference to load (`data:` URL, http(s) URL, or an absolute local path), or UserError."""
+    how = classify(ref)
+    if how == "data":
+        return ref
+    if how == "remote":
+        if not policy.allow_remote:
+            raise UserError(
+                f"{kind} {_short(ref)} is a remote URL and remote media are off: download it and attach the "
+                f"file, or allow remote media with {REMOTE_FLAG}"
+            )
+        return ref
+    if not policy.allow_local:
+        raise UserError(
+            f"{kind} {_short(ref)} is a local file, and this server reads no local files: send it as a data: URL "
+            f"(base64), or start the server with {ROOT_FLAG} to allow files inside DIR"
+        )
+    path = local_path(ref, policy.root or sample_root or os.getcwd())
+    if policy.confine and not (policy.root and inside(path, policy.root)):
+        raise UserError(
+            f"{kind} {_short(ref)} is outside the media root {policy.root}: only files inside the folder given "
+            f"with {ROOT_FLAG} can be read"
+        )
+    if not os.path.isfile(path):
+        raise UserError(f"{kind} file {ref!r} does not exist ({path}): check the path")
+    return path
+
+
+def _short(ref: str) -> str:
+    return repr(ref if len(ref) <= 80 else ref[:77] + "...")
+
+
+def fetch(url: str, *, limit: int = MAX_REMOTE_BYTES, timeout: float = REMOTE_TIMEOUT_S) -> bytes:
+    """The bytes at an http(s) URL, at most `limit` of them."""
+    import urllib.error
+    import urllib.request
+
+    from mmtune import __version__
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"mmtune/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only: classify)
+            data = response.read(limit + 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UserError(f"cannot download {_short(url)}: {e}; check the URL, or attach a local file") from None
+    if len(data) > limit:
+        raise UserError(f"{_short(url)} is larger than {limit // (1024 * 1024)} MiB: attach a smaller file")
+    return data
+
+
+def _loadable(ref: str) -> str:
+    """A reference media_io can read: remote URLs are downloaded into a data: URL."""
+    if classify(ref) != "remote":
+        return ref
+    return "data:application/octet-stream;base64," + base64.b64encode(fetch(ref)).decode("ascii")
+
+
+def load_media(
+    sample: Sample,
+    policy: MediaPolicy = LOCAL,
+    *,
+    video_fps: float | None = None,
+    video_frames: int | None = None,
+) -> tuple[list, list]:
+    """(images as RGB PIL images, videos as uint8 frames (T, H, W, 3)), in conversation order."""
+    from mmtune.train.media_io import load_image, load_video
+
+    images = [load_image(_loadable(check_ref(p.ref, "image", policy, sample.media_root))) for p in sample.images]
+    videos = [
+        load_video(_loadable(check_ref(p.ref, "video", policy, sample.media_root)), fps=video_fps,
+                   frames=video_frames)
+        for p in sample.videos
+    ]
+    return images, videos
+
+
+def check_refs(sample: Sample, policy: MediaPolicy) -> None:
+    """Refuse what the policy refuses, before any decoding or downloading."""
+    for p in sample.media():
+        check_ref(p.ref, p.type, policy, sample.media_root)
