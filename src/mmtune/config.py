@@ -27,7 +27,8 @@ import yaml
 from mmtune.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # == mmtune.models.registry.DEFAULT_MODEL (a test checks)
-METHODS = ("lora", "qlora", "full")
+METHODS = ("lora", "qlora", "full", "frozen")  # frozen: vision-language models only (the LM does not train)
+TRAIN_VISION = ("none", "lora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TRAIN_ON = ("assistant", "all", "last")
 STRATEGIES = ("no", "steps", "epoch")
@@ -81,7 +82,9 @@ class TrainConfig:
                        "alpha, dropout); YAML and flags override it", choices=tuple(PRESETS))
     # how
     method: str = _opt("lora", "lora: train small adapters on a frozen model; qlora: the same on a 4/8-bit "
-                       "quantized model (CUDA only); full: train every weight", choices=METHODS)
+                       "quantized model (CUDA only); full: train every weight. For a vision-language model this is "
+                       "the language model's method, and frozen (vision models only) leaves the language model "
+                       "untouched while --train-vision / --train-projector train the rest", choices=METHODS)
     quant_bits: int = _opt(4, "bits of the quantized base model for qlora", choices=(4, 8))
     learning_rate: float = _opt(_STD["learning_rate"], "peak learning rate")
     epochs: int = _opt(_STD["epochs"], "passes over the training data (ignored when --max-steps is set)")
@@ -104,6 +107,9 @@ class TrainConfig:
                                         "about 30% slower")
     packing: bool = _opt(True, "padding-free batches: a batch's rows laid end to end in one row, attention kept "
                          "inside each row (exact: same loss as padded batches, no compute spent on padding)")
+    group_by_length: bool = _opt(False, "batch rows of similar length together (shuffled batches of a sorted "
+                                 "window): far less padding with --no-packing; with packing there is no padding "
+                                 "to save, but similar lengths keep each step's work even")
     loss_on_supervised_only: bool = _opt(True, "compute the output layer and loss only where the next token is "
                                          "trained, never the full logits tensor (exact: same loss, less time and "
                                          "memory)")
@@ -131,6 +137,24 @@ class TrainConfig:
                         "position)")
     skip_bad_rows: bool = _opt(False, "train without the rows that have errors (they are counted and listed) "
                                "instead of refusing the file")
+    # vision-language models (ignored by text models; setting them for one is an error)
+    train_vision: str | None = _opt(None, "vision-language models: how the vision tower trains: none (frozen), "
+                                    "lora (adapters on its linear layers) or full", choices=TRAIN_VISION,
+                                    default_text="the model family's practice, none for every family so far")
+    train_projector: bool | None = _opt(None, "vision-language models: train the projector (the layers that map "
+                                        "vision features into the language model) in full; "
+                                        "--no-train-projector freezes it",
+                                        default_text="the model family's practice, on for every family so far")
+    max_pixels: int | None = _opt(None, "vision models that resize by area (Qwen2-VL family): largest image/video "
+                                  "frame area after resizing, in pixels; fewer pixels = fewer media tokens and "
+                                  "less memory (e.g. 401408 = 512 x 28 x 28)", metavar="N",
+                                  default_text="the processor's")
+    min_pixels: int | None = _opt(None, "vision models that resize by area (Qwen2-VL family): smallest image area "
+                                  "after resizing, in pixels", metavar="N", default_text="the processor's")
+    video_fps: float | None = _opt(None, "videos: frames sampled per second of video (decoded with PyAV)",
+                                   default_text="2")
+    video_frames: int | None = _opt(None, "videos: this many frames, evenly spread over the video, instead of "
+                                    "--video-fps", metavar="N")
     media_root: str | None = _opt(None, "folder that relative image/video paths are resolved against",
                                   metavar="DIR", default_text="the data file's folder")
     num_workers: int = _opt(0, "data-loader worker processes")
@@ -176,7 +200,8 @@ class TrainConfig:
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lora", "qlora")
+        """LoRA adapters anywhere: on the (language) model, or on a vision tower (--train-vision lora)."""
+        return self.method in ("lora", "qlora") or self.train_vision == "lora"
 
     # ---- validation ----
     def validate(self) -> None:
@@ -223,6 +248,16 @@ def _problems(c: TrainConfig) -> list[str | None]:
         need(c.logging_steps >= 1, f"logging_steps must be >= 1 (got {c.logging_steps})"),
         need(c.num_workers >= 0, f"num_workers must be >= 0 (got {c.num_workers})"),
         need(not (c.resume and c.overwrite), "resume and overwrite contradict each other: choose one"),
+        need(c.max_pixels is None or c.max_pixels >= 1, f"max_pixels must be >= 1 (got {c.max_pixels})"),
+        need(c.min_pixels is None or c.min_pixels >= 1, f"min_pixels must be >= 1 (got {c.min_pixels})"),
+        need(c.max_pixels is None or c.min_pixels is None or c.min_pixels <= c.max_pixels,
+             f"min_pixels {c.min_pixels} is larger than max_pixels {c.max_pixels}: lower min_pixels"),
+        need(c.video_fps is None or c.video_fps > 0, f"video_fps must be > 0 (got {c.video_fps}); try 2"),
+        need(c.video_frames is None or c.video_frames >= 1, f"video_frames must be >= 1 (got {c.video_frames})"),
+        need(not (c.video_fps and c.video_frames), "set video_fps or video_frames, not both"),
+        need(not (c.method == "full" and c.train_vision == "lora"),
+             "train_vision lora with method full is not supported (the adapter would hold the whole language "
+             "model): use --train-vision full, or a LoRA method for the language model"),
     ]
 
 

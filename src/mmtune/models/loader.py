@@ -309,17 +309,27 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _bnb_config(quantization: str, compute_dtype: torch.dtype):
+def _bnb_config(quantization: str, compute_dtype: torch.dtype, skip: list[str] | None = None):
+    """`skip`: module-name prefixes kept unquantised (a vision model's tower and projector, which
+    may train in full or take LoRA, plus the output head)."""
     from transformers import BitsAndBytesConfig
 
+    extra = {"llm_int8_skip_modules": skip} if skip else {}
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **extra)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
+        **extra,
     )
+
+
+def is_vision_model(model: str) -> bool:
+    """Whether `model` (registry name, hub id, local folder) is a vision-language registry family."""
+    spec = find_spec(model)
+    return bool(spec and spec.kind == "vision")
 
 
 def load_model(
@@ -331,15 +341,19 @@ def load_model(
     trust_remote_code: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
 ):
-    """AutoModelForCausalLM for `model` (registry name, hub id, local folder or .gguf file).
+    """AutoModelForCausalLM for `model` (registry name, hub id, local folder or .gguf file), or
+    AutoModelForImageTextToText when the registry knows it as a vision-language model (by name,
+    hub id, or a folder's config.json model_type).
 
     `quantization` "4bit" (NF4, double quant: QLoRA) or "8bit" loads through bitsandbytes and
     needs CUDA; that is checked first, before anything is resolved or read. With
     quantization and no `device_map`, the model goes to the current CUDA device.
     """
     check_quantization_available(quantization)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    spec = find_spec(model)
+    vision = bool(spec and spec.kind == "vision")
     path = resolve_model_path(model, cache_dir)
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {
@@ -349,8 +363,10 @@ def load_model(
     if quantization:
         import torch
 
-        kwargs["quantization_config"] = _bnb_config(quantization, torch_dtype)
+        skip = [p for p in (spec.vision_tower, spec.projector) if p] + ["lm_head"] if vision else None
+        kwargs["quantization_config"] = _bnb_config(quantization, torch_dtype, skip)
         device_map = device_map if device_map is not None else {"": torch.cuda.current_device()}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    return auto.from_pretrained(path, **kwargs)

@@ -5,6 +5,9 @@ asked to skip bad rows, and then says how many and where). The validation split 
 samples, before tokenization, with a seeded shuffle, so the same data and seed always give
 the same split whatever the model. Rows longer than max_length are truncated or, with
 `drop_long`, dropped; either way ONE warning says how many rows and tokens it cost.
+
+Vision-language models (a processor given) render through train/dataset_vision.py: every row
+is checked before the model loads, and media are decoded per item while training.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from mmtune.config import TrainConfig
 from mmtune.data.reader import ReadOptions, load_samples
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
+from mmtune.models.registry import ModelSpec
 from mmtune.train.render import render_sample
+from mmtune.train.render_vision import check_media_limits
 
 Warn = Callable[[str], None]
 Row = dict[str, list[int]]
@@ -44,8 +50,8 @@ class DataStats:
 
 @dataclass
 class Datasets:
-    train: list[Row]
-    val: list[Row] | None
+    train: Any  # list[Row] for text models; a LazyVisionDataset for vision-language models
+    val: Any | None
     stats: DataStats
 
 
@@ -73,10 +79,13 @@ def split_samples(samples: list[Sample], ratio: float, seed: int) -> tuple[list[
             [s for i, s in enumerate(samples) if i in val_idx])
 
 
-def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats) -> list[Row]:
-    """Render each sample to ids/labels; count (and drop, if asked) over-long rows."""
+def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats,
+           spec: ModelSpec | None = None) -> list[Row]:
+    """Render each sample to ids/labels; count (and drop, if asked) over-long rows. A row with media
+    for a known text model is an error naming the model."""
     rows: list[Row] = []
     for sample in samples:
+        check_media_limits(sample, spec)
         r = render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length)
         if r.truncated:
             if cfg.drop_long:
@@ -91,12 +100,14 @@ def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats)
     return rows
 
 
-def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, cache_dir: Path | None = None) -> Datasets:
+def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, cache_dir: Path | None = None, *,
+                   processor=None, spec: ModelSpec | None = None) -> Datasets:
     """Training rows (and validation rows), ready for the collator: from the on-disk cache when an
     earlier run rendered the same data files with the same tokenizer and settings (its warnings
-    are repeated), else rendered now and cached."""
-    if not cfg.data_cache:
-        return render_datasets(cfg, tokenizer, warn)
+    are repeated), else rendered now and cached. With a vision model's `processor`: checked rows
+    that decode their media on access (never cached)."""
+    if processor is not None or not cfg.data_cache:
+        return render_datasets(cfg, tokenizer, warn, processor=processor, spec=spec)
     from mmtune.train.token_cache import cache_key, load_cached, save_cached
 
     key = cache_key(cfg, tokenizer)
@@ -112,12 +123,13 @@ def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, cache_dir: P
         said.append(message)
         warn(message)
 
-    data = render_datasets(cfg, tokenizer, record)
+    data = render_datasets(cfg, tokenizer, record, spec=spec)
     save_cached(key, data, said, cache_dir)
     return data
 
 
-def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print) -> Datasets:
+def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, *, processor=None,
+                    spec: ModelSpec | None = None) -> Datasets:
     """Read, check, split and render the data files (no cache)."""
     samples = read_files(cfg.data, cfg, warn)
     if cfg.val_data:
@@ -125,16 +137,25 @@ def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print) -> Datasets
     else:
         train_s, val_s = split_samples(samples, cfg.val_ratio, cfg.seed)
     stats = DataStats()
-    train = encode(train_s, tokenizer, cfg, stats)
-    val = encode(val_s, tokenizer, cfg, stats) if val_s else None
+    if processor is None:
+        train = encode(train_s, tokenizer, cfg, stats, spec)
+        val = encode(val_s, tokenizer, cfg, stats, spec) if val_s else None
+        train_rows = train
+    else:
+        from mmtune.train.dataset_vision import LazyVisionDataset, encode_vision
+
+        train = LazyVisionDataset(encode_vision(train_s, processor, cfg, spec, stats), processor, cfg, spec)
+        val = LazyVisionDataset(encode_vision(val_s, processor, cfg, spec, stats), processor, cfg, spec) \
+            if val_s else None
+        train_rows = train.rows
     report_losses(stats, len(train_s) + len(val_s), cfg, warn)
-    if not train:
+    if not len(train):
         raise UserError("no training rows left after rendering: every row was dropped (see the warnings above); "
                         "raise --max-length or check that rows have assistant answers to learn")
-    stats.train_rows, stats.val_rows = len(train), len(val or [])
-    stats.train_tokens = sum(len(r["input_ids"]) for r in train)
+    stats.train_rows, stats.val_rows = len(train), len(val) if val is not None else 0
+    stats.train_tokens = sum(len(r["input_ids"]) for r in train_rows)
     # targets as the loss sees them: labels shifted by one (the first label is never predicted)
-    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"][1:] if x != -100) for r in train)
+    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"][1:] if x != -100) for r in train_rows)
     return Datasets(train, val or None, stats)
 
 

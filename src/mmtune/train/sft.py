@@ -5,7 +5,7 @@ works unchanged); mmtune adds data checking and rendering, LoRA/DoRA/rsLoRA/QLoR
 token accounting, and a self-describing output folder:
 
     adapter_model.safetensors + adapter_config.json   (lora/qlora)  | model*.safetensors + config.json (full)
-    tokenizer files + chat_template.jinja, config.yaml (resolved), metrics.jsonl, loss.png,
+    tokenizer files + chat_template.jinja (a vision model: its processor's files too), config.yaml (resolved), metrics.jsonl, loss.png,
     summary.json, mmtune.json (base model, method, mmtune version), checkpoint-*/ (for --resume)
 """
 
@@ -35,6 +35,14 @@ from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder
 from mmtune.train.chunked_loss import CHUNK, HiddenHead, linear_cross_entropy, plain_head
 from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, build_datasets
+from mmtune.train.sft_vision import (
+    apply_vision_method,
+    is_vision,
+    load_vision_processor,
+    part_summary,
+    resolve_parts,
+    vision_collator,
+)
 from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_flops, model_flops
 
 META_FILE = "mmtune.json"
@@ -44,7 +52,8 @@ _COUNTS = "mmtune"  # key in TrainerState.stateful_callbacks: saved in checkpoin
 RUN_FILES = ("config.yaml", META_FILE, SUMMARY_FILE, "metrics.jsonl", "loss.png", "adapter_config.json",
              "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "config.json",
              "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "chat_template.jinja", "README.md", "training_args.bin")
+             "chat_template.jinja", "README.md", "training_args.bin", "processor_config.json",
+             "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json")
 
 
 def run_sft(cfg: TrainConfig) -> dict[str, Any]:
@@ -64,16 +73,27 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     dist.wait_for_everyone()
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
-    tokenizer = load_tokenizer(cfg.model)
-    data = build_datasets(cfg, tokenizer, warn=say)
+    spec = find_spec(cfg.model)
+    cfg = resolve_parts(cfg, spec, say)  # vision models: family defaults; text models: no vision-only flags
+    processor = load_vision_processor(cfg) if is_vision(spec) else None  # tokenizer + image/video processors
+    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
+    data = build_datasets(cfg, tokenizer, warn=say, processor=processor, spec=spec)  # all rows checked here
     model = load_for_training(cfg, precision)
-    model = apply_method(model, cfg)
-    trainable, total = count_params(model)
+    if processor is not None:
+        model = apply_vision_method(model, cfg, spec)
+        table, parts, (trainable, total) = part_summary(model, spec)
+    else:
+        model = apply_method(model, cfg)
+        parts, (trainable, total) = None, count_params(model)
     say(f"{cfg.method} on {cfg.model}: {data.stats.train_rows} training rows, "
         f"{data.stats.val_rows} validation rows; training {trainable:,} of {total:,} parameters "
         f"({100 * trainable / total:.2f}%), precision {precision}")
+    if parts is not None:
+        say(f"trainable parameters by part (vision tower: {cfg.train_vision}, projector: "
+            f"{'trains' if cfg.train_projector else 'frozen'}, language model: {cfg.method}):\n{table}")
     recorder = RunRecorder(cfg.output)
-    trainer = build_trainer(cfg, model, tokenizer, data, precision, [recorder, RichProgress(console)])
+    trainer = build_trainer(cfg, model, processor or tokenizer, data, precision, [recorder, RichProgress(console)],
+                            collator=vision_collator(processor) if processor is not None else None)
     if dist.is_main_process:
         cfg.save(cfg.output)
     # ---- train
@@ -83,6 +103,8 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     # ---- save
     trainer.save_model(cfg.output)  # adapter or full weights (gathered under ZeRO-3/FSDP) + tokenizer
     summary = make_summary(cfg, trainer, result.metrics, recorder, data, (trainable, total), resume_from)
+    if parts is not None:
+        summary["trainable_by_part"] = {p: {"trainable": t, "total": n} for p, (t, n) in parts.items()}
     if dist.is_main_process:
         finish_output(cfg, summary, recorder)
         print_summary(console, summary)
@@ -182,7 +204,7 @@ def load_for_training(cfg: TrainConfig, precision: str):
         from accelerate import PartialState
 
         device_map = {"": PartialState().local_process_index}  # each process holds its own copy
-    model = load_model(cfg.model, dtype=dtype, quantization=cfg.quantization, device_map=device_map)
+    model = load_model(cfg.model, dtype=dtype, quantization=cfg.quantization, device_map=device_map)  # vision: *ImageTextToText
     model.config.use_cache = False  # the KV cache is for generation; training only wastes memory on it
     if cfg.packing:
         use_varlen_attention(model)  # per-row attention in packed batches (SDPA models; others keep theirs)
@@ -262,6 +284,16 @@ class MMTuneTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = self.supervised_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not loss.requires_grad:
+            # a batch that reaches no trainable weight (text-only rows while only vision parts train):
+            # a zero loss still connected to them, so backward (and DDP) run as for any batch
+            loss = loss + sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            result = (loss, result[1]) if return_outputs else loss
+        return result
+
+    def supervised_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Next-token cross-entropy computed only at positions whose target is trained.
 
         The model is asked for those positions alone (`logits_to_keep`), so the output layer never
@@ -380,10 +412,12 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
         prediction_loss_only=True,  # evaluation reports eval_loss only: keep no logits
         seed=cfg.seed,
         data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         dataloader_num_workers=cfg.num_workers,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        ddp_find_unused_parameters=False if cfg.uses_lora else None,
+        # vision models: a batch without media leaves the vision parts unused
+        ddp_find_unused_parameters=True if cfg.train_vision is not None else False if cfg.uses_lora else None,
         report_to="none",
         disable_tqdm=True,
         log_level="warning",
@@ -391,14 +425,16 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
 
 
 def build_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision: str,
-                  callbacks: list[TrainerCallback]) -> MMTuneTrainer:
+                  callbacks: list[TrainerCallback], collator=None) -> MMTuneTrainer:
+    """`tokenizer` is the processing class saved with the model (a vision model's processor);
+    `collator` replaces the text collators (vision batches)."""
     has_eval = data.val is not None and cfg.eval_strategy != "no"
     trainer = MMTuneTrainer(
         model=model,
         args=training_arguments(cfg, precision, has_eval),
         train_dataset=data.train,
         eval_dataset=data.val,
-        data_collator=PackCollator() if packs(cfg, model) else PadCollator(tokenizer.pad_token_id),
+        data_collator=collator or (PackCollator() if packs(cfg, model) else PadCollator(tokenizer.pad_token_id)),
         processing_class=tokenizer,
         callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
     )
@@ -433,6 +469,8 @@ def write_meta(folder: str | Path, cfg: TrainConfig, complete: bool = True) -> N
         "adapter": cfg.uses_lora,
         "quantization": cfg.quantization,
         "complete": complete,
+        **({"kind": "vision", "train_vision": cfg.train_vision, "train_projector": cfg.train_projector}
+           if cfg.train_vision is not None else {}),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,203 @@
+"""`mmtune train` on tiny random vision-language models: mixed media data end to end, what trains
+per part, what the output folder holds (and that it loads back), and the errors before training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmtune.cli import main
+from mmtune.config import resolve_config
+from mmtune.errors import UserError
+from mmtune.models.registry import find_spec
+from mmtune.train.sft import run_sft
+from mmtune.train.vision_parts import part_of
+from tests.helpers.tiny_vlms import tiny_vlm_dir
+
+MEDIA = Path(__file__).resolve().parents[2] / "examples" / "data" / "media"
+
+
+def _user(*parts) -> dict:
+    return {"role": "user", "content": list(parts)}
+
+
+def _image(name: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": str(MEDIA / name)}}
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def _answer(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def rows(*, multi: bool = True, video: bool = False) -> list[dict]:
+    """An image row, a multi-image row, a video row (where asked) and a text-only row."""
+    out = [{"messages": [_user(_image("red_circle.png"), _text("What is this?")), _answer("A red circle.")]},
+           {"messages": [{"role": "user", "content": "Hi"}, _answer("Hello there.")]}]
+    if multi:
+        out.append({"messages": [_user(_image("red_circle.png"), _image("blue_square.png"), _text("Compare.")),
+                                 _answer("A circle and a square.")]})
+    if video:
+        out.append({"messages": [_user({"type": "video", "video": str(MEDIA / "moving_circle.mp4")},
+                                       _text("What moves?")), _answer("A circle.")]})
+    return out
+
+
+def write(path: Path, data: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory) -> Path:
+    """A private copy (run_sft may write nothing into it, but tests must not share state)."""
+    return _copy(tiny_vlm_dir("qwen2_vl"), tmp_path_factory.mktemp("qwen"))
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory) -> Path:
+    return _copy(tiny_vlm_dir("llava"), tmp_path_factory.mktemp("llava"))
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    out = dest / src.name
+    shutil.copytree(src, out)
+    return out
+
+
+def cfg_for(model: Path, data: Path, out: Path, **kw):
+    base = {"model": str(model), "data": [str(data)], "output": str(out), "batch_size": 2, "max_steps": 2,
+            "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no", "max_length": 256,
+            "video_frames": 4}
+    return resolve_config({**base, **kw})
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(folder / name)
+
+
+def _parts(names, spec) -> set[str]:
+    return {part_of(n.removeprefix("base_model.model.").replace(".modules_to_save.default.", "."), spec)
+            for n in names}
+
+
+def test_qwen2_vl_trains_on_images_video_and_text_through_the_cli(qwen, tmp_path, capsys):
+    """Default parts (LoRA language model, projector in full, tower frozen); the adapter folder holds
+    the processor and loads back onto the base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from mmtune.models.vision import load_processor
+
+    data = write(tmp_path / "mixed.jsonl", rows(video=True))
+    out = tmp_path / "out"
+    code = main(["train", "--model", str(qwen), "--data", str(data), "--output", str(out), "--max-steps", "2",
+                 "--batch-size", "2", "--logging-steps", "1", "--save-strategy", "no", "--video-frames", "4",
+                 "--max-pixels", str(28 * 28 * 4)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "packing is off for vision-language models" in err
+    assert "vision_tower" in err and "projector" in err and "language_model" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["data"]["train_rows"] == 4
+    assert summary["tokens_per_s"] > 0 and summary["supervised_tokens_per_s"] > 0 and summary["flops_per_s"] > 0
+    parts = summary["trainable_by_part"]
+    assert parts["vision_tower"]["trainable"] == 0
+    assert parts["projector"]["trainable"] == parts["projector"]["total"] > 0
+    assert 0 < parts["language_model"]["trainable"] < parts["language_model"]["total"]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json", "chat_template.jinja", "tokenizer.json", "config.yaml", "mmtune.json"):
+        assert (out / name).is_file(), name
+    saved_processor = json.loads((out / "processor_config.json").read_text())  # transformers 5: all parts in one
+    assert saved_processor["image_processor"]["size"]["longest_edge"] == 28 * 28 * 4
+    meta = json.loads((out / "mmtune.json").read_text())
+    assert meta["kind"] == "vision" and meta["train_vision"] == "none" and meta["train_projector"] is True
+    config = (out / "config.yaml").read_text()
+    assert "train_vision: none" in config and "packing: false" in config
+
+    spec = find_spec(str(qwen))
+    saved = _weights(out)
+    assert _parts(saved, spec) == {"projector", "language_model"}
+    assert not any("visual.blocks" in n for n in saved)
+    base = AutoModelForImageTextToText.from_pretrained(qwen)
+    merger_before = base.model.visual.merger.mlp[0].weight.detach().clone()
+    tuned = PeftModel.from_pretrained(base, out)
+    assert not torch.equal(tuned.base_model.model.model.visual.merger.mlp[0].weight, merger_before)
+    processor = load_processor(str(out))
+    assert processor.image_processor.size["longest_edge"] == 28 * 28 * 4  # --max-pixels travels with the run
+    assert processor.chat_template
+
+
+def test_llava_frozen_language_model_trains_the_projector_only(llava, tmp_path):
+    """--method frozen --train-projector: no adapter, the saved full model differs from the base in
+    the projector alone, and loads back."""
+    from transformers import AutoModelForImageTextToText
+
+    data = write(tmp_path / "images.jsonl", rows())
+    out = tmp_path / "out"
+    summary = run_sft(cfg_for(llava, data, out, method="frozen", train_projector=True))
+    parts = summary["trainable_by_part"]
+    assert parts["projector"]["trainable"] == parts["projector"]["total"] > 0
+    assert parts["vision_tower"]["trainable"] == parts["language_model"]["trainable"] == 0
+    assert not (out / "adapter_config.json").exists() and (out / "processor_config.json").is_file()
+    base = AutoModelForImageTextToText.from_pretrained(llava).state_dict()
+    tuned = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    spec = find_spec(str(llava))
+    changed = {n for n in base if not torch.equal(base[n], tuned[n])}
+    assert changed and _parts(changed, spec) == {"projector"}
+
+
+def test_tower_lora_and_no_projector(qwen, tmp_path):
+    """--train-vision lora --no-train-projector: LoRA lands in the tower's blocks (not the merger) and
+    in the language model; the projector stays frozen and is not saved."""
+    data = write(tmp_path / "d.jsonl", rows())
+    out = tmp_path / "out"
+    summary = run_sft(cfg_for(qwen, data, out, train_vision="lora", train_projector=False))
+    assert summary["trainable_by_part"]["projector"]["trainable"] == 0
+    assert summary["trainable_by_part"]["vision_tower"]["trainable"] > 0
+    saved = _weights(out)
+    assert all("lora_" in n for n in saved)
+    spec = find_spec(str(qwen))
+    assert _parts(saved, spec) == {"vision_tower", "language_model"}
+    assert not any(".merger." in n for n in saved)
+
+
+def test_frozen_language_model_with_tower_lora_only(llava, tmp_path):
+    data = write(tmp_path / "d.jsonl", rows())
+    out = tmp_path / "out"
+    summary = run_sft(cfg_for(llava, data, out, method="frozen", train_vision="lora", train_projector=False))
+    parts = summary["trainable_by_part"]
+    assert parts["vision_tower"]["trainable"] > 0
+    assert parts["language_model"]["trainable"] == parts["projector"]["trainable"] == 0
+    assert _parts(_weights(out), find_spec(str(llava))) == {"vision_tower"}
+
+
+def test_errors_before_training(llava, tiny_llama, tmp_path):
+    """A video for LLaVA, media for a text model, frozen or vision flags for a text model, nothing
+    to train: each a clear error before any model is loaded or trained."""
+    out = tmp_path / "out"
+    video = write(tmp_path / "video.jsonl", rows(video=True))
+    with pytest.raises(UserError, match="does not take video"):
+        run_sft(cfg_for(llava, video, out))
+    images = write(tmp_path / "images.jsonl", rows())
+    with pytest.raises(UserError, match="is a text model and this row has media"):
+        run_sft(cfg_for(tiny_llama, images, out, max_pixels=None, video_frames=None))
+    text = write(tmp_path / "text.jsonl", rows()[1:2])
+    with pytest.raises(UserError, match="--method frozen.*vision-language models only"):
+        run_sft(cfg_for(tiny_llama, text, out, method="frozen", video_frames=None))
+    with pytest.raises(UserError, match="--train-vision.*vision-language models only"):
+        run_sft(cfg_for(tiny_llama, text, out, train_vision="lora", video_frames=None))
+    with pytest.raises(UserError, match="nothing would train"):
+        run_sft(cfg_for(llava, images, out, method="frozen", train_projector=False))
+    with pytest.raises(UserError, match="resize by area|resizes to a fixed size"):
+        run_sft(cfg_for(llava, images, out, max_pixels=1000))
+    assert not (out / "summary.json").exists()
