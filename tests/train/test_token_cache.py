@@ -47,3 +47,30 @@ def test_no_cache_when_switched_off(tiny_llama, tokenizer, data_file, tmp_path):
     cfg = resolve_config({"model": str(tiny_llama), "data": [str(data_file([("q", "a")]))], "data_cache": False})
     build_datasets(cfg, tokenizer, print, cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()
+
+
+def test_prune_removes_least_recently_used_entries_first(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from mmtune.train.token_cache import max_bytes, prune
+
+    now = time.time()
+    paths = []
+    for i, age in enumerate((300, 200, 100, 0)):  # entry 0 is the least recently used
+        p = tmp_path / f"k{i}.npz"
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (now - age, now - age))
+        paths.append(p)
+    stale = tmp_path / "abc.tmp.npz"
+    stale.write_bytes(b"x")
+    os.utime(stale, (now - 7200, now - 7200))
+    fresh_tmp = tmp_path / "def.tmp.npz"  # a run writing right now
+    fresh_tmp.write_bytes(b"x")
+    os.utime(paths[0], (now, now))  # ...but entry 0 was just hit, so entry 1 goes first
+    removed = prune(tmp_path, keep=paths[3], budget=2500)
+    assert set(removed) == {paths[1], paths[2], stale}
+    assert paths[0].exists() and paths[3].exists() and fresh_tmp.exists()
+    assert prune(tmp_path, keep=paths[3], budget=0) == [paths[0]]  # the kept entry stays even over budget
+    monkeypatch.setenv("MMTUNE_CACHE_MAX_GB", "0.5")
+    assert max_bytes() == 2**29

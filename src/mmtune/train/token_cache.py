@@ -6,6 +6,10 @@ fields that shape rendering and splitting, and the source of the rendering code 
 edit to any of them is a miss, never a stale hit. An entry is one .npz (token ids as int32
 arrays plus offsets, and a JSON header with the data statistics and the warnings the render
 printed, which a hit prints again), written to a temporary name and renamed into place.
+
+The folder is kept under a size budget ($MMTUNE_CACHE_MAX_GB, default 5): after each write the
+least recently used entries (a hit counts as a use) are removed until it fits; the entry just
+written always stays. Temporary files left by a killed run are removed after an hour.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,8 @@ from mmtune.train import dataset, render
 from mmtune.train.dataset import Datasets, DataStats, Row
 
 FORMAT = 1
+DEFAULT_MAX_GB = 5.0
+_STALE_TMP_S = 3600
 # config fields that change which rows exist or what their tokens and labels are
 KEY_FIELDS = ("train_on", "max_length", "drop_long", "val_ratio", "seed", "skip_bad_rows", "media_root")
 
@@ -87,7 +94,46 @@ def save_cached(key: str, data: Datasets, warnings: list[str], cache_dir: Path |
     np.savez(tmp, header=np.array(json.dumps(header)), **arrays)
     path = folder / f"{key}.npz"
     os.replace(tmp, path)
+    prune(folder, keep=path)
     return path
+
+
+def max_bytes() -> int:
+    """The cache's size budget: $MMTUNE_CACHE_MAX_GB gigabytes (default 5)."""
+    raw = os.environ.get("MMTUNE_CACHE_MAX_GB", "")
+    try:
+        gb = float(raw) if raw else DEFAULT_MAX_GB
+    except ValueError:
+        gb = DEFAULT_MAX_GB
+    return int(gb * 2**30)
+
+
+def prune(folder: Path, keep: Path | None = None, budget: int | None = None) -> list[Path]:
+    """Remove least recently used entries until the folder fits the budget; returns what was removed."""
+    budget = max_bytes() if budget is None else budget
+    now = time.time()
+    entries, removed = [], []
+    for p in folder.iterdir():
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.name.endswith(".tmp.npz"):
+            if now - st.st_mtime > _STALE_TMP_S:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        elif p.suffix == ".npz":
+            entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= budget:
+            break
+        if keep is not None and p == keep:
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+        total -= size
+    return removed
 
 
 def load_cached(key: str, cache_dir: Path | None = None) -> tuple[Datasets, list[str]] | None:
@@ -102,4 +148,8 @@ def load_cached(key: str, cache_dir: Path | None = None) -> tuple[Datasets, list
             val = _rows(z["val_ids"], z["val_labels"], z["val_offsets"]) if "val_ids" in z else None
     except (OSError, ValueError, KeyError):
         return None
+    try:
+        os.utime(path)  # a hit is a use: pruning removes the least recently used entries first
+    except OSError:
+        pass
     return Datasets(train, val, DataStats(**header["stats"])), header["warnings"]
