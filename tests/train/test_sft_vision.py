@@ -201,3 +201,35 @@ def test_errors_before_training(llava, tiny_llama, tmp_path):
     with pytest.raises(UserError, match="resize by area|resizes to a fixed size"):
         run_sft(cfg_for(llava, images, out, max_pixels=1000))
     assert not (out / "summary.json").exists()
+
+
+def test_rows_keep_no_pixels_and_decode_media_per_item(qwen, tmp_path, monkeypatch):
+    """The checked data holds token ids only; an item decodes its media when read; a media file
+    that changes after the check stops the run; nothing goes into the token cache."""
+    from PIL import Image
+
+    from mmtune.train.dataset import build_datasets
+    from mmtune.train.sft_vision import load_vision_processor
+
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "red.png"
+    shutil.copy(MEDIA / "red_circle.png", image)
+    data = write(tmp_path / "d.jsonl", [
+        {"messages": [_user({"type": "image_url", "image_url": {"url": str(image)}}, _text("What?")),
+                      _answer("Red.")]},
+        {"messages": [{"role": "user", "content": "Hi"}, _answer("Hello.")]}])
+    cfg = cfg_for(qwen, data, tmp_path / "out")
+    assert cfg.data_cache
+    processor = load_vision_processor(cfg)
+    ds = build_datasets(cfg, processor.tokenizer, processor=processor, spec=find_spec(str(qwen)))
+    assert not (tmp_path / "cache").exists()
+    held = [v for item in ds.train.items for v in vars(item).values()]
+    assert not any(isinstance(v, torch.Tensor) for v in held)
+    assert ds.stats.train_rows == 2 and ds.stats.train_tokens == sum(len(r["input_ids"]) for r in ds.train.rows)
+    first, text_only = ds.train[0], ds.train[1]
+    assert first["pixel_values"].shape[0] > 0 and first["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert "pixel_values" not in text_only and text_only["input_ids"] == ds.train.rows[1]["input_ids"]
+    Image.new("RGB", (256, 256), "red").save(image)  # more pixels -> more media tokens than checked
+    processor.image_processor.size = {"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 64}
+    with pytest.raises(UserError, match="renders to different tokens"):
+        ds.train[0]
