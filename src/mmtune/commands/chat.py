@@ -11,16 +11,28 @@ def add_parser(subparsers) -> None:
         "chat",
         help="chat with a model in the terminal (streaming, multi-turn)",
         description="Interactive chat: tokens appear as they are generated; the conversation is kept. "
-        "Commands: /clear, /system TEXT, /exit. Ctrl-C stops the current answer.",
+        "Commands: /clear, /system TEXT, /exit; with a vision-language model also /image PATH (and /video PATH "
+        "for models that take video), which attach media to your next message. Ctrl-C stops the current answer.",
         epilog="examples:\n  mmtune chat\n  mmtune chat runs/demo --temperature 0\n"
-        "  mmtune chat runs/demo-merged --system 'Answer in French.'",
+        "  mmtune chat runs/demo-merged --system 'Answer in French.'\n"
+        "  mmtune chat qwen2-vl-2b-instruct      then: /image photo.jpg  and ask about it",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(p)
     p.add_argument("--system", default=None, help="system prompt (default: none)")
     add_generation_arguments(p)
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    add_remote_media_argument(p)
     p.set_defaults(func=run, _parser=p)
+
+
+def add_remote_media_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-remote-media",
+        action="store_true",
+        help="let prompts refer to images/videos by http(s) URL, downloaded when used "
+        "(default: off; local files and data: URLs only)",
+    )
 
 
 def add_model_argument(p: argparse.ArgumentParser) -> None:
@@ -77,6 +89,7 @@ def generation_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from mmtune.infer.chat import ChatSession, repl
     from mmtune.infer.engine import Engine
+    from mmtune.infer.media import MediaPolicy
     from mmtune.infer.options import make_options
 
     gen = generation_options(args)
@@ -86,5 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - Windows
         pass
     print(f"loading {args.model or 'the default model'} ...", file=sys.stderr, flush=True)
-    engine = Engine(args.model, dtype=args.dtype)
-    return repl(engine, gen, ChatSession(system=args.system))
+    media = MediaPolicy(allow_remote=args.allow_remote_media)
+    engine = Engine(args.model, dtype=args.dtype, media=media)
+    session = ChatSession(system=args.system, vision=engine.is_vision, video=engine.takes_video, media=media)
+    return repl(engine, gen, session)
