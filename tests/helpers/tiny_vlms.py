@@ -85,19 +85,23 @@ def _qwen2_vl(work: Path):
     return Qwen2VLForConditionalGeneration(config), processor
 
 
-def _with_video(cls, images, tok):
+def _with_video(cls, images, tok, video_config: dict | None = None, **extra):
     """The processor with the official video processor, or mmtune's stand-in where torchvision is missing."""
-    from mmtune.models.vision import _without_video_check, has_torchvision, make_frames_video_processor
+    import transformers
 
+    from mmtune.models.vision import _video_shim, _without_video_check, has_torchvision
+
+    name = cls.__name__
     if has_torchvision():  # pragma: no cover - not installed on the CI machine
-        from transformers import Qwen2VLVideoProcessor
-
-        video = Qwen2VLVideoProcessor(size=dict(images.size), patch_size=images.patch_size,
-                                      temporal_patch_size=images.temporal_patch_size, merge_size=images.merge_size)
-        return cls(image_processor=images, tokenizer=tok, video_processor=video, chat_template=tok.chat_template)
-    video = make_frames_video_processor(images)
-    return _without_video_check(cls)(image_processor=images, tokenizer=tok, video_processor=video,
-                                     chat_template=tok.chat_template)
+        official = {"LlavaOnevisionProcessor": "LlavaOnevisionVideoProcessor", "Qwen3VLProcessor": "Qwen3VLVideoProcessor",
+                    "LlavaNextVideoProcessor": "LlavaNextVideoVideoProcessor"}.get(name, "Qwen2VLVideoProcessor")
+        settings = video_config or {"size": dict(images.size), "patch_size": images.patch_size,
+                                    "temporal_patch_size": images.temporal_patch_size, "merge_size": images.merge_size}
+        video = getattr(transformers, official)(**settings)
+    else:
+        video = _video_shim(name, Path("/nonexistent"), images, video_config)
+        cls = _without_video_check(cls)
+    return cls(image_processor=images, tokenizer=tok, video_processor=video, chat_template=tok.chat_template, **extra)
 
 
 def _llava(work: Path):
@@ -210,7 +214,84 @@ def _mllama(work: Path):
     return MllamaForConditionalGeneration(config), processor
 
 
-BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3,
+def _qwen3_vl(work: Path):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = _tokenizer("qwen3", work, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+                     "qwen3_vl.jinja")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                                                      "<|video_pad|>")}
+    text = _text_config("qwen3_vl_text", _vocab(tok), tok, head_dim=16,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                         "mrope_interleaved": True})
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": HIDDEN,
+              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16,
+              "deepstack_visual_indexes": [0]}
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    # 64x64 images -> a 4x4 grid of 16px patches -> 4 media tokens after the 2x2 merge
+    images = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 4,
+                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    # a 4-frame 64x64 clip stays 64x64: 2 temporal patches x 4 tokens
+    video = {"size": {"shortest_edge": 32 * 32 * 4, "longest_edge": 4 * 64 * 64}, "patch_size": 16,
+             "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    return Qwen3VLForConditionalGeneration(config), _with_video(Qwen3VLProcessor, images, tok, video)
+
+
+def _llava_onevision(work: Path):
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tok = _tokenizer("qwen2.5", work, ["<image>", "<video>"], "llava_onevision.jinja")
+    vision = {"model_type": "siglip_vision_model", "image_size": 28, "patch_size": 14, **VISION}
+    text = _text_config("qwen2", _vocab(tok), tok)
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
+                                  image_token_id=tok.convert_tokens_to_ids("<image>"),
+                                  video_token_id=tok.convert_tokens_to_ids("<video>"), tie_word_embeddings=True)
+    images = LlavaOnevisionImageProcessorPil(size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints,
+                                             image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    video = {"size": {"height": 28, "width": 28}, "do_center_crop": False, "image_mean": [0.5] * 3,
+             "image_std": [0.5] * 3}
+    # 28x28 frames -> 2x2 patches -> 4 image tokens; a video frame pools to 1 token (+1 newline per video)
+    processor = _with_video(LlavaOnevisionProcessor, images, tok, video, num_image_tokens=4,
+                            vision_feature_select_strategy="full")
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def _llava_next_video(work: Path):
+    from transformers import (
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+        LlavaNextVideoProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = _tokenizer("llama3", work, ["<image>", "<video>"], "llava_next_video.jinja")
+    vision = {"model_type": "clip_vision_model", "image_size": 28, "patch_size": 14, "projection_dim": 32, **VISION}
+    text = _text_config("llama", _vocab(tok), tok)
+    pinpoints = [[28, 28], [28, 56], [56, 28]]
+    config = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
+                                  image_token_id=tok.convert_tokens_to_ids("<image>"),
+                                  video_token_id=tok.convert_tokens_to_ids("<video>"), tie_word_embeddings=True)
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                        image_grid_pinpoints=pinpoints)
+    video = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}, "do_center_crop": True}
+    processor = _with_video(LlavaNextVideoProcessor, images, tok, video, patch_size=14,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return LlavaNextVideoForConditionalGeneration(config), processor
+
+
+BUILDERS: dict[str, Callable] = {"qwen3_vl": _qwen3_vl, "llava_onevision": _llava_onevision,
+                                 "llava_next_video": _llava_next_video, "qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3,
                                  "qwen2_5_vl": _qwen2_5_vl, "llava_next": _llava_next, "gemma3": _gemma3,
                                  "mllama": _mllama}
 TINY_VLM_FAMILIES: tuple[str, ...] = tuple(BUILDERS)

@@ -10,7 +10,7 @@ import pytest
 
 from mmtune.data.schema import Message, Part, Sample
 from mmtune.errors import UserError
-from mmtune.models.vision import load_processor, make_frames_video_processor
+from mmtune.models.vision import load_processor
 from mmtune.models.vision_registry import VISION_REGISTRY, find_vision_spec
 from mmtune.train.collate_vision import VisionCollator, media_layout
 from mmtune.train.render import IGNORE_INDEX
@@ -27,7 +27,8 @@ from tests.helpers.tiny_vlms import TINY_VLM_FAMILIES, tiny_vlm_dir
 MEDIA = str(Path(__file__).resolve().parents[2] / "examples" / "data" / "media")
 # how each family's template writes one trained assistant turn (the independent reference)
 TURN = {"qwen2_vl": "{}<|im_end|>", "llava": " {}", "idefics3": " {}<end_of_utterance>",
-        "qwen2_5_vl": "{}<|im_end|>", "llava_next": " {}</s>", "gemma3": "{}<end_of_turn>", "mllama": "{}<|eot_id|>"}
+        "qwen2_5_vl": "{}<|im_end|>", "llava_next": " {}</s>", "gemma3": "{}<end_of_turn>", "mllama": "{}<|eot_id|>",
+        "qwen3_vl": "{}<|im_end|>", "llava_onevision": "\n{}", "llava_next_video": " {}"}
 
 
 @pytest.fixture(scope="module", params=TINY_VLM_FAMILIES)
@@ -170,14 +171,31 @@ def test_max_pixels_and_video_frames_change_the_media_tokens():
         render_vision_sample(image_row, load_processor(str(tiny_vlm_dir("llava"))), max_pixels=1000)
 
 
-def test_frames_video_processor_matches_the_image_processor_on_a_still_video():
+@pytest.mark.parametrize("name", ["llava_onevision", "llava_next_video"])
+def test_plain_video_processor_frames_are_the_image_processors_base_view(name):
+    """LLaVA-OneVision / -NeXT-Video stand-ins: each frame of a still video is the image processor's
+    first (whole-image) view, resized and normalised the same way."""
+    from PIL import Image
+
+    processor = load_processor(str(tiny_vlm_dir(name)))
+    assert type(processor.video_processor).__name__ == "PlainFramesVideoProcessor"
+    frame = np.asarray(Image.open(Path(MEDIA, "green_triangle.png")).convert("RGB"))
+    video = processor.video_processor([np.stack([frame, frame])], return_tensors="np")["pixel_values_videos"]
+    image = processor.image_processor([Image.fromarray(frame)], return_tensors="np")["pixel_values"]
+    assert video.shape[:2] == (1, 2) and video.shape[2:] == image.shape[2:]
+    np.testing.assert_allclose(video[0, 1], image[0, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen3_vl"])
+def test_frames_video_processor_matches_the_image_processor_on_a_still_video(name):
     """A video of one repeated frame gives the image processor's patches (which copy the image
     over the temporal patch): the shim cuts patches in the official order."""
     from PIL import Image
 
-    processor = load_processor(str(tiny_vlm_dir("qwen2_vl")))
+    processor = load_processor(str(tiny_vlm_dir(name)))
     frame = np.asarray(Image.open(Path(MEDIA, "green_triangle.png")).convert("RGB"))
-    shim = make_frames_video_processor(processor.image_processor)
+    shim = processor.video_processor
+    assert type(shim).__name__ == "FramesVideoProcessor"
     video = shim([np.stack([frame, frame])], return_tensors="np")
     image = processor.image_processor([Image.fromarray(frame)], return_tensors="np")
     assert video["video_grid_thw"].tolist() == image["image_grid_thw"].tolist()

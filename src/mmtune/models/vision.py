@@ -4,10 +4,15 @@ Where torchvision is installed, `load_processor` is `AutoProcessor.from_pretrain
 official processor, untouched. transformers builds its video processors (and so every
 processor that holds one, e.g. Qwen2-VL's) only with torchvision; without it, the
 processor is assembled here from its parts: the PIL image processor, the tokenizer, the
-saved chat template and processor settings, plus `FramesVideoProcessor` — a numpy
-re-implementation of the Qwen2-VL video processor that takes frames mmtune decoded with
-PyAV. Nothing else differs, so rendering and the model see the same inputs either way
-(a test compares the shim's patches with the image processor's on a still "video").
+saved chat template and processor settings, plus a numpy stand-in for the video processor
+that takes frames mmtune decoded with PyAV:
+- `FramesVideoProcessor`: the Qwen2-VL / Qwen2.5-VL / Qwen3-VL video processors (resize,
+  normalise, cut (t, h, w) patches; Qwen3-VL sizes the whole clip at once);
+- `PlainFramesVideoProcessor`: LLaVA-NeXT-Video's and LLaVA-OneVision's, which resize (and
+  crop) every frame like a CLIP image and stack them (T, C, H, W) — done here by the PIL CLIP
+  image processor with the video processor's settings.
+Nothing else differs, so rendering and the model see the same inputs either way (tests
+compare the shims' output with the image processor's on a still "video").
 
 torch and transformers are imported inside functions: importing this module is cheap.
 """
@@ -23,8 +28,22 @@ from typing import Any
 from mmtune.errors import UserError
 
 VIDEO_CONFIG = "video_preprocessor_config.json"
-# processor classes whose video processor FramesVideoProcessor stands in for
-_FRAMES_VIDEO_FAMILIES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+# processor class -> the official video processor FramesVideoProcessor stands in for
+_FRAMES_VIDEO_FAMILIES = {"Qwen2VLProcessor": "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
+                          "Qwen3VLProcessor": "Qwen3VLVideoProcessor"}
+# processor class -> (official video processor, its class defaults) for PlainFramesVideoProcessor
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+_PLAIN_VIDEO_FAMILIES = {
+    "LlavaNextVideoProcessor": ("LlavaNextVideoVideoProcessor", {
+        "size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+        "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD}),
+    "LlavaOnevisionProcessor": ("LlavaOnevisionVideoProcessor", {
+        "size": {"height": 384, "width": 384}, "do_center_crop": False, "image_mean": _CLIP_MEAN,
+        "image_std": _CLIP_STD}),
+}
+# Qwen3-VL's video defaults (Qwen3VLVideoProcessor's class attributes)
+_QWEN3_VIDEO = {"size": {"shortest_edge": 128 * 32 * 32, "longest_edge": 32 * 32 * 768}, "patch_size": 16,
+                "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
 
 def has_torchvision() -> bool:
@@ -94,9 +113,14 @@ def _assemble(path: Path):
 
 
 def _video_shim(name: str, path: Path, image_processor, saved: dict | None):
+    config = saved or _read_json(path / VIDEO_CONFIG)
+    if name in _PLAIN_VIDEO_FAMILIES:
+        return make_plain_video_processor(name, config)
     if name not in _FRAMES_VIDEO_FAMILIES:
         return None  # the processor then handles images only; a video row raises a clear error
-    return make_frames_video_processor(image_processor, saved or _read_json(path / VIDEO_CONFIG))
+    if _FRAMES_VIDEO_FAMILIES[name] == "Qwen3VLVideoProcessor":
+        return make_frames_video_processor(image_processor, {**_QWEN3_VIDEO, **config}, official=_FRAMES_VIDEO_FAMILIES[name])
+    return make_frames_video_processor(image_processor, config)
 
 
 @cache
@@ -134,12 +158,25 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def make_frames_video_processor(image_processor, config: dict | None = None):
+def make_plain_video_processor(processor_name: str, config: dict | None = None):
+    """A PlainFramesVideoProcessor for `processor_name` (LLaVA-NeXT-Video, LLaVA-OneVision): the official
+    video processor's defaults, overridden by a saved video_preprocessor_config.json."""
+    official, defaults = _PLAIN_VIDEO_FAMILIES[processor_name]
+    keys = ("size", "crop_size", "do_center_crop", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
+            "image_mean", "image_std", "resample", "do_convert_rgb")
+    settings = {**defaults, **{k: v for k, v in (config or {}).items() if k in keys and v is not None}}
+    return _plain_cls()(official=official, **settings)
+
+
+def make_frames_video_processor(image_processor, config: dict | None = None, *,
+                                official: str = "Qwen2VLVideoProcessor"):
     """A FramesVideoProcessor with the image processor's normalisation and patching settings,
-    overridden by a saved video_preprocessor_config.json where there is one."""
+    overridden by a saved video_preprocessor_config.json where there is one. `official` names the
+    video processor it stands in for (Qwen3VLVideoProcessor sizes whole clips)."""
     cfg = dict(config or {})
     size = cfg.get("size") or dict(image_processor.size)
     return _frames_cls()(
+        official=official,
         size={"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]},
         patch_size=cfg.get("patch_size", image_processor.patch_size),
         temporal_patch_size=cfg.get("temporal_patch_size", image_processor.temporal_patch_size),
@@ -161,12 +198,15 @@ def _frames_cls():
     class FramesVideoProcessor(VideoProcessorMixin):
         """Qwen2-VL's video processing on uint8 frames (T, H, W, 3), in numpy: resize every frame to
         one smart_resize'd size, rescale, normalise, repeat the last frame up to a multiple of
-        temporal_patch_size, and cut (t, h, w) patches in the order the vision tower expects."""
+        temporal_patch_size, and cut (t, h, w) patches in the order the vision tower expects.
+        As Qwen3VLVideoProcessor, the size bounds apply to the whole clip (frames x height x width)."""
 
         model_input_names = ["pixel_values_videos", "video_grid_thw"]
 
-        def __init__(self, *, size, patch_size, temporal_patch_size, merge_size, image_mean, image_std, **kw):
+        def __init__(self, *, official, size, patch_size, temporal_patch_size, merge_size, image_mean, image_std,
+                     **kw):
             super().__init__(**kw)
+            self.official = official
             self.size, self.patch_size, self.merge_size = dict(size), patch_size, merge_size
             self.temporal_patch_size = temporal_patch_size
             self.image_mean, self.image_std = image_mean, image_std
@@ -183,8 +223,15 @@ def _frames_cls():
                 raise ValueError(f"expected frames shaped (T, H, W, 3), got {frames.shape}")
             t, h, w, _ = frames.shape
             factor = self.patch_size * self.merge_size
-            rh, rw = smart_resize(h, w, factor=factor, min_pixels=self.size["shortest_edge"],
-                                  max_pixels=self.size["longest_edge"])
+            if self.official == "Qwen3VLVideoProcessor":
+                from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as clip_resize
+
+                rh, rw = clip_resize(max(t, self.temporal_patch_size), h, w,
+                                     temporal_factor=self.temporal_patch_size, factor=factor,
+                                     min_pixels=self.size["shortest_edge"], max_pixels=self.size["longest_edge"])
+            else:
+                rh, rw = smart_resize(h, w, factor=factor, min_pixels=self.size["shortest_edge"],
+                                      max_pixels=self.size["longest_edge"])
             resized = np.stack([np.asarray(Image.fromarray(f).resize((rw, rh), Image.BICUBIC)) for f in frames])
             x = resized.astype(np.float32) / 255.0
             x = (x - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
@@ -200,9 +247,44 @@ def _frames_cls():
 
         def to_dict(self) -> dict:
             # saved under the official class name, so a torchvision install loads the real one
-            return {"video_processor_type": "Qwen2VLVideoProcessor", "size": self.size,
+            return {"video_processor_type": self.official, "size": self.size,
                     "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
                     "merge_size": self.merge_size, "image_mean": self.image_mean, "image_std": self.image_std,
                     "do_sample_frames": False}
 
     return FramesVideoProcessor
+
+
+@lru_cache(maxsize=1)
+def _plain_cls():
+    """Defined lazily: the base class lives in transformers."""
+    import numpy as np
+    from PIL import Image
+    from transformers.feature_extraction_utils import BatchFeature
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    class PlainFramesVideoProcessor(VideoProcessorMixin):
+        """LLaVA-NeXT-Video's / LLaVA-OneVision's video processing on uint8 frames (T, H, W, 3): each
+        frame resized (shortest edge, or to height x width), optionally centre-cropped, rescaled and
+        normalised like a CLIP image; a video is (T, C, H, W), videos are stacked."""
+
+        model_input_names = ["pixel_values_videos"]
+
+        def __init__(self, *, official: str, **settings):
+            super().__init__()
+            self.official, self.settings = official, settings
+            self.frames = CLIPImageProcessorPil(**settings)
+
+        def __call__(self, videos, video_metadata=None, **kwargs) -> BatchFeature:
+            stacked = [self.frames([Image.fromarray(f) for f in np.asarray(v)], return_tensors="np")["pixel_values"]
+                       for v in videos]
+            return BatchFeature({"pixel_values_videos": np.stack(stacked),
+                                 "video_metadata": frames_metadata(videos, video_metadata)},
+                                tensor_type=kwargs.get("return_tensors"), skip_tensor_conversion=["video_metadata"])
+
+        def to_dict(self) -> dict:
+            # saved under the official class name, so a torchvision install loads the real one
+            return {"video_processor_type": self.official, **self.settings, "do_sample_frames": False}
+
+    return PlainFramesVideoProcessor

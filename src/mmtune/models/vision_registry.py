@@ -14,7 +14,7 @@ from __future__ import annotations
 from mmtune.models.spec import LLAMA_LIKE_TARGETS, ModelSpec, _arch, build_registry
 
 VISION_FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "idefics3", "qwen2_5_vl", "llava_next", "gemma3",
-                                    "mllama")
+                                    "mllama", "qwen3_vl", "llava_onevision", "llava_next_video")
 
 _QWEN2_VL = {"family": "qwen2_vl", "model_type": "qwen2_vl", "kind": "vision", "media_placeholder": "<|image_pad|>",
              "vision_tower": "model.visual", "projector": "model.visual.merger",
@@ -27,6 +27,11 @@ _IDEFICS3 = {"family": "idefics3", "model_type": "idefics3", "kind": "vision", "
              "language_model": "model.text_model", "lora_targets": LLAMA_LIKE_TARGETS}
 _QWEN2_5_VL = {**_QWEN2_VL, "family": "qwen2_5_vl", "model_type": "qwen2_5_vl"}
 _LLAVA_NEXT = {**_LLAVA, "family": "llava_next", "model_type": "llava_next"}
+# Qwen3-VL: the deepstack mergers (model.visual.deepstack_merger_list) count with the projector too
+_QWEN3_VL = {**_QWEN2_VL, "family": "qwen3_vl", "model_type": "qwen3_vl"}
+_LLAVA_ONEVISION = {**_LLAVA, "family": "llava_onevision", "model_type": "llava_onevision", "supports_video": True}
+_LLAVA_NEXT_VIDEO = {**_LLAVA, "family": "llava_next_video", "model_type": "llava_next_video",
+                     "supports_video": True}
 # Gemma 3's template writes <start_of_image>; the processor expands it to <image_soft_token> x 256
 _GEMMA3 = {"family": "gemma3", "model_type": "gemma3", "kind": "vision", "media_placeholder": "<start_of_image>",
            "vision_tower": "model.vision_tower", "projector": "model.multi_modal_projector",
@@ -74,6 +79,31 @@ VISION_ENTRIES: tuple[ModelSpec, ...] = (
               **_arch(hidden=4096, layers=40, intermediate=14336, heads=32, kv_heads=8, vocab=128256, tied=False),
               description="Llama 3.2 Vision 11B (cross-attention; 32 self + 8 cross layers); one image per "
                           "conversation", **_MLLAMA),
+    ModelSpec(name="qwen3-vl-2b-instruct", hf_path="Qwen/Qwen3-VL-2B-Instruct", params_b=2.13,
+              **_arch(hidden=2048, layers=28, intermediate=6144, heads=16, kv_heads=8, vocab=151936, head_dim=128,
+                      tied=True),
+              description="Qwen3-VL 2B: images (any number, any size) and video with timestamps", **_QWEN3_VL),
+    ModelSpec(name="qwen3-vl-4b-instruct", hf_path="Qwen/Qwen3-VL-4B-Instruct", params_b=4.44,
+              **_arch(hidden=2560, layers=36, intermediate=9728, heads=32, kv_heads=8, vocab=151936, head_dim=128,
+                      tied=True),
+              description="Qwen3-VL 4B: images (any number, any size) and video with timestamps", **_QWEN3_VL),
+    ModelSpec(name="qwen3-vl-8b-instruct", hf_path="Qwen/Qwen3-VL-8B-Instruct", params_b=8.77,
+              **_arch(hidden=4096, layers=36, intermediate=12288, heads=32, kv_heads=8, vocab=151936, head_dim=128,
+                      tied=False),
+              description="Qwen3-VL 8B: images (any number, any size) and video with timestamps", **_QWEN3_VL),
+    ModelSpec(name="llava-onevision-qwen2-0.5b-ov", hf_path="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+              params_b=0.89,
+              **_arch(hidden=896, layers=24, intermediate=4864, heads=14, kv_heads=2, vocab=151647, tied=True),
+              description="LLaVA-OneVision 0.5B (SigLIP + Qwen2); images (anyres), several images, video",
+              **_LLAVA_ONEVISION),
+    ModelSpec(name="llava-onevision-qwen2-7b-ov", hf_path="llava-hf/llava-onevision-qwen2-7b-ov-hf", params_b=8.03,
+              **_arch(hidden=3584, layers=28, intermediate=18944, heads=28, kv_heads=4, vocab=152128, tied=False),
+              description="LLaVA-OneVision 7B (SigLIP + Qwen2); images (anyres), several images, video",
+              **_LLAVA_ONEVISION),
+    ModelSpec(name="llava-next-video-7b", hf_path="llava-hf/LLaVA-NeXT-Video-7B-hf", params_b=7.06,
+              **_arch(hidden=4096, layers=32, intermediate=11008, heads=32, kv_heads=32, vocab=32064, tied=False),
+              description="LLaVA-NeXT-Video 7B (CLIP + Vicuna); video (pooled frames) and images",
+              **_LLAVA_NEXT_VIDEO),
 )
 
 
