@@ -233,3 +233,27 @@ def test_rows_keep_no_pixels_and_decode_media_per_item(qwen, tmp_path, monkeypat
     processor.image_processor.size = {"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 64}
     with pytest.raises(UserError, match="renders to different tokens"):
         ds.train[0]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("method, vision, projector, expect", [
+    ("lora", "full", False, {"vision_tower": "all", "projector": "none", "language_model": "some"}),
+    ("lora", "full", True, {"vision_tower": "all", "projector": "all", "language_model": "some"}),
+    ("frozen", "full", True, {"vision_tower": "all", "projector": "all", "language_model": "none"}),
+    ("full", "none", False, {"vision_tower": "none", "projector": "none", "language_model": "all"}),
+    ("lora", "lora", True, {"vision_tower": "some", "projector": "all", "language_model": "some"}),
+])
+def test_parts_train_as_the_flags_say(family, method, vision, projector, expect, tmp_path):
+    """Every combination sets exactly the parts asked for (Qwen2-VL's projector sits inside its tower,
+    LLaVA's beside it)."""
+    from mmtune.models.loader import load_model
+    from mmtune.train.sft_vision import apply_vision_method, part_summary, resolve_parts
+
+    folder = tiny_vlm_dir(family)
+    spec = find_spec(str(folder))
+    cfg = resolve_parts(cfg_for(folder, tmp_path / "x.jsonl", tmp_path / "out", method=method, train_vision=vision,
+                                train_projector=projector), spec, print)
+    model = apply_vision_method(load_model(str(folder), dtype=torch.float32), cfg, spec)
+    _, counts, _ = part_summary(model, spec)
+    got = {p: "none" if t == 0 else "all" if t == n else "some" for p, (t, n) in counts.items()}
+    assert got == expect
