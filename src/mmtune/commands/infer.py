@@ -6,7 +6,12 @@ import argparse
 import json
 import sys
 
-from mmtune.commands.chat import add_generation_arguments, add_model_argument, generation_options
+from mmtune.commands.chat import (
+    add_generation_arguments,
+    add_model_argument,
+    add_remote_media_argument,
+    generation_options,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -15,7 +20,8 @@ def add_parser(subparsers) -> None:
         help="batch predictions for a data file (and exact match / BLEU / ROUGE-L)",
         description="Generate an answer for every row of a data file (any format mmtune reads): the prompt is "
         "the conversation minus its last assistant turn, which is kept as the reference. Writes one JSON line "
-        "per row: prompt, reference, prediction, finish reason and token counts.",
+        "per row: prompt, reference, prediction, finish reason and token counts. With a vision-language model, "
+        "rows may hold images and videos (paths relative to the data file's folder, or --media-root).",
         epilog="example:\n  mmtune infer runs/demo --data examples/data/persona.jsonl --out preds.jsonl --metrics",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -38,20 +44,33 @@ def add_parser(subparsers) -> None:
     )
     add_generation_arguments(p, max_new_tokens=256, temperature=0.0)
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.add_argument(
+        "--media-root",
+        default=None,
+        metavar="DIR",
+        help="folder that relative image/video paths in the data are resolved against "
+        "(default: the data file's folder)",
+    )
+    add_remote_media_argument(p)
     p.set_defaults(func=run, _parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
     from mmtune.infer.batch import metrics_of, predict, print_metrics, read_rows, write_jsonl
     from mmtune.infer.engine import Engine
+    from mmtune.infer.media import MediaPolicy
     from mmtune.infer.options import make_options
 
     gen = generation_options(args)
     make_options(**gen)
     rows = read_rows(
-        args.data, fmt=args.format, skip_bad_rows=args.skip_bad_rows, warn=lambda m: print(m, file=sys.stderr)
+        args.data,
+        fmt=args.format,
+        skip_bad_rows=args.skip_bad_rows,
+        media_root=args.media_root,
+        warn=lambda m: print(m, file=sys.stderr),
     )
-    engine = Engine(args.model, dtype=args.dtype)
+    engine = Engine(args.model, dtype=args.dtype, media=MediaPolicy(allow_remote=args.allow_remote_media))
     records = predict(engine, rows, batch_size=args.batch_size, progress=sys.stderr.isatty(), **gen)
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} predictions to {args.out}")

@@ -2,7 +2,9 @@
 
 Any format mmtune reads works: each row's last assistant turn is the reference and the
 conversation before it is the prompt (`Sample.prompt_and_answer`); rows with no assistant
-turn are prompts without a reference. Rows the checker rejects are listed and refused, or
+turn are prompts without a reference. Rows may hold images and videos when the model is a
+vision-language model (relative paths resolve against the data file's folder, or
+`media_root`); on a text model they are refused with the reason. Rows the checker rejects are listed and refused, or
 skipped and counted with `skip_bad_rows`: never dropped silently.
 
 Prompts are generated in batches of similar length (less padding); the output keeps the
@@ -33,11 +35,17 @@ class Row:
 
 
 def read_rows(
-    path: str, *, fmt: str | None = None, skip_bad_rows: bool = False, warn: Callable[[str], None] = print
+    path: str,
+    *,
+    fmt: str | None = None,
+    skip_bad_rows: bool = False,
+    media_root: str | None = None,
+    warn: Callable[[str], None] = print,
 ) -> list[Row]:
     """The file's rows as prompts and references; errors refused unless skipped (and counted)."""
     rows, bad = [], []
-    for r in read_samples(path, ReadOptions(fmt=fmt)):
+    options = ReadOptions(fmt=fmt, media_root=media_root, enforce_root=media_root is not None)
+    for r in read_samples(path, options):
         errors = [f for f in r.findings if f.is_error and f.rule not in PROMPT_ONLY_RULES]
         if r.sample is not None and not errors:
             prompt, answer = r.sample.prompt_and_answer()
