@@ -181,9 +181,9 @@ def test_frozen_language_model_with_tower_lora_only(llava, tmp_path):
     assert _parts(_weights(out), find_spec(str(llava))) == {"vision_tower"}
 
 
-def test_errors_before_training(llava, tiny_llama, tmp_path):
+def test_errors_before_training(llava, qwen, tiny_llama, tmp_path):
     """A video for LLaVA, media for a text model, frozen or vision flags for a text model, nothing
-    to train: each a clear error before any model is loaded or trained."""
+    to train, --max-length through the media: each a clear error before any model is loaded or trained."""
     out = tmp_path / "out"
     video = write(tmp_path / "video.jsonl", rows(video=True))
     with pytest.raises(UserError, match="does not take video"):
@@ -200,6 +200,8 @@ def test_errors_before_training(llava, tiny_llama, tmp_path):
         run_sft(cfg_for(llava, images, out, method="frozen", train_projector=False))
     with pytest.raises(UserError, match="resize by area|resizes to a fixed size"):
         run_sft(cfg_for(llava, images, out, max_pixels=1000))
+    with pytest.raises(UserError, match="cut through its media tokens"):
+        run_sft(cfg_for(qwen, images, out, max_length=16))
     assert not (out / "summary.json").exists()
 
 
