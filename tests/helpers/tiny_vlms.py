@@ -94,7 +94,8 @@ def _with_video(cls, images, tok, video_config: dict | None = None, **extra):
     name = cls.__name__
     if has_torchvision():  # pragma: no cover - not installed on the CI machine
         official = {"LlavaOnevisionProcessor": "LlavaOnevisionVideoProcessor", "Qwen3VLProcessor": "Qwen3VLVideoProcessor",
-                    "LlavaNextVideoProcessor": "LlavaNextVideoVideoProcessor"}.get(name, "Qwen2VLVideoProcessor")
+                    "LlavaNextVideoProcessor": "LlavaNextVideoVideoProcessor",
+                    "MiniCPMV4_6Processor": "MiniCPMV4_6VideoProcessor"}.get(name, "Qwen2VLVideoProcessor")
         settings = video_config or {"size": dict(images.size), "patch_size": images.patch_size,
                                     "temporal_patch_size": images.temporal_patch_size, "merge_size": images.merge_size}
         video = getattr(transformers, official)(**settings)
@@ -290,7 +291,34 @@ def _llava_next_video(work: Path):
     return LlavaNextVideoForConditionalGeneration(config), processor
 
 
-BUILDERS: dict[str, Callable] = {"qwen3_vl": _qwen3_vl, "llava_onevision": _llava_onevision,
+def _minicpmv4_6(work: Path):
+    """MiniCPM-V 4.6 (SigLIP-style tower with a window-attention merger, Qwen3.5 hybrid decoder). The
+    real checkpoint's chat template and media token names are not available offline: the template
+    here is plain ChatML writing the tokenizer's image/video token once per media part, the
+    placeholder the official processor expands."""
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6Processor
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    names = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
+             "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+             "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>"}
+    tok = _named_tokens(_tokenizer("qwen3", work, list(names.values()), "minicpmv4_6.jinja"), work, names)
+    # one Gated-DeltaNet (linear attention) layer, one full-attention layer, as Qwen3.5 interleaves them
+    text = _text_config("qwen3_5_text", _vocab(tok), tok, head_dim=16, linear_key_head_dim=16,
+                        linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+                        layer_types=["linear_attention", "full_attention"])
+    vision = {"image_size": 56, "patch_size": 14, "insert_layer_id": 0, **VISION}
+    config = MiniCPMV4_6Config(text_config=text, vision_config=vision, insert_layer_id=0, image_size=56,
+                               image_token_id=tok.image_token_id, video_token_id=tok.video_token_id,
+                               tie_word_embeddings=True)
+    # 64x64 images -> a 56x56 source view (+ slices): 16x downsampling leaves a token or so per view
+    settings = {"scale_resolution": 56, "patch_size": 14, "max_slice_nums": 2}
+    images = MiniCPMV4_6ImageProcessorPil(**settings)
+    processor = _with_video(MiniCPMV4_6Processor, images, tok, {**settings, "max_slice_nums": 1})
+    return MiniCPMV4_6ForConditionalGeneration(config), processor
+
+
+BUILDERS: dict[str, Callable] = {"minicpmv4_6": _minicpmv4_6, "qwen3_vl": _qwen3_vl, "llava_onevision": _llava_onevision,
                                  "llava_next_video": _llava_next_video, "qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3,
                                  "qwen2_5_vl": _qwen2_5_vl, "llava_next": _llava_next, "gemma3": _gemma3,
                                  "mllama": _mllama}

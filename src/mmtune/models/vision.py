@@ -11,6 +11,9 @@ that takes frames mmtune decoded with PyAV:
 - `PlainFramesVideoProcessor`: LLaVA-NeXT-Video's and LLaVA-OneVision's, which resize (and
   crop) every frame like a CLIP image and stack them (T, C, H, W) — done here by the PIL CLIP
   image processor with the video processor's settings.
+- `SlicedFramesVideoProcessor`: MiniCPM-V 4.6's, which (one frame per visual unit, the
+  default `stack_frames=1`) slices and packs every frame exactly as its image processor does
+  an image — done here by that PIL image processor with the video settings.
 Nothing else differs, so rendering and the model see the same inputs either way (tests
 compare the shims' output with the image processor's on a still "video").
 
@@ -114,6 +117,8 @@ def _assemble(path: Path):
 
 def _video_shim(name: str, path: Path, image_processor, saved: dict | None):
     config = saved or _read_json(path / VIDEO_CONFIG)
+    if name == "MiniCPMV4_6Processor":
+        return make_sliced_video_processor(config)
     if name in _PLAIN_VIDEO_FAMILIES:
         return make_plain_video_processor(name, config)
     if name not in _FRAMES_VIDEO_FAMILIES:
@@ -156,6 +161,20 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# MiniCPMV4_6VideoProcessor's class defaults
+_MINICPM_VIDEO = {"max_slice_nums": 9, "scale_resolution": 448, "patch_size": 14, "slice_mode": True,
+                  "downsample_mode": "16x", "use_image_id": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
+
+def make_sliced_video_processor(config: dict | None = None):
+    """A SlicedFramesVideoProcessor (MiniCPM-V 4.6): MiniCPMV4_6VideoProcessor's defaults, overridden by
+    a saved video_preprocessor_config.json."""
+    keys = (*_MINICPM_VIDEO, "do_rescale", "rescale_factor", "do_normalize", "resample", "do_convert_rgb",
+            "stack_frames")
+    settings = {**_MINICPM_VIDEO, **{k: v for k, v in (config or {}).items() if k in keys and v is not None}}
+    return _sliced_cls()(**settings)
 
 
 def make_plain_video_processor(processor_name: str, config: dict | None = None):
@@ -288,3 +307,52 @@ def _plain_cls():
             return {"video_processor_type": self.official, **self.settings, "do_sample_frames": False}
 
     return PlainFramesVideoProcessor
+
+
+@lru_cache(maxsize=1)
+def _sliced_cls():
+    """Defined lazily: the base class lives in transformers."""
+    import numpy as np
+    from PIL import Image
+    from transformers.feature_extraction_utils import BatchFeature
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    class SlicedFramesVideoProcessor(VideoProcessorMixin):
+        """MiniCPM-V 4.6's video processing on uint8 frames (T, H, W, 3): every frame resized, sliced
+        and packed (NaViT) by the PIL image processor with the video settings; outputs under the
+        video processor's names (pixel_values_videos, target_sizes_videos, grids_videos,
+        num_patches_per_frame, num_frames_per_video)."""
+
+        model_input_names = ["pixel_values_videos", "target_sizes_videos"]
+
+        def __init__(self, **settings):
+            super().__init__()
+            self.stack_frames = settings.pop("stack_frames", 1)
+            self.settings = settings
+            self.slice_mode, self.downsample_mode = settings["slice_mode"], settings["downsample_mode"]
+            self.use_image_id = settings["use_image_id"]
+            self.frames = MiniCPMV4_6ImageProcessorPil(**settings)
+
+        def __call__(self, videos, video_metadata=None, **kwargs) -> BatchFeature:
+            if self.stack_frames and self.stack_frames > 1:
+                raise UserError(f"this model's video settings stack {self.stack_frames} sub-frames per second "
+                                "(stack_frames), which mmtune can only reproduce with torchvision installed: "
+                                "install torchvision, or set stack_frames to 1 in video_preprocessor_config.json")
+            frames = [Image.fromarray(f) for v in videos for f in np.asarray(v)]
+            out = self.frames(frames, return_tensors=None)
+            data = {"pixel_values_videos": out["pixel_values"], "target_sizes_videos": out["target_sizes"],
+                    "grids_videos": np.asarray(out["grids"], dtype=np.int32).reshape(-1, 2),
+                    "num_patches_per_frame": np.asarray(out["num_patches_per_image"], dtype=np.int32),
+                    "num_frames_per_video": [len(v) for v in videos],
+                    "video_metadata": frames_metadata(videos, video_metadata)}
+            return BatchFeature(data, tensor_type=kwargs.get("return_tensors"),
+                                skip_tensor_conversion=["grids_videos", "num_patches_per_frame",
+                                                        "num_frames_per_video", "video_metadata"])
+
+        def to_dict(self) -> dict:
+            # saved under the official class name, so a torchvision install loads the real one
+            return {"video_processor_type": "MiniCPMV4_6VideoProcessor", **self.settings,
+                    "stack_frames": self.stack_frames, "do_sample_frames": False}
+
+    return SlicedFramesVideoProcessor

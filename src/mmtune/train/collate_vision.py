@@ -12,6 +12,9 @@ Two ways to join media, by family:
   padded with zeros in every dimension to the batch's largest (all-zero images, which the
   forward skips or masks out) and stacked; text-only rows get only padding. Mllama's
   cross_attention_mask has a token axis (dim 1), padded to the batch's longest row.
+- "packed" (MiniCPM-V 4.6): every image/frame's patches are packed (NaViT) along the last axis
+  of one (1, C, patch, length) tensor; rows' pixel tensors are joined along that axis, their
+  target sizes along dim 0 (the forward splits the pack by them, in token order).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from mmtune.train.render import IGNORE_INDEX
 from mmtune.train.render_vision import TOKEN_AXIS_TENSORS, TOKEN_KEYS
 
 PER_ROW_PROCESSORS = ("Idefics3Processor", "SmolVLMProcessor", "MllamaProcessor")
+PACKED_PROCESSORS = ("MiniCPMV4_6Processor",)
 _META = ("truncated",)
 
 
 def media_layout(processor) -> str:
-    """'per_row' or 'concat' (see the module docstring) for this processor's family."""
-    return "per_row" if type(processor).__name__ in PER_ROW_PROCESSORS else "concat"
+    """'per_row', 'packed' or 'concat' (see the module docstring) for this processor's family."""
+    name = type(processor).__name__
+    return "per_row" if name in PER_ROW_PROCESSORS else "packed" if name in PACKED_PROCESSORS else "concat"
 
 
 @dataclass
@@ -60,7 +65,9 @@ class VisionCollator:
         media_keys = sorted({k for f in features for k in f if k not in TOKEN_KEYS and k not in _META})
         for key in media_keys:
             values = [None if f.get(key) is None else torch.as_tensor(f[key]) for f in features]
-            if self.layout == "per_row":
+            if self.layout == "packed" and key.startswith("pixel_values"):
+                batch[key] = torch.cat([v for v in values if v is not None], dim=-1)
+            elif self.layout == "per_row":
                 batch[key] = _padded(values, rows=True, tokens=longest if key in TOKEN_AXIS_TENSORS else None)
             else:
                 batch[key] = _padded([v for v in values if v is not None], rows=False, tokens=None)

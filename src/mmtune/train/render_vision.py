@@ -38,7 +38,7 @@ from mmtune.train.render import (
 )
 
 # processor outputs that are not model inputs (or that the collator rebuilds)
-_DROP = ("offset_mapping", "text_replacement_offsets", "attention_mask")
+_DROP = ("offset_mapping", "text_replacement_offsets", "attention_mask", "video_metadata")
 # one value per token: padded by the collator (Gemma 3 names its media-token types token_type_ids)
 TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "token_type_ids")
 # media tensors with a token axis (dim 1): cut by truncation, padded along it by the collator
