@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from .tokenizers import make_tokenizer
@@ -95,7 +96,8 @@ def _with_video(cls, images, tok, video_config: dict | None = None, **extra):
     if has_torchvision():  # pragma: no cover - not installed on the CI machine
         official = {"LlavaOnevisionProcessor": "LlavaOnevisionVideoProcessor", "Qwen3VLProcessor": "Qwen3VLVideoProcessor",
                     "LlavaNextVideoProcessor": "LlavaNextVideoVideoProcessor",
-                    "MiniCPMV4_6Processor": "MiniCPMV4_6VideoProcessor"}.get(name, "Qwen2VLVideoProcessor")
+                    "MiniCPMV4_6Processor": "MiniCPMV4_6VideoProcessor",
+                    "MiniCPMV4_7Processor": "MiniCPMV4_6VideoProcessor"}.get(name, "Qwen2VLVideoProcessor")
         settings = video_config or {"size": dict(images.size), "patch_size": images.patch_size,
                                     "temporal_patch_size": images.temporal_patch_size, "merge_size": images.merge_size}
         video = getattr(transformers, official)(**settings)
@@ -291,13 +293,17 @@ def _llava_next_video(work: Path):
     return LlavaNextVideoForConditionalGeneration(config), processor
 
 
-def _minicpmv4_6(work: Path):
-    """MiniCPM-V 4.6 (SigLIP-style tower with a window-attention merger, Qwen3.5 hybrid decoder). The
-    real checkpoint's chat template and media token names are not available offline: the template
-    here is plain ChatML writing the tokenizer's image/video token once per media part, the
-    placeholder the official processor expands."""
-    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6Processor
+def _minicpmv4_6(work: Path, version: str = "4_6"):
+    """MiniCPM-V 4.6 / 4.7 (SigLIP-style tower with a window-attention merger, Qwen3.5 hybrid decoder;
+    4.7 adds canvas M-RoPE, which needs the marker token ids). The real checkpoints' chat template and
+    image/video token names are not available offline: the template here is plain ChatML writing the
+    tokenizer's image/video token once per media part, the placeholder the official processor expands;
+    the <image>/<slice> markers are the ones transformers' MiniCPM-V 4.7 config documents."""
+    import transformers
     from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    config_cls, model_cls, processor_cls = (getattr(transformers, f"MiniCPMV{version}{suffix}")
+                                            for suffix in ("Config", "ForConditionalGeneration", "Processor"))
 
     names = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
              "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
@@ -308,17 +314,23 @@ def _minicpmv4_6(work: Path):
                         linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
                         layer_types=["linear_attention", "full_attention"])
     vision = {"image_size": 56, "patch_size": 14, "insert_layer_id": 0, **VISION}
-    config = MiniCPMV4_6Config(text_config=text, vision_config=vision, insert_layer_id=0, image_size=56,
-                               image_token_id=tok.image_token_id, video_token_id=tok.video_token_id,
-                               tie_word_embeddings=True)
+    markers = {}
+    if version == "4_7":
+        markers = {f"{k}_id": tok.convert_tokens_to_ids(names[f"{k}_token"])
+                   for k in ("image_start", "image_end", "slice_start", "slice_end")}
+        markers["newline_id"] = tok.encode("\n", add_special_tokens=False)[0]
+    config = config_cls(text_config=text, vision_config=vision, insert_layer_id=0, image_size=56,
+                        image_token_id=tok.image_token_id, video_token_id=tok.video_token_id,
+                        tie_word_embeddings=True, **markers)
     # 64x64 images -> a 56x56 source view (+ slices): 16x downsampling leaves a token or so per view
     settings = {"scale_resolution": 56, "patch_size": 14, "max_slice_nums": 2}
     images = MiniCPMV4_6ImageProcessorPil(**settings)
-    processor = _with_video(MiniCPMV4_6Processor, images, tok, {**settings, "max_slice_nums": 1})
-    return MiniCPMV4_6ForConditionalGeneration(config), processor
+    processor = _with_video(processor_cls, images, tok, {**settings, "max_slice_nums": 1})
+    return model_cls(config), processor
 
 
-BUILDERS: dict[str, Callable] = {"minicpmv4_6": _minicpmv4_6, "qwen3_vl": _qwen3_vl, "llava_onevision": _llava_onevision,
+BUILDERS: dict[str, Callable] = {"minicpmv4_6": _minicpmv4_6, "minicpmv4_7": partial(_minicpmv4_6, version="4_7"),
+                                 "qwen3_vl": _qwen3_vl, "llava_onevision": _llava_onevision,
                                  "llava_next_video": _llava_next_video, "qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3,
                                  "qwen2_5_vl": _qwen2_5_vl, "llava_next": _llava_next, "gemma3": _gemma3,
                                  "mllama": _mllama}

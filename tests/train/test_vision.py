@@ -29,12 +29,13 @@ MEDIA = str(Path(__file__).resolve().parents[2] / "examples" / "data" / "media")
 TURN = {"qwen2_vl": "{}<|im_end|>", "llava": " {}", "idefics3": " {}<end_of_utterance>",
         "qwen2_5_vl": "{}<|im_end|>", "llava_next": " {}</s>", "gemma3": "{}<end_of_turn>", "mllama": "{}<|eot_id|>",
         "qwen3_vl": "{}<|im_end|>", "llava_onevision": "\n{}", "llava_next_video": " {}",
-        "minicpmv4_6": "{}<|im_end|>"}
+        "minicpmv4_6": "{}<|im_end|>", "minicpmv4_7": "{}<|im_end|>"}
 # families mmtune handles that have no registry entry yet (their real checkpoints' config numbers could not
 # be checked here): the parts as the official class names them, on a copy of another entry
 UNLISTED = {"minicpmv4_6": {"name": "minicpm-v-4.6-parts", "vision_tower": "model.vision_tower",
                             "projector": "model.merger", "language_model": "model.language_model",
                             "media_placeholder": "<|image_pad|>", "supports_video": True}}
+UNLISTED["minicpmv4_7"] = {**UNLISTED["minicpmv4_6"], "name": "minicpm-v-4.7-parts"}
 
 
 @pytest.fixture(scope="module", params=TINY_VLM_FAMILIES)

@@ -11,7 +11,7 @@ that takes frames mmtune decoded with PyAV:
 - `PlainFramesVideoProcessor`: LLaVA-NeXT-Video's and LLaVA-OneVision's, which resize (and
   crop) every frame like a CLIP image and stack them (T, C, H, W) — done here by the PIL CLIP
   image processor with the video processor's settings.
-- `SlicedFramesVideoProcessor`: MiniCPM-V 4.6's, which (one frame per visual unit, the
+- `SlicedFramesVideoProcessor`: MiniCPM-V 4.6's (4.7 uses the same), which (one frame per visual unit, the
   default `stack_frames=1`) slices and packs every frame exactly as its image processor does
   an image — done here by that PIL image processor with the video settings.
 Nothing else differs, so rendering and the model see the same inputs either way (tests
@@ -117,7 +117,7 @@ def _assemble(path: Path):
 
 def _video_shim(name: str, path: Path, image_processor, saved: dict | None):
     config = saved or _read_json(path / VIDEO_CONFIG)
-    if name == "MiniCPMV4_6Processor":
+    if name in ("MiniCPMV4_6Processor", "MiniCPMV4_7Processor"):
         return make_sliced_video_processor(config)
     if name in _PLAIN_VIDEO_FAMILIES:
         return make_plain_video_processor(name, config)

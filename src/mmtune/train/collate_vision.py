@@ -12,7 +12,7 @@ Two ways to join media, by family:
   padded with zeros in every dimension to the batch's largest (all-zero images, which the
   forward skips or masks out) and stacked; text-only rows get only padding. Mllama's
   cross_attention_mask has a token axis (dim 1), padded to the batch's longest row.
-- "packed" (MiniCPM-V 4.6): every image/frame's patches are packed (NaViT) along the last axis
+- "packed" (MiniCPM-V 4.6 / 4.7): every image/frame's patches are packed (NaViT) along the last axis
   of one (1, C, patch, length) tensor; rows' pixel tensors are joined along that axis, their
   target sizes along dim 0 (the forward splits the pack by them, in token order).
 """
@@ -29,7 +29,7 @@ from mmtune.train.render import IGNORE_INDEX
 from mmtune.train.render_vision import TOKEN_AXIS_TENSORS, TOKEN_KEYS
 
 PER_ROW_PROCESSORS = ("Idefics3Processor", "SmolVLMProcessor", "MllamaProcessor")
-PACKED_PROCESSORS = ("MiniCPMV4_6Processor",)
+PACKED_PROCESSORS = ("MiniCPMV4_6Processor", "MiniCPMV4_7Processor")
 _META = ("truncated",)
 
 
