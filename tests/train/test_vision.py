@@ -240,3 +240,22 @@ def test_one_image_models_refuse_a_second_image():
     processor = load_processor(str(tiny_vlm_dir("mllama")))
     with pytest.raises(UserError, match="llama-3.2-11b-vision-instruct takes at most 1 image"):
         render_vision_sample(_rows(video=False)[1][0], processor, spec=_spec("mllama"))
+
+
+def test_cross_attention_mask_is_cut_with_the_tokens_and_padded_to_the_batch():
+    """Mllama's per-token cross_attention_mask (1, tokens, images, tiles) follows truncation, and the
+    collator pads it to the longest row (zeros: a text-only row attends to no image)."""
+    import torch
+
+    processor = load_processor(str(tiny_vlm_dir("mllama")))
+    image_row, _, text_row = (s for s, _ in _rows(video=False))
+    cut = render_vision_sample(image_row, processor, max_length=12)
+    assert cut["truncated"] > 0 and len(cut["input_ids"]) == 12 and cut["cross_attention_mask"].shape[1] == 12
+    long_text = dataclasses.replace(text_row, messages=[Message.simple("user", "hi " * 20), *text_row.messages[1:]])
+    rows = [cut, render_vision_sample(long_text, processor)]
+    batch = VisionCollator(processor.tokenizer.pad_token_id, media_layout(processor))(rows)
+    longest = batch["input_ids"].shape[1]
+    assert longest > 12 and batch["cross_attention_mask"].shape == (2, longest, 1, 2)
+    assert torch.equal(batch["cross_attention_mask"][0, :12], torch.as_tensor(cut["cross_attention_mask"][0]))
+    assert batch["cross_attention_mask"][0, 12:].sum() == 0 and batch["cross_attention_mask"][1].sum() == 0
+    assert batch["pixel_values"].shape[:2] == (2, 1) and batch["pixel_values"][1].abs().sum() == 0
