@@ -259,3 +259,25 @@ def test_parts_train_as_the_flags_say(family, method, vision, projector, expect,
     _, counts, _ = part_summary(model, spec)
     got = {p: "none" if t == 0 else "all" if t == n else "some" for p, (t, n) in counts.items()}
     assert got == expect
+
+
+def _registry_families() -> list[str]:
+    from mmtune.models.registry import REGISTRY
+    from tests.helpers.tiny_vlms import TINY_VLM_FAMILIES
+
+    return [f for f in TINY_VLM_FAMILIES if any(s.family == f for s in REGISTRY.values())]
+
+
+@pytest.mark.parametrize("family", _registry_families())
+def test_every_registry_family_trains_through_run_sft(family, tmp_path):
+    """One step of `mmtune train` with LoRA in the tower and the language model and the projector in
+    full, on every media kind the family takes plus a text-only row; every part gets trainable weights."""
+    folder = tiny_vlm_dir(family)
+    spec = find_spec(str(folder))
+    assert spec is not None and spec.family == family
+    multi = spec.max_images is None or spec.max_images > 1
+    data = write(tmp_path / "d.jsonl", rows(multi=multi, video=spec.supports_video))
+    summary = run_sft(cfg_for(folder, data, tmp_path / "out", train_vision="lora", max_steps=1, batch_size=4))
+    assert summary["steps"] == 1 and summary["final_train_loss"] is not None
+    assert all(p["trainable"] > 0 for p in summary["trainable_by_part"].values())
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
