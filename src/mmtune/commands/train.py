@@ -22,6 +22,12 @@ examples:
   mmtune train --config my.yaml --resume            continue an interrupted run
   accelerate launch --config_file examples/accelerate/zero2.yaml -m mmtune.cli train --config my.yaml
   mmtune train --print-config > my.yaml             a commented config to start from
+
+vision-language models (`mmtune models`, second table): the same command on data with images/videos;
+  --method is the language model's (lora|qlora|full, or frozen), --train-vision none|lora|full the
+  vision tower's, --train-projector/--no-train-projector the projector's (unset: the family's practice)
+  mmtune train --model qwen2-vl-2b-instruct --data images.jsonl --output runs/vl --max-pixels 401408
+  mmtune train --model llava-1.5-7b --data images.jsonl --output runs/proj --method frozen
 """
 
 
@@ -31,7 +37,7 @@ def add_parser(subparsers) -> None:
     )
     p = subparsers.add_parser(
         "train",
-        help="fine-tune a model on your data (LoRA, QLoRA or full)",
+        help="fine-tune a model on your data (LoRA, QLoRA or full; text or vision-language)",
         description="Supervised fine-tuning. Values come from, lowest first: defaults < --preset < --config "
         "YAML < flags. The resolved config is written to OUTPUT/config.yaml.",
         epilog=EPILOG.format(presets=presets),
