@@ -14,6 +14,7 @@ examples:
   mmtune serve runs/a runs/b                     two adapters over one copy of their base
   mmtune serve support=runs/a runs/a-merged      NAME=PATH picks the name clients send as `model`
   mmtune serve runs/a --api-key secret --max-concurrency 8
+  mmtune serve qwen2-vl-2b-instruct --media-root ~/pictures   image_url parts may name files in ~/pictures
 
 Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret").chat.completions.create(model="a", ...)
 """
@@ -49,6 +50,18 @@ def add_parser(subparsers) -> None:
         help="requests generating at once; more wait in a queue (default: 4)",
     )
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.add_argument(
+        "--media-root",
+        default=None,
+        metavar="DIR",
+        help="vision models: let image_url parts name local files (paths or file:// URLs) inside DIR, and only "
+        "there (default: none; data: URLs only)",
+    )
+    p.add_argument(
+        "--allow-remote-media",
+        action="store_true",
+        help="vision models: let image_url parts be http(s) URLs, which the server downloads (default: off)",
+    )
     p.add_argument("--no-jobs", action="store_true", help="serve models only, without the fine-tuning jobs API")
     from mmtune.commands.jobs import add_service_arguments
 
@@ -59,12 +72,14 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from mmtune.infer.media import MediaPolicy
     from mmtune.serve.app import create_app
     from mmtune.serve.pool import build_pool
 
+    media = MediaPolicy.server(args.media_root, args.allow_remote_media)  # a bad --media-root fails first
     pool = build_pool(args.models, dtype=args.dtype)
     extra = {} if args.no_jobs else jobs_extension(args, pool)
-    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, **extra)
+    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media, **extra)
     print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
     if not args.no_jobs:
         print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)

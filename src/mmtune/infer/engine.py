@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +237,24 @@ class Engine:
     ) -> list[int]:
         """The prompt's token ids: the training chat template with the generation header (and,
         on a vision model, each image's or video's media tokens)."""
-        rows, _ = self._prepare([to_sample(messages, tools)], self._key(model), media)
-        return rows[0]
+        return self.prepare(messages, model=model, tools=tools, media=media).ids
+
+    def prepare(
+        self,
+        messages,
+        *,
+        model: str | None = None,
+        tools: list[dict] | None = None,
+        media: MediaPolicy | None = None,
+    ) -> Prompt:
+        """The prompt rendered, tokenized and (vision models) its media decoded, ready for
+        `stream`/`complete` any number of times: the server prepares once (errors are a 400
+        before any answer begins) and answers n choices from it."""
+        if isinstance(messages, Prompt):
+            return messages
+        key = self._key(model)
+        rows, prefill = self._prepare([to_sample(messages, tools)], key, media)
+        return Prompt(key, rows[0], prefill)
 
     def _prepare(self, samples: list[Sample], key: Any, media: MediaPolicy | None):
         """Token rows for `samples`, and for a vision model the media inputs of the prefill."""
@@ -280,11 +297,11 @@ class Engine:
     ) -> Generation:
         """Text pieces as they are produced; `.completion` holds the usage once it is exhausted.
 
-        `media`: which media references the prompt may use (default: the engine's policy)."""
+        `messages`: OpenAI-style dicts, a Sample, or a `prepare`d Prompt. `media`: which media
+        references the prompt may use (default: the engine's policy)."""
         opts = self.options(**gen)
-        key = self._key(model)
-        rows, prefill = self._prepare([to_sample(messages, tools)], key, media)
-        return Generation(self, key, rows, opts, prefill)
+        prompt = self.prepare(messages, model=model, tools=tools, media=media)
+        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill)
 
     def generate_batch(
         self, prompts: Sequence, *, model: str | None = None, media: MediaPolicy | None = None, **gen: Any
@@ -313,6 +330,15 @@ class Engine:
         ids.add(end)
         ids.discard(None)
         return ids
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prepared prompt (Engine.prepare): which adapter, its token ids, its media inputs."""
+
+    key: Any
+    ids: list[int]
+    prefill: Any = None  # infer.vision.Prefill for a vision model's media, else None
 
 
 class Generation:
@@ -406,4 +432,4 @@ def _adapter_tokenizer(path: str):
     return tok
 
 
-__all__ = ["Engine", "Generation", "Completion", "GenOptions", "Message"]
+__all__ = ["Engine", "Generation", "Prompt", "Completion", "GenOptions", "MediaPolicy", "Message"]

@@ -119,6 +119,10 @@ def render_text(sample: Sample, processor) -> str:
 
 def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL) -> dict[str, Any]:
     """The processor's left-padded batch for `samples`: input_ids, attention_mask, media tensors."""
+    from mmtune.infer.media import check_refs
+
+    for sample in samples:  # every refusal before any download or decoding
+        check_refs(sample, policy)
     texts, images, videos = [], [], []
     for sample in samples:
         texts.append(render_text(sample, processor))

@@ -13,6 +13,11 @@ Why it is shaped this way:
   away the worker stops at the next token and frees its slot.
 - Every error is OpenAI's error object (`{"error": {"message", "type", "param", "code"}}`),
   which the official clients turn into their typed exceptions.
+- Vision models take OpenAI `image_url` content parts. Which references a request may use
+  is the server's `MediaPolicy` (infer/media.py): `data:` URLs always; local paths and
+  `file://` only inside `--media-root`; http(s) only with `--allow-remote-media`. Each
+  refusal is a 400 naming the flag. The prompt (media decoded) is prepared off the event
+  loop before the answer starts, so a bad image is a 400, never a broken stream.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmtune import __version__
 from mmtune.errors import UserError
+from mmtune.infer.media import MediaPolicy
 from mmtune.serve.pool import ModelPool
 from mmtune.serve.schemas import ChatCompletionRequest, error_body
 
@@ -103,12 +109,15 @@ def create_app(
     routers: Iterable[APIRouter] = (),
     unlimited_paths: tuple[str, ...] = (),
     lifespan: Any = None,
+    media: MediaPolicy | None = None,
 ) -> FastAPI:
     """The server app for the models in `pool`; `routers` are added behind the same key check.
 
     `unlimited_paths`: path prefixes exempt from the body limit (file uploads, which their
-    router limits itself); `lifespan`: FastAPI's start-up/shut-down context (a job service)."""
+    router limits itself); `lifespan`: FastAPI's start-up/shut-down context (a job service);
+    `media`: which image/video references requests may use (default: data: URLs only)."""
     app = FastAPI(title="mmtune", version=__version__, lifespan=lifespan)
+    app.state.media = media or MediaPolicy.server()
     app.state.unlimited_paths = unlimited_paths
     app.state.pool = pool
     app.state.api_key = api_key or None
@@ -250,18 +259,21 @@ def chat_router() -> APIRouter:
         req = _parse_chat(await read_json_body(request))
         engine = await _engine(request, req.model)
         options = _choice_options(engine, req)
-        engine.prompt_ids(req.messages, req.model, req.tools)  # bad messages: 400 before any work
+        # rendered, tokenized, media decoded (off the event loop): bad messages are a 400 before any work
+        prompt = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: engine.prepare(req.messages, model=req.model, tools=req.tools, media=request.app.state.media)
+        )
         limiter: Limiter = request.app.state.limiter
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
         if req.stream:
-            events = _stream_events(engine, req, options, limiter, meta)
+            events = _stream_events(engine, prompt, options, limiter, meta, req.include_usage)
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         async with limiter.slot():
-            completions = await limiter.run(_complete_all, engine, req, options)
+            completions = await limiter.run(_complete_all, engine, prompt, options)
         return _completion_body(meta, completions)
 
     return router
@@ -304,8 +316,8 @@ def _choice_options(engine, req: ChatCompletionRequest) -> list[dict[str, Any]]:
     return [{**base, "seed": req.seed + i} for i in range(req.n)]
 
 
-def _complete_all(engine, req: ChatCompletionRequest, options: list[dict[str, Any]]):
-    return [engine.complete(req.messages, model=req.model, tools=req.tools, **o) for o in options]
+def _complete_all(engine, prompt, options: list[dict[str, Any]]):
+    return [engine.complete(prompt, **o) for o in options]
 
 
 def _completion_body(meta: dict, completions: list) -> dict:
@@ -344,25 +356,29 @@ def _chunk(meta: dict, index: int, delta: dict, finish: str | None = None) -> st
 
 
 async def _stream_events(
-    engine, req: ChatCompletionRequest, options: list[dict], limiter: Limiter, meta: dict
+    engine, prompt, options: list[dict], limiter: Limiter, meta: dict, include_usage: bool
 ) -> AsyncIterator[str]:
     """OpenAI's chunk stream: role, content deltas, finish reason (per choice), usage, [DONE]."""
-    prompt = generated = 0
+    prompt_tokens = generated = 0
     try:
         async with limiter.slot():
             for i, opts in enumerate(options):
-                generation = engine.stream(req.messages, model=req.model, tools=req.tools, **opts)
+                generation = engine.stream(prompt, **opts)
                 yield _chunk(meta, i, {"role": "assistant", "content": ""})
                 async for piece in _pump(generation, limiter):
                     yield _chunk(meta, i, {"content": piece})
                 done = generation.completion
-                prompt, generated = done.prompt_tokens, generated + done.completion_tokens
+                prompt_tokens, generated = done.prompt_tokens, generated + done.completion_tokens
                 yield _chunk(meta, i, {}, done.finish_reason)
     except Exception as e:  # headers are sent: report in-band, as OpenAI does
         yield _sse(error_body(f"generation failed: {e}", "server_error"))
         return
-    if req.include_usage:
-        usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    if include_usage:
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": generated,
+            "total_tokens": prompt_tokens + generated,
+        }
         yield _sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
     yield "data: [DONE]\n\n"
 
