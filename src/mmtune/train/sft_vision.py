@@ -71,7 +71,8 @@ def load_vision_processor(cfg: TrainConfig):
     from mmtune.models.loader import resolve_model_path
     from mmtune.models.vision import load_processor
 
-    processor = load_processor(resolve_model_path(cfg.model), max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
+    processor = load_processor(_local(resolve_model_path(cfg.model)), max_pixels=cfg.max_pixels,
+                               min_pixels=cfg.min_pixels)
     tok = processor.tokenizer
     if tok.pad_token is None:
         if tok.eos_token is None:
@@ -79,6 +80,22 @@ def load_vision_processor(cfg: TrainConfig):
                             "its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     return processor
+
+
+def _local(path: str) -> str:
+    """A hub id's processor files (configs, tokenizer, chat template; no weights) in the local hub cache:
+    the processor is assembled from files where torchvision is missing (models/vision.py)."""
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, allow_patterns=["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"])
+    except Exception as e:  # offline, gated, unknown repo: the hub's own reason
+        raise UserError(f"cannot fetch the processor of {path} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                        "check the name and your access, or download the model folder and pass it as --model") from None
 
 
 def apply_vision_method(model, cfg: TrainConfig, spec: ModelSpec):
