@@ -11,7 +11,8 @@ def add_parser(subparsers) -> None:
         help="merge a LoRA adapter into its base model (a standalone HF folder)",
         description="Merge the LoRA adapter of a training run into its base model and save a standalone "
         "Hugging Face folder (safetensors, tokenizer with chat template, generation config, mmtune.json "
-        "recording base and adapter) that plain transformers loads.",
+        "recording base and adapter) that plain transformers loads. A vision-language model's adapter gives a "
+        "merged vision model with its processor.",
         epilog="example:\n  mmtune merge --adapter runs/demo --out runs/demo-merged",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,8 +1,9 @@
 """Merge a LoRA adapter into its base: a standalone Hugging Face folder anything can load.
 
 The merged folder holds safetensors weights, the tokenizer with the chat template the
-adapter was trained with, the generation config, and mmtune.json recording the base and the
-adapter it came from. Weights are merged in float32 (adding a low-rank product to bf16
+adapter was trained with (for a vision-language model: its processor, which includes the
+tokenizer and the image/video settings), the generation config, and mmtune.json recording
+the base and the adapter it came from. Weights are merged in float32 (adding a low-rank product to bf16
 weights would round it away) and saved in the base's own dtype unless told otherwise.
 The folder appears atomically: a half-written merge never looks like a finished one.
 """
@@ -62,18 +63,31 @@ def merge_adapter(
 
 
 def _merged_model(base: str, adapter_dir: Path, dtype: Any):
+    """(merged model, what to save beside it: the tokenizer, or a vision model's processor)."""
     import torch
     from peft import PeftModel
 
+    from mmtune.infer.vision import adapter_processor, vision_path
     from mmtune.models.loader import load_model, load_tokenizer, resolve_dtype
 
-    model = load_model(base, dtype=torch.float32)
+    vision = vision_path(base)
+    if vision is not None:
+        from transformers import AutoModelForImageTextToText
+
+        from mmtune.models.vision import load_processor
+
+        model = AutoModelForImageTextToText.from_pretrained(vision, dtype=torch.float32)
+        companion = adapter_processor(str(adapter_dir)) or load_processor(vision)
+    else:
+        model = load_model(base, dtype=torch.float32)
+        companion = None
     target = _base_dtype(model) if dtype in (None, "auto") else resolve_dtype(dtype)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model = model.to(target)
     model.config.dtype = target
-    tokenizer = _tokenizer_of(adapter_dir) or load_tokenizer(base)
-    return model, tokenizer
+    if companion is None:
+        companion = _tokenizer_of(adapter_dir) or load_tokenizer(base)
+    return model, companion
 
 
 def _base_dtype(model):
