@@ -4,6 +4,7 @@ transformers' own `generate` (M-RoPE positions included), batches equal one by o
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from infer.tiny import tiny_base
@@ -15,6 +16,7 @@ from mmtune.infer.media import MediaPolicy, check_ref
 from mmtune.infer.vision import Prefill, encode
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
+VIDEO = Path(__file__).resolve().parents[2] / "examples" / "data" / "media" / "moving_circle.mp4"
 TEXT = [{"role": "user", "content": "Say something."}]
 
 
@@ -82,6 +84,23 @@ def test_media_errors(engine, tmp_path):
     if not engine.takes_video:
         with pytest.raises(UserError, match="not video"):
             engine.chat(video, **GREEDY)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
+def test_other_media_paths_equal_generate(family):
+    """Qwen2-VL video (3-D positions over frames) and Idefics3's tiled images: our loop == generate."""
+    eng = Engine(str(lively_vlm(family)))
+    if family == "qwen2_vl":
+        msgs = [{"role": "user", "content": [{"type": "video", "video": str(VIDEO)},
+                                             {"type": "text", "text": "What moves?"}]}]
+    else:
+        msgs = image_messages(str(image_file(0)))
+    batch = encode([to_sample(msgs)], eng._processors[None])
+    assert "pixel_values_videos" in batch or family != "qwen2_vl"
+    ref = eng.model.generate(**batch, max_new_tokens=GREEDY["max_new_tokens"], do_sample=False)
+    assert _tokens(eng, msgs) == ref[0, batch["input_ids"].shape[1]:].tolist()
+    both = eng.generate_batch([msgs, image_messages(str(image_file(1)))], **GREEDY)
+    assert [c.text for c in both] == [eng.chat(msgs, **GREEDY), eng.chat(image_messages(str(image_file(1))), **GREEDY)]
 
 
 def test_text_model_refuses_media():
