@@ -305,3 +305,25 @@ def test_a_hub_processor_is_fetched_as_files_and_failures_say_why(monkeypatch, t
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(UserError, match="cannot fetch the processor.*no network.*pass it as --model"):
         _local("Qwen/Qwen2-VL-2B-Instruct")
+
+
+def test_group_by_length_on_vision_data_reads_no_item(qwen, tmp_path, monkeypatch):
+    """Lengths come from the checked token ids: the sampler decodes no media."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from mmtune.train.dataset import build_datasets
+    from mmtune.train.dataset_vision import LazyVisionDataset
+    from mmtune.train.sft import build_trainer, load_for_training
+    from mmtune.train.sft_vision import load_vision_processor
+
+    cfg = cfg_for(qwen, write(tmp_path / "d.jsonl", rows() * 4), tmp_path / "out", group_by_length=True)
+    processor = load_vision_processor(cfg)
+    data = build_datasets(cfg, processor.tokenizer, processor=processor, spec=find_spec(str(qwen)))
+    trainer = build_trainer(cfg, load_for_training(cfg, "fp32"), processor.tokenizer, data, "fp32", [])
+
+    def no_read(self, i):
+        raise AssertionError("the sampler read an item")
+
+    monkeypatch.setattr(LazyVisionDataset, "__getitem__", no_read)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sorted(sampler) == list(range(len(data.train)))

@@ -326,6 +326,17 @@ class MMTuneTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def _get_train_sampler(self, train_dataset=None):
+        """--group-by-length from row lengths known without reading rows (a vision dataset's items
+        decode their media when read; the Trainer's own sampler would read every one)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "items"):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=[len(r.input_ids) for r in dataset.items])
+        return super()._get_train_sampler(train_dataset)
+
     def _plain_head(self, model):
         """The output layer for the chunked loss, or None: a sharded model (FSDP, DeepSpeed) or logits that
         are more than `hidden @ head.weight.T` keep the model's own head."""
