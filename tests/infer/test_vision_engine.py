@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.tiny_vlms import TINY_VLM_FAMILIES
 from infer.tiny import tiny_base
 from infer.tiny_vision import data_url, image_file, image_messages, lively_vlm, vision_adapter
 
@@ -101,6 +102,19 @@ def test_other_media_paths_equal_generate(family):
     assert _tokens(eng, msgs) == ref[0, batch["input_ids"].shape[1]:].tolist()
     both = eng.generate_batch([msgs, image_messages(str(image_file(1)))], **GREEDY)
     assert [c.text for c in both] == [eng.chat(msgs, **GREEDY), eng.chat(image_messages(str(image_file(1))), **GREEDY)]
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_VLM_FAMILIES if f not in ("qwen2_vl", "llava", "idefics3")])
+def test_every_family_greedy_equals_generate(family):
+    """Every tiny family (Gemma 3's bidirectional image mask, Mllama's cross-attention mask on every
+    step, Qwen2.5/3-VL's M-RoPE, MiniCPM-V ...): image, text and a mixed batch, == generate."""
+    eng = Engine(str(lively_vlm(family)))
+    prompts = [image_messages(str(image_file(0))), TEXT]
+    for msgs in prompts:
+        batch = encode([to_sample(msgs)], eng._processors[None])
+        ref = eng.model.generate(**batch, max_new_tokens=GREEDY["max_new_tokens"], do_sample=False)
+        assert _tokens(eng, msgs) == ref[0, batch["input_ids"].shape[1]:].tolist()
+    assert [c.text for c in eng.generate_batch(prompts, **GREEDY)] == [eng.chat(p, **GREEDY) for p in prompts]
 
 
 def test_text_model_refuses_media():

@@ -154,6 +154,7 @@ def decode_loop(
     procs = logits_processors(opts)
     history, step_ids, cache = ids, ids, None
     extra = prefill.model_inputs(model) if prefill is not None else {}
+    step_extra = prefill.step_inputs(extra) if prefill is not None else {}
     place = prefill.positions if prefill is not None else None
     with torch.inference_mode():
         while not all(t.done for t in trackers):
@@ -164,7 +165,7 @@ def decode_loop(
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,  # the prompt's other positions need no vocabulary projection
-                **(extra if cache is None else {}),  # media: the prefill's; later steps read the cache
+                **(extra if cache is None else step_extra),  # media: the prefill's; later steps read the cache
             )
             cache = out.past_key_values
             scores = procs(history, out.logits[:, -1, :].float())

@@ -33,6 +33,9 @@ from mmtune.infer.media import LOCAL, MediaPolicy, load_media
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # prefill inputs that are not per-token tensors the decode loop pads/extends itself
 _TOKEN_KEYS = ("input_ids", "attention_mask")
+# per-token inputs that every decode step needs too, for its new token: the prompt's last row
+# (Mllama's cross-attention mask: which images and tiles a text token may attend to)
+_EVERY_STEP = ("cross_attention_mask",)
 
 
 def vision_path(model: str) -> str | None:
@@ -127,10 +130,10 @@ def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL) -> dic
     for sample in samples:
         texts.append(render_text(sample, processor))
         imgs, vids = load_media(sample, policy)
-        images += imgs
+        images.append(imgs)  # per prompt: processors that batch by sample (Gemma 3, Mllama) need it
         videos += vids
     try:
-        out = processor(text=texts, images=images or None, videos=videos or None, padding=True,
+        out = processor(text=texts, images=images if any(images) else None, videos=videos or None, padding=True,
                         padding_side="left", add_special_tokens=False, return_tensors="pt")
     except (ValueError, TypeError) as e:
         raise UserError(f"the model's processor refused this prompt: {e}") from None
@@ -156,6 +159,12 @@ class Prefill:
             out[key] = value
         return out
 
+    @staticmethod
+    def step_inputs(prefill_inputs: dict[str, Any]) -> dict[str, Any]:
+        """What a decode step passes besides its token (as `generate` does): the last prompt row of
+        the per-token inputs in _EVERY_STEP."""
+        return {k: prefill_inputs[k][:, -1:] for k in _EVERY_STEP if prefill_inputs.get(k) is not None}
+
 
 def _core(model):
     """The transformers model under a PEFT wrapper."""
@@ -167,9 +176,9 @@ def _mrope(model, batch: dict[str, Any]) -> Callable | None:
     """positions(text_positions, first) for M-RoPE models when the batch holds media, else None."""
     inner = getattr(_core(model), "model", None)
     rope_index = getattr(inner, "get_rope_index", None)
-    if rope_index is None or "mm_token_type_ids" not in batch:
+    if rope_index is None or batch.get("mm_token_type_ids") is None:
         return None
-    if batch.get("image_grid_thw") is None and batch.get("video_grid_thw") is None:
+    if not batch["mm_token_type_ids"].any():
         return None  # text only: 1-D positions, which the model spreads over its three axes
     import torch
 
