@@ -153,3 +153,11 @@ def test_server_media_policy(tmp_path):
         with pytest.raises(UserError, match="outside the media root"):
             check_ref(ref, "image", open_)
     assert check_ref("https://example.com/a.png", "image", open_) == "https://example.com/a.png"
+
+
+def test_half_precision_casts_the_pixels():
+    """bf16 weights with the processor's float32 pixels: the prefill casts them (as on a GPU)."""
+    eng = Engine(str(lively_vlm("llava")), dtype="bf16")
+    done = eng.complete(image_messages(str(image_file(0))), **GREEDY)
+    assert eng.model.dtype.is_floating_point and str(eng.model.dtype) == "torch.bfloat16"
+    assert done.completion_tokens == GREEDY["max_new_tokens"] or done.finish_reason == "stop"
