@@ -82,7 +82,7 @@ def predict(
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     engine.options(**gen)  # bad options fail before any work
-    lengths = [len(engine.prompt_ids(r.prompt, model)) for r in rows]
+    lengths = [engine.prompt_length(r.prompt, model) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
     results: list[Any] = [None] * len(rows)
     with Progress(disable=not progress, transient=True) as bar:

@@ -239,6 +239,18 @@ class Engine:
         on a vision model, each image's or video's media tokens)."""
         return self.prepare(messages, model=model, tools=tools, media=media).ids
 
+    def prompt_length(self, messages, model: str | None = None) -> int:
+        """The prompt's length in tokens, cheaply (for ordering a batch): a vision model's media
+        are counted as their placeholders, without decoding them (or downloading them twice)."""
+        key = self._key(model)
+        processor = self._processors[key]
+        if processor is None:
+            return len(self.prompt_ids(messages, model))
+        from mmtune.infer.vision import render_text
+
+        text = render_text(to_sample(messages), processor)
+        return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def prepare(
         self,
         messages,
