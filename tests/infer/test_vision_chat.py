@@ -74,3 +74,7 @@ def test_session_keeps_media_in_history(tmp_path):
     assert turn["content"][0] == {"type": "image_url", "image_url": {"url": str(image_file(1, tmp_path))}}
     assert turn["content"][1] == {"type": "text", "text": "Describe it"} and not session.pending
     assert session.user_turn("and now?") == {"role": "user", "content": "and now?"}
+    video = Path(__file__).resolve().parents[2] / "examples" / "data" / "media" / "moving_circle.mp4"
+    assert session.command(f"/video {video}").startswith("(video attached")
+    assert session.user_turn("What moves?")["content"][0] == {"type": "video", "video": str(video)}
+    assert session.command("/image").startswith("error: /image needs a file path")
