@@ -96,3 +96,15 @@ def test_a_run_killed_before_its_first_checkpoint_can_simply_start_again(tmp_pat
     assert not holds_run(tmp_path)
     (tmp_path / "checkpoint-2").mkdir()
     assert holds_run(tmp_path)
+
+
+def test_resume_from_the_last_steps_checkpoint_trains_no_extra_step(tiny_llama, repeated_data, tmp_path):
+    """Killed after saving its final checkpoint (before summary.json): --resume finishes, adds no step."""
+    values = {**settings(tiny_llama, repeated_data, tmp_path / "run"), "max_steps": 2, "save_steps": 1}
+    first = run_sft(resolve_config(values))
+    (tmp_path / "run" / "summary.json").unlink()
+    resumed = run_sft(resolve_config({**values, "resume": True}))
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["steps"] == first["steps"] == 2
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert not (tmp_path / "run" / "checkpoint-3").exists()

@@ -326,6 +326,14 @@ class MMTuneTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def _run_epoch(self, *args, **kwargs):
+        """A run resumed from a checkpoint taken at its last step trains nothing more (the Trainer
+        would run one extra step before noticing that max_steps is reached)."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _get_train_sampler(self, train_dataset=None):
         """--group-by-length from row lengths known without reading rows (a vision dataset's items
         decode their media when read; the Trainer's own sampler would read every one)."""
