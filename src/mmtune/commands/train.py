@@ -23,9 +23,10 @@ examples:
   accelerate launch --config_file examples/accelerate/zero2.yaml -m mmtune.cli train --config my.yaml
   mmtune train --print-config > my.yaml             a commented config to start from
 
-vision-language models (`mmtune models`, second table): the same command on data with images/videos;
-  --method is the language model's (lora|qlora|full, or frozen), --train-vision none|lora|full the
-  vision tower's, --train-projector/--no-train-projector the projector's (unset: the family's practice)
+vision-language models (`mmtune models`, second table): the same command on data with images/videos.
+What trains, per part (unset: the family's practice): the language model by --method (lora|qlora|
+full, or frozen), the vision tower by --train-vision none|lora|full, the projector by
+--train-projector/--no-train-projector. A shapes demo: python examples/shapes.py --help
   mmtune train --model qwen2-vl-2b-instruct --data images.jsonl --output runs/vl --max-pixels 401408
   mmtune train --model llava-1.5-7b --data images.jsonl --output runs/proj --method frozen
 """
