@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import openai
 import pytest
 from infer.tiny import messages, tiny_adapter, tiny_base
+from serve.running import free_port
 
 from mmtune.serve.app import create_app
 from mmtune.serve.pool import build_pool
@@ -41,16 +41,10 @@ def test_a_model_that_appears_later_joins_its_base_engine(tmp_path):
     assert base_answer["choices"][0]["message"]["content"] != want
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_fine_tune_through_the_api_then_chat_with_the_result(tmp_path):
     """The issue's end-to-end: upload, create a job on the real SmolLM2, wait, then stream an answer."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MMTUNE_HOME": str(tmp_path / "home")}
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(

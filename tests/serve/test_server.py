@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from infer.tiny import messages, tiny_adapter
+from serve.running import serving
 
 from mmtune.export.merge import merge_adapter
 from mmtune.serve.app import create_app
@@ -33,18 +31,8 @@ def pool(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(pool):
     app = create_app(pool, api_key=KEY, max_concurrency=3, max_body_bytes=20_000)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
-import socket
 import threading
-import time
 
 import openai
 import pytest
-import uvicorn
 from infer.tiny import tiny_base
 from infer.tiny_vision import data_url, image_file, image_messages, lively_vlm
+from serve.running import serving
 
 from mmtune.infer.media import MediaPolicy
 from mmtune.serve.app import create_app
@@ -30,20 +28,8 @@ def pool():
 
 @contextlib.contextmanager
 def _serve(app):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as base:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="module")
