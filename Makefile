@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-train bench-serve lint clean
+.PHONY: install demo shapes test test-fast bench bench-train bench-serve lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) examples/make_media.py
 	$(VENV)/bin/mmtune demo
+
+# A fresh vision tower learns shape colours on the frozen SmolLM2 (CPU, a few minutes).
+shapes: install
+	$(PY) examples/shapes.py data runs/shapes-data
+	$(PY) examples/shapes.py compose runs/shapes-llava
+	$(VENV)/bin/mmtune train --config examples/configs/vision_shapes.yaml
+	$(PY) examples/shapes.py score runs/shapes-llava-tuned runs/shapes-data/test.jsonl
 
 test: install
 	$(PY) examples/make_media.py

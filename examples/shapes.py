@@ -8,7 +8,7 @@ SmolLM2 (`mmtune.models.compose`) learns this in a few minutes.
     python examples/shapes.py data runs/shapes-data                # train.jsonl, test.jsonl, images/
     python examples/shapes.py compose runs/shapes-llava            # SmolLM2 + fresh tower + projector
     mmtune train --config examples/configs/vision_shapes.yaml      # tower + projector, LM frozen
-    python examples/shapes.py score runs/shapes-llava/final runs/shapes-data/test.jsonl
+    python examples/shapes.py score runs/shapes-llava-tuned runs/shapes-data/test.jsonl
 
 (`make shapes` runs all four.) Everything is deterministic: the same seed draws the same
 images; the test split uses its own seed, so its images differ from the training ones.
