@@ -113,7 +113,8 @@ def compose_llava(text_model: str | Path, out: str | Path, *, tower: VisionTower
     if text.config.model_type not in _TEXT_TYPES:
         raise UserError(f"{text_model} is a {text.config.model_type!r} model; compose_llava takes decoder-only "
                         f"text models of type {', '.join(sorted(_TEXT_TYPES))}")
-    text.resize_token_embeddings(len(tok), mean_resizing=True)
+    if len(tok) > text.config.vocab_size:  # grow for <image>; never cut a padded vocabulary
+        text.resize_token_embeddings(len(tok), mean_resizing=True)
     text_config = text.config.to_dict()
     vision = {"model_type": "clip_vision_model", "image_size": tower.image_size, "patch_size": tower.patch_size,
               "hidden_size": tower.hidden_size, "num_hidden_layers": tower.num_hidden_layers,
