@@ -27,9 +27,9 @@ COLOURS = {  # name: RGB centre; each image jitters it a little
     "red": (215, 35, 35),
     "green": (40, 165, 60),
     "blue": (40, 75, 215),
-    "yellow": (235, 210, 35),
+    "yellow": (235, 215, 40),
     "purple": (135, 50, 175),
-    "orange": (245, 135, 25),
+    "orange": (250, 115, 10),
 }
 SHAPES = ("circle", "square", "triangle")
 QUESTIONS = (
