@@ -96,3 +96,16 @@ def test_mmtune_help_does_not_import_torch():
     result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH") and "models" in result.stdout
+
+
+def test_piped_table_keeps_every_name_whole():
+    """Redirected to a file or a pager, rich would cut the table to 80 columns ("llav…")."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-m", "mmtune.cli", "models"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout
+    for name in REGISTRY:
+        assert name in out.stdout

@@ -86,9 +86,8 @@ def run_list(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    from rich.console import Console
 
-    console = Console()
+    console = _console()
     console.print(_text_table([e for e in entries if e["kind"] == "text"], args, DEFAULT_MODEL))
     console.print(_vision_table([e for e in entries if e["kind"] == "vision"], args))
     return 0
@@ -96,6 +95,18 @@ def run_list(args: argparse.Namespace) -> int:
 
 def _memory_cells(e: dict) -> list[str]:
     return [f"{e['memory_gib'][m]['total']:.1f}" for m in ("full", "lora", "qlora")]
+
+
+def _console():
+    """A console as wide as the terminal; piped or redirected, wide enough that no name is cut."""
+    import os
+    import sys
+
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=200)
 
 
 def _text_table(entries: list[dict], args: argparse.Namespace, default: str):
@@ -154,7 +165,6 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entry, ensure_ascii=False, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=spec.name, show_header=False)
@@ -167,5 +177,5 @@ def run_show(args: argparse.Namespace) -> int:
     for method, parts in entry["memory_gib"].items():
         detail = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
         table.add_row(f"memory {method} (GiB)", f"{parts['total']:.2f}  ({detail})")
-    Console().print(table)
+    _console().print(table)
     return 0
