@@ -111,6 +111,33 @@ def test_packed_head_skipping_loss_and_gradients_equal_the_padded_full_path(fami
         torch.testing.assert_close(fast_grads[k], plain_grads[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_a_model_that_ignores_logits_to_keep_gets_the_same_loss(tmp_path, tmp_path_factory):
+    """Some forwards swallow `logits_to_keep` (MiniCPM-V 4.6) and return every position: the supervised
+    loss picks the kept ones itself, with the chunked head and without it, and matches the model's own loss."""
+    from transformers import TrainingArguments
+
+    from mmtune.train.sft import MMTuneTrainer
+
+    model = load("llama", tmp_path_factory, varlen=False)
+    forward = model.forward
+
+    def ignoring(*args, logits_to_keep=0, **kwargs):
+        return forward(*args, **kwargs)
+
+    trainer = MMTuneTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True))
+    data = rows(model.config.vocab_size, lengths=(12, 30, 7), seed=2)
+    batch = PadCollator(0)(data)
+    trainer.supervised_only = False
+    expected = trainer.compute_loss(model, batch).detach()
+    trainer.supervised_only = True
+    model.forward = ignoring
+    losses = [trainer.compute_loss(model, batch).detach()]
+    trainer._plain_head = lambda m: None  # the unchunked path too
+    losses.append(trainer.compute_loss(model, batch).detach())
+    for loss in losses:
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_flop_count_of_a_tiny_llama(tmp_path_factory):
     from mmtune.train.throughput import attention_pairs, matmul_params, model_flops
 
@@ -122,6 +149,14 @@ def test_flop_count_of_a_tiny_llama(tmp_path_factory):
     per_token, per_pair = model_flops(model, full=False)
     assert per_token == 4 * matmul_params(model) and per_pair == 12 * c.num_hidden_layers * c.hidden_size
     assert model_flops(model, full=True)[0] == 6 * matmul_params(model)
+    # left to itself it looks at what trains: all weights 6N; frozen 4N; one trained layer adds 2 per weight
+    assert model_flops(model)[0] == 6 * matmul_params(model)
+    model.requires_grad_(False)
+    assert model_flops(model)[0] == 4 * matmul_params(model)
+    mlp = model.model.layers[0].mlp
+    mlp.requires_grad_(True)
+    trained = sum(m.weight.numel() for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    assert model_flops(model)[0] == 4 * matmul_params(model) + 2 * trained
     data = [{"input_ids": [1] * 3, "labels": [1] * 3}, {"input_ids": [1] * 2, "labels": [1] * 2}]
     assert attention_pairs(PackCollator()(data)) == attention_pairs(PadCollator(0)(data)) == 6 + 3
 

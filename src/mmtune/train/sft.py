@@ -268,7 +268,6 @@ class MMTuneTrainer(Trainer):
     _mark: tuple[float, int] | None = None  # (time, input tokens) at the previous train log
     supervised_only: bool = True  # head + loss only where the next token is trained (compute_loss)
     _attn_pairs: int = 0  # (query, key) pairs attended this session, for the FLOP count
-    _lora: bool = True  # only adapters train (4N FLOPs a token, not 6N)
     chunked_loss: bool = True  # output layer + loss chunk by chunk (train/chunked_loss.py) where exact
     loss_chunk: int = CHUNK
 
@@ -312,10 +311,10 @@ class MMTuneTrainer(Trainer):
         if head is not None:  # the head's matmul and the loss in chunks: no [targets x vocabulary] tensor
             with HiddenHead(head):
                 outputs = model(**inputs, logits_to_keep=keep)
-            loss = linear_cross_entropy(outputs.logits, head.weight, chosen, self.loss_chunk)
+            loss = linear_cross_entropy(_kept(outputs.logits, keep), head.weight, chosen, self.loss_chunk)
         else:
             outputs = model(**inputs, logits_to_keep=keep)
-            logits = outputs.logits.float()
+            logits = _kept(outputs.logits, keep).float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
                                                      ignore_index=IGNORE_INDEX, reduction="sum")
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
@@ -365,7 +364,7 @@ class MMTuneTrainer(Trainer):
         start = getattr(self, "_session_start", (0.0, self.state.num_input_tokens_seen))[1]
         tokens = self.state.num_input_tokens_seen - start
         trained = self.trained_tokens - getattr(self, "_session_trained", self.trained_tokens)
-        per_token, per_pair = model_flops(self.accelerator.unwrap_model(self.model), full=not self._lora)
+        per_token, per_pair = model_flops(self.accelerator.unwrap_model(self.model))
         flops = per_token * tokens + per_pair * self._attn_pairs * self.accelerator.num_processes
         return Throughput.of(runtime, tokens, trained, flops, peak_flops * self.accelerator.num_processes)
 
@@ -458,7 +457,6 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision:
         callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
     )
     trainer.supervised_only = cfg.loss_on_supervised_only
-    trainer._lora = cfg.uses_lora
     for default in (ProgressCallback, PrinterCallback):  # RichProgress replaces them
         trainer.remove_callback(default)
     return trainer
@@ -547,3 +545,11 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def _kept(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The kept positions' logits. A model whose forward swallows `logits_to_keep` (MiniCPM-V 4.6
+    passes it on in **kwargs) returns every position: one more than the targets, so never
+    `len(keep)`; those are selected here."""
+    return logits if logits.shape[1] == keep.numel() else logits[:, keep]
+

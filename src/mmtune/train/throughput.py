@@ -5,7 +5,8 @@ implementations compare on the work the model needs, not on the work an implemen
 every matmul weight (every `nn.Linear`, the output layer included, LoRA's small matrices left
 out) costs 2 FLOPs per token forward; the backward pass costs twice that again when the
 weights train (full: 6N per token) and once when only activation gradients flow through
-frozen weights (LoRA: 4N). Causal attention adds 4 x heads x head_dim FLOPs per layer for each
+frozen weights (LoRA: 4N); a run that trains some weights in full and freezes the rest (a vision
+tower and projector on a frozen language model) counts each weight by what it does. Causal attention adds 4 x heads x head_dim FLOPs per layer for each
 (query, key) pair a token really attends to forward, 3x that for training. The peak is
 measured, not looked up: a large matmul in the training precision, best of a few.
 """
@@ -59,20 +60,29 @@ def attention_pairs(batch) -> int:
     return sum(n * (n + 1) // 2 for n in sequence_lengths(batch))
 
 
-def matmul_params(model) -> int:
-    """Weights used in matmuls once per token: every nn.Linear of the base model (LoRA's excluded)."""
+def _linear_weights(model):
+    """Every nn.Linear weight of the base model once (LoRA's small matrices left out)."""
     seen: set[int] = set()
-    total = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and "lora_" not in name and id(module.weight) not in seen:
             seen.add(id(module.weight))
-            total += module.weight.numel()
-    return total
+            yield module.weight
 
 
-def model_flops(model, full: bool) -> tuple[float, float]:
-    """(training FLOPs per token, training FLOPs per attended pair) of `model`."""
-    per_token = (6 if full else 4) * matmul_params(model)
+def matmul_params(model) -> int:
+    """Weights used in matmuls once per token: every nn.Linear of the base model (LoRA's excluded)."""
+    return sum(w.numel() for w in _linear_weights(model))
+
+
+def model_flops(model, full: bool | None = None) -> tuple[float, float]:
+    """(training FLOPs per token, training FLOPs per attended pair) of `model`.
+
+    `full`: True counts every weight as training (6N), False none (4N); None (default) looks at
+    which weights require gradients: 4N, plus 2 per weight that trains."""
+    if full is None:
+        per_token = 4 * matmul_params(model) + 2 * sum(w.numel() for w in _linear_weights(model) if w.requires_grad)
+    else:
+        per_token = (6 if full else 4) * matmul_params(model)
     cfg = getattr(model, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     layers = getattr(cfg, "num_hidden_layers", 0) or 0
