@@ -30,12 +30,9 @@ TURN = {"qwen2_vl": "{}<|im_end|>", "llava": " {}", "idefics3": " {}<end_of_utte
         "qwen2_5_vl": "{}<|im_end|>", "llava_next": " {}</s>", "gemma3": "{}<end_of_turn>", "mllama": "{}<|eot_id|>",
         "qwen3_vl": "{}<|im_end|>", "llava_onevision": "\n{}", "llava_next_video": " {}",
         "minicpmv4_6": "{}<|im_end|>", "minicpmv4_7": "{}<|im_end|>"}
-# families mmtune handles that have no registry entry yet (their real checkpoints' config numbers could not
-# be checked here): the parts as the official class names them, on a copy of another entry
-UNLISTED = {"minicpmv4_6": {"name": "minicpm-v-4.6-parts", "vision_tower": "model.vision_tower",
-                            "projector": "model.merger", "language_model": "model.language_model",
-                            "media_placeholder": "<|image_pad|>", "supports_video": True}}
-UNLISTED["minicpmv4_7"] = {**UNLISTED["minicpmv4_6"], "name": "minicpm-v-4.7-parts"}
+# families mmtune handles that have no registry entry yet (the real checkpoint's config numbers could not be
+# checked here): the parts as the official class names them, on a copy of MiniCPM-V 4.6's entry
+UNLISTED = {"minicpmv4_7": {"name": "minicpm-v-4.7-parts"}}
 
 
 @pytest.fixture(scope="module", params=TINY_VLM_FAMILIES)
@@ -54,7 +51,7 @@ def _spec(family: str):
     model_type = AutoConfig.from_pretrained(tiny_vlm_dir(family)).model_type
     if family in UNLISTED:
         assert find_vision_spec("", model_type) is None
-        return dataclasses.replace(VISION_REGISTRY["qwen2-vl-2b-instruct"], family=family, model_type=model_type,
+        return dataclasses.replace(VISION_REGISTRY["minicpm-v-4.6"], family=family, model_type=model_type,
                                    **UNLISTED[family])
     spec = find_vision_spec("", model_type)
     assert spec is not None and spec.family == family

@@ -134,16 +134,18 @@ def _vision_table(entries: list[dict], args: argparse.Namespace):
         title=f"vision-language models (GiB at seq len {args.seq_len}, batch {args.batch_size}; "
         "media tokens count in the sequence)",
         caption="images: per conversation; trains by default: LoRA on the language model, the projector in full, "
-        "the vision tower frozen (see `mmtune train --help`: --train-vision, --train-projector)",
+        "the vision tower as the 'tower' column says, each family's usual recipe (see `mmtune train --help`: "
+        "--train-vision, --train-projector)",
     )
-    for col in ("name", "family", "params", "vision", "hub path", "images", "video", "full", "LoRA", "QLoRA"):
+    for col in ("name", "family", "params", "vision", "hub path", "images", "video", "tower", "full", "LoRA", "QLoRA"):
         table.add_column(col, justify="right" if col in ("params", "vision", "full", "LoRA", "QLoRA") else "left")
     from mmtune.models.memory import vision_params
 
     for e in entries:
         spec = REGISTRY[e["name"]]
         table.add_row(e["name"], e["family"], f"{e['params_b']:g}B", f"{vision_params(spec) / 1e9:.2f}B",
-                      e["hf_path"], _images_text(spec), "yes" if spec.supports_video else "no", *_memory_cells(e))
+                      e["hf_path"], _images_text(spec), "yes" if spec.supports_video else "no",
+                      "frozen" if spec.default_train_vision == "none" else spec.default_train_vision, *_memory_cells(e))
     return table
 
 

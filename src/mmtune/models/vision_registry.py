@@ -14,7 +14,7 @@ from __future__ import annotations
 from mmtune.models.spec import LLAMA_LIKE_TARGETS, ModelSpec, _arch, build_registry
 
 VISION_FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "idefics3", "qwen2_5_vl", "llava_next", "gemma3",
-                                    "mllama", "qwen3_vl", "llava_onevision", "llava_next_video")
+                                    "mllama", "qwen3_vl", "llava_onevision", "llava_next_video", "minicpmv4_6")
 
 _QWEN2_VL = {"family": "qwen2_vl", "model_type": "qwen2_vl", "kind": "vision", "media_placeholder": "<|image_pad|>",
              "vision_tower": "model.visual", "projector": "model.visual.merger",
@@ -40,6 +40,13 @@ _GEMMA3 = {"family": "gemma3", "model_type": "gemma3", "kind": "vision", "media_
 _MLLAMA = {"family": "mllama", "model_type": "mllama", "kind": "vision", "media_placeholder": "<|image|>",
            "vision_tower": "model.vision_model", "projector": "model.multi_modal_projector",
            "language_model": "model.language_model", "max_images": 1, "lora_targets": LLAMA_LIKE_TARGETS}
+# MiniCPM-V 4.6: SigLIP2-400M (with a window-attention merger inside the tower) + model.merger + Qwen3.5's hybrid
+# decoder, whose Gated-DeltaNet layers (in_proj_qkv/in_proj_z/out_proj) take LoRA next to the attention layers' q/k/v/o.
+# OpenBMB's own LoRA recipe (finetune/finetune_lora.sh: --tune_vision true --use_lora true) trains the tower in full.
+_MINICPMV4_6 = {"family": "minicpmv4_6", "model_type": "minicpmv4_6", "kind": "vision",
+                "media_placeholder": "<|image_pad|>", "vision_tower": "model.vision_tower", "projector": "model.merger",
+                "language_model": "model.language_model", "supports_video": True, "default_train_vision": "full",
+                "lora_targets": (*LLAMA_LIKE_TARGETS, "in_proj_qkv", "in_proj_z", "out_proj")}
 
 VISION_ENTRIES: tuple[ModelSpec, ...] = (
     ModelSpec(name="qwen2-vl-2b-instruct", hf_path="Qwen/Qwen2-VL-2B-Instruct", params_b=2.21,
@@ -104,6 +111,12 @@ VISION_ENTRIES: tuple[ModelSpec, ...] = (
               **_arch(hidden=4096, layers=32, intermediate=11008, heads=32, kv_heads=32, vocab=32064, tied=False),
               description="LLaVA-NeXT-Video 7B (CLIP + Vicuna); video (pooled frames) and images",
               **_LLAVA_NEXT_VIDEO),
+    # the decoder is Qwen3.5-0.8B (24 layers, 6 of them full attention; memory counts all 24 as attention layers)
+    ModelSpec(name="minicpm-v-4.6", hf_path="openbmb/MiniCPM-V-4.6", params_b=1.3,
+              **_arch(hidden=1024, layers=24, intermediate=3584, heads=8, kv_heads=2, vocab=248320, head_dim=256,
+                      tied=False),
+              description="MiniCPM-V 4.6 1.3B (SigLIP2-400M + Qwen3.5-0.8B); images (sliced at high resolution), "
+                          "several images, video", aliases=("minicpm-v",), **_MINICPMV4_6),
 )
 
 
