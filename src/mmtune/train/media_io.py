@@ -60,21 +60,57 @@ def load_video_with_metadata(ref: str, media_root: str | None = None, *, fps: fl
                              frames: int | None = None):
     """(frames, metadata): the sampled frames (T, H, W, 3) uint8 and where they came from, as
     transformers' video processors take it (`video_metadata`): total_num_frames, fps (of the
-    file), duration (s), frames_indices (the sampled ones), width, height."""
-    import av
-    import numpy as np
+    file), duration (s), frames_indices (the sampled ones), width, height.
 
+    Only the sampled frames are converted to arrays and held: the frames are counted first (from the
+    container, or by reading its packets when it does not say), then decoded in one pass that keeps
+    the chosen ones, so a long or large video costs the memory of its samples, not of every frame."""
+    import av
+
+    source = _source(ref, media_root)
     try:
-        with av.open(_source(ref, media_root)) as container:
-            stream = container.streams.video[0]
-            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-            rate = float(stream.average_rate or 0) or 1.0
+        total, rate = _count_frames(source)
+        keep = sample_indices(total, total / rate, fps=fps, frames=frames)
+        picked, seen = _decode_frames(source, set(keep))
+        if seen != total:  # the container's count was wrong: sample from the frames that are there
+            total = seen
+            keep = sample_indices(total, total / rate, fps=fps, frames=frames)
+            picked, _ = _decode_frames(source, set(keep))
     except (OSError, av.error.FFmpegError, IndexError) as e:
         raise UserError(f"cannot decode video {ref!r}: {e}; check the path and `mmtune data check` the file") from None
-    keep = sample_indices(len(decoded), len(decoded) / rate, fps=fps, frames=frames)
     if not keep:
         raise UserError(f"video {ref!r} has no frames")
-    height, width = decoded[0].shape[:2]
-    metadata = {"total_num_frames": len(decoded), "fps": rate, "duration": len(decoded) / rate,
+    import numpy as np
+
+    height, width = picked[0].shape[:2]
+    metadata = {"total_num_frames": total, "fps": rate, "duration": total / rate,
                 "frames_indices": list(keep), "width": width, "height": height, "video_backend": "pyav"}
-    return np.stack([decoded[i] for i in keep]), metadata
+    return np.stack(picked), metadata
+
+
+def _open(source):
+    import av
+
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return av.open(source)
+
+
+def _count_frames(source) -> tuple[int, float]:
+    """(frames, frames per second) of the first video stream."""
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or 0) or 1.0
+        if stream.frames > 0:
+            return stream.frames, rate
+        return sum(1 for packet in container.demux(stream) if packet.size), rate
+
+
+def _decode_frames(source, keep: set[int]) -> tuple[list, int]:
+    """(the frames whose index is in `keep`, as RGB arrays in order; how many frames were decoded)."""
+    picked, seen = [], 0
+    with _open(source) as container:
+        for seen, frame in enumerate(container.decode(container.streams.video[0]), start=1):
+            if seen - 1 in keep:
+                picked.append(frame.to_ndarray(format="rgb24"))
+    return picked, seen
