@@ -248,13 +248,7 @@ def _problems(c: TrainConfig) -> list[str | None]:
         need(c.logging_steps >= 1, f"logging_steps must be >= 1 (got {c.logging_steps})"),
         need(c.num_workers >= 0, f"num_workers must be >= 0 (got {c.num_workers})"),
         need(not (c.resume and c.overwrite), "resume and overwrite contradict each other: choose one"),
-        need(c.max_pixels is None or c.max_pixels >= 1, f"max_pixels must be >= 1 (got {c.max_pixels})"),
-        need(c.min_pixels is None or c.min_pixels >= 1, f"min_pixels must be >= 1 (got {c.min_pixels})"),
-        need(c.max_pixels is None or c.min_pixels is None or c.min_pixels <= c.max_pixels,
-             f"min_pixels {c.min_pixels} is larger than max_pixels {c.max_pixels}: lower min_pixels"),
-        need(c.video_fps is None or c.video_fps > 0, f"video_fps must be > 0 (got {c.video_fps}); try 2"),
-        need(c.video_frames is None or c.video_frames >= 1, f"video_frames must be >= 1 (got {c.video_frames})"),
-        need(not (c.video_fps and c.video_frames), "set video_fps or video_frames, not both"),
+        *media_size_problems(c.max_pixels, c.min_pixels, c.video_fps, c.video_frames),
         need(not (c.method == "full" and c.train_vision == "lora"),
              "train_vision lora with method full is not supported (the adapter would hold the whole language "
              "model): use --train-vision full, or a LoRA method for the language model"),
@@ -376,3 +370,19 @@ def resolve_config(flags: Mapping[str, Any] | None = None, config_file: str | Pa
     preset = flags.get("preset") or from_file.get("preset") or DEFAULT_PRESET
     values = {**PRESETS[preset], **from_file, **flags, "preset": preset}
     return TrainConfig.from_dict(values, "config", validate)
+
+
+def media_size_problems(max_pixels: int | None, min_pixels: int | None, video_fps: float | None,
+                        video_frames: int | None) -> list[str]:
+    """What is wrong with these image-area and video-sampling settings (training and inference)."""
+    checks = [
+        (max_pixels is None or max_pixels >= 1, f"max_pixels must be >= 1 (got {max_pixels})"),
+        (min_pixels is None or min_pixels >= 1, f"min_pixels must be >= 1 (got {min_pixels})"),
+        (max_pixels is None or min_pixels is None or min_pixels <= max_pixels,
+         f"min_pixels {min_pixels} is larger than max_pixels {max_pixels}: lower min_pixels"),
+        (video_fps is None or video_fps > 0, f"video_fps must be > 0 (got {video_fps}); try 2"),
+        (video_frames is None or video_frames >= 1, f"video_frames must be >= 1 (got {video_frames})"),
+        (not (video_fps and video_frames), "set video_fps or video_frames, not both"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+

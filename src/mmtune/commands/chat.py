@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     add_generation_arguments(p)
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
     add_remote_media_argument(p)
+    add_media_size_arguments(p)
     p.set_defaults(func=run, _parser=p)
 
 
@@ -33,6 +34,31 @@ def add_remote_media_argument(p: argparse.ArgumentParser) -> None:
         help="let prompts refer to images/videos by http(s) URL, downloaded when used "
         "(default: off; local files and data: URLs only)",
     )
+
+
+def add_media_size_arguments(p: argparse.ArgumentParser, server: bool = False) -> None:
+    """--max-pixels/--min-pixels/--video-fps/--video-frames, as training has them (chat, infer, serve)."""
+    where = ("; models that resize to a fixed size are left as they are" if server
+             else "; an error on models that resize to a fixed size")
+    g = p.add_argument_group("image and video size (vision-language models)")
+    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="largest image/video-frame area after resizing, on models that resize by area (Qwen2-VL "
+                   f"family): fewer media tokens, less memory, e.g. 401408 = 512 x 28 x 28{where} "
+                   "(default: the processor's, or what training saved)")
+    g.add_argument("--min-pixels", type=int, default=None, metavar="N",
+                   help="smallest image area after resizing, same models (default: the processor's)")
+    g.add_argument("--video-fps", type=float, default=None, metavar="FPS",
+                   help="frames sampled per second of video (default: 2)")
+    g.add_argument("--video-frames", type=int, default=None, metavar="N",
+                   help="this many frames, evenly spread over the video, instead of --video-fps")
+
+
+def media_sizes(args: argparse.Namespace):
+    """The MediaSizes of the flags above (a UserError names the bad one)."""
+    from mmtune.infer.media import MediaSizes
+
+    return MediaSizes(max_pixels=args.max_pixels, min_pixels=args.min_pixels, video_fps=args.video_fps,
+                      video_frames=args.video_frames)
 
 
 def add_model_argument(p: argparse.ArgumentParser) -> None:
@@ -94,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
     gen = generation_options(args)
     make_options(**gen)  # a bad flag fails before the model loads
+    sizes = media_sizes(args)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # pragma: no cover - Windows
         pass
     print(f"loading {args.model or 'the default model'} ...", file=sys.stderr, flush=True)
     media = MediaPolicy(allow_remote=args.allow_remote_media)
-    engine = Engine(args.model, dtype=args.dtype, media=media)
+    engine = Engine(args.model, dtype=args.dtype, media=media, sizes=sizes)
     session = ChatSession(system=args.system, vision=engine.is_vision, video=engine.takes_video, media=media)
     return repl(engine, gen, session)

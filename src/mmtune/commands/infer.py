@@ -8,9 +8,11 @@ import sys
 
 from mmtune.commands.chat import (
     add_generation_arguments,
+    add_media_size_arguments,
     add_model_argument,
     add_remote_media_argument,
     generation_options,
+    media_sizes,
 )
 
 
@@ -52,6 +54,7 @@ def add_parser(subparsers) -> None:
         "(default: the data file's folder)",
     )
     add_remote_media_argument(p)
+    add_media_size_arguments(p)
     p.set_defaults(func=run, _parser=p)
 
 
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     gen = generation_options(args)
     make_options(**gen)
+    sizes = media_sizes(args)
     rows = read_rows(
         args.data,
         fmt=args.format,
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         media_root=args.media_root,
         warn=lambda m: print(m, file=sys.stderr),
     )
-    engine = Engine(args.model, dtype=args.dtype, media=MediaPolicy(allow_remote=args.allow_remote_media))
+    engine = Engine(args.model, dtype=args.dtype, media=MediaPolicy(allow_remote=args.allow_remote_media),
+                    sizes=sizes)
     records = predict(engine, rows, batch_size=args.batch_size, progress=sys.stderr.isatty(), **gen)
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} predictions to {args.out}")

@@ -62,6 +62,9 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="vision models: let image_url parts be http(s) URLs, which the server downloads (default: off)",
     )
+    from mmtune.commands.chat import add_media_size_arguments
+
+    add_media_size_arguments(p, server=True)
     p.add_argument("--no-jobs", action="store_true", help="serve models only, without the fine-tuning jobs API")
     from mmtune.commands.jobs import add_service_arguments
 
@@ -72,12 +75,13 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from mmtune.commands.chat import media_sizes
     from mmtune.infer.media import MediaPolicy
     from mmtune.serve.app import create_app
     from mmtune.serve.pool import build_pool
 
     media = MediaPolicy.server(args.media_root, args.allow_remote_media)  # a bad --media-root fails first
-    pool = build_pool(args.models, dtype=args.dtype)
+    pool = build_pool(args.models, dtype=args.dtype, sizes=media_sizes(args))
     extra = {} if args.no_jobs else jobs_extension(args, pool)
     app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media, **extra)
     print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)

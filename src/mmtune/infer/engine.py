@@ -15,7 +15,9 @@ Vision-language models (a config with `vision_config`) load with their processor
 prompts may then carry images and videos (Sample media parts, or OpenAI content parts
 such as `image_url`): see infer/vision.py. Which media references a caller may use
 (local files, URLs) is its `MediaPolicy` (infer/media.py); the Engine's own default
-allows local files and no URLs. An adapter trained on a vision model loads like any other.
+allows local files and no URLs. How large media get (`MediaSizes`: --max-pixels/--min-pixels on
+area-resizing processors, --video-fps/--video-frames) applies to the base's processor and to
+each adapter's own. An adapter trained on a vision model loads like any other.
 
 Adapters over one base share its weights, and which adapter is active is module state in
 PEFT, so `_AdapterGate` lets any number of generations run at once on the same adapter and
@@ -35,7 +37,7 @@ from mmtune.data.schema import Message, Sample
 from mmtune.errors import UserError
 from mmtune.infer.artifacts import ADAPTER_CONFIG, adapter_base, is_adapter_dir, model_name
 from mmtune.infer.decode import Completion, TextTracker, decode_loop
-from mmtune.infer.media import LOCAL, MediaPolicy
+from mmtune.infer.media import LOCAL, NO_LIMITS, MediaPolicy, MediaSizes
 from mmtune.infer.options import GenOptions, make_options
 
 BASE = None  # adapter key of the bare base model
@@ -133,12 +135,16 @@ class Engine:
         device: str | None = None,
         defaults: GenOptions | None = None,
         media: MediaPolicy = LOCAL,
+        sizes: MediaSizes = NO_LIMITS,
+        strict_sizes: bool = True,
     ):
         from mmtune.models.registry import DEFAULT_MODEL
 
         model = model or DEFAULT_MODEL
         self.defaults = defaults or GenOptions()
         self.media = media  # which media references prompts may use, unless a call says otherwise
+        self.sizes = sizes  # image area bounds and video sampling for every prompt's media
+        self._strict_sizes = strict_sizes  # False (a server's many models): area bounds only where they apply
         self._adapters: dict[str, Any] = {}  # name -> adapter key in the PEFT model
         self._tokenizers: dict[Any, Any] = {}
         self._processors: dict[Any, Any] = {}  # vision models: adapter key -> processor
@@ -149,6 +155,10 @@ class Engine:
         self.base = model
         self.name = name or model_name(model)
         self.model, self._tokenizers[BASE], self._processors[BASE] = _load(model, dtype, device)
+        if self._processors[BASE] is None and sizes.is_set and strict_sizes:
+            raise UserError(f"--max-pixels, --min-pixels, --video-fps and --video-frames apply to vision-language "
+                            f"models; {model} is a text model: drop them")
+        self._sized(BASE)
         self.default_model = self.name
         self._gate = _AdapterGate(self._switch)
         extra = dict(adapters) if isinstance(adapters, Mapping) else {model_name(p): p for p in adapters}
@@ -199,9 +209,15 @@ class Engine:
 
             self._processors[key] = adapter_processor(path) or self._processors[BASE]
             self._tokenizers[key] = self._processors[key].tokenizer
+            self._sized(key)
         else:
             self._processors[key] = None
             self._tokenizers[key] = _adapter_tokenizer(path) or self._tokenizers[BASE]
+
+    def _sized(self, key: Any) -> None:
+        """This engine's pixel bounds on a vision processor (an adapter's own one included)."""
+        if self._processors[key] is not None:
+            self.sizes.apply(self._processors[key], strict=self._strict_sizes)
 
     def _key(self, model: str | None) -> Any:
         name = model or self.default_model
@@ -282,7 +298,7 @@ class Engine:
             return [render_prompt(s, self._tokenizers[key], add_generation_prompt=True) for s in samples], None
         from mmtune.infer.vision import Prefill, encode
 
-        batch = encode(samples, processor, media or self.media)
+        batch = encode(samples, processor, media or self.media, self.sizes)
         mask = batch["attention_mask"].bool()
         rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
         return rows, Prefill(self.model, batch)

@@ -19,6 +19,7 @@ import base64
 import os
 from dataclasses import dataclass
 
+from mmtune.config import media_size_problems
 from mmtune.data.media import classify, inside, local_path
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
@@ -53,6 +54,47 @@ class MediaPolicy:
 
 
 LOCAL = MediaPolicy()  # chat / infer default: local files yes, remote no
+
+
+@dataclass(frozen=True)
+class MediaSizes:
+    """How large a prompt's media get before the model sees them (the same settings as training's).
+
+    max_pixels/min_pixels bound the resized image (and video frame) area on processors that resize
+    by area (the Qwen2-VL family): a 12-megapixel photo is otherwise thousands of media tokens.
+    video_fps/video_frames choose which frames of a video are decoded and shown (default 2 a second).
+    """
+
+    max_pixels: int | None = None
+    min_pixels: int | None = None
+    video_fps: float | None = None
+    video_frames: int | None = None
+
+    def __post_init__(self):
+        problems = media_size_problems(self.max_pixels, self.min_pixels, self.video_fps, self.video_frames)
+        if problems:
+            raise UserError("; ".join(p.replace("max_pixels", "--max-pixels").replace("min_pixels", "--min-pixels")
+                                      .replace("video_fps", "--video-fps").replace("video_frames", "--video-frames")
+                                      for p in problems))
+
+    @property
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.max_pixels, self.min_pixels, self.video_fps, self.video_frames))
+
+    def apply(self, processor, *, strict: bool = True):
+        """Set the pixel bounds on `processor` (returned). A processor that resizes to a fixed size
+        is a UserError when `strict` (the user named one model), else left as it is (a server's
+        other models)."""
+        if self.max_pixels is None and self.min_pixels is None:
+            return processor
+        from mmtune.models.vision import resizes_by_area, set_pixel_bounds
+
+        if strict or resizes_by_area(processor):
+            set_pixel_bounds(processor, max_pixels=self.max_pixels, min_pixels=self.min_pixels)
+        return processor
+
+
+NO_LIMITS = MediaSizes()
 
 
 def check_ref(ref: str, kind: str, policy: MediaPolicy, sample_root: str | None = None) -> str:

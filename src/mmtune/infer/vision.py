@@ -28,7 +28,7 @@ from typing import Any
 
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
-from mmtune.infer.media import LOCAL, MediaPolicy, load_media
+from mmtune.infer.media import LOCAL, NO_LIMITS, MediaPolicy, MediaSizes, load_media
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # prefill inputs that are not per-token tensors the decode loop pads/extends itself
@@ -120,8 +120,10 @@ def render_text(sample: Sample, processor) -> str:
     return _render(view, vision_messages(sample), sample.tools or None, gen=True, sample=sample)
 
 
-def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL) -> dict[str, Any]:
-    """The processor's left-padded batch for `samples`: input_ids, attention_mask, media tensors."""
+def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL, sizes: MediaSizes = NO_LIMITS
+           ) -> dict[str, Any]:
+    """The processor's left-padded batch for `samples`: input_ids, attention_mask, media tensors
+    (videos sampled as `sizes` says; the processor carries the pixel bounds)."""
     from mmtune.infer.media import check_refs
 
     for sample in samples:  # every refusal before any download or decoding
@@ -129,7 +131,7 @@ def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL) -> dic
     texts, images, videos = [], [], []
     for sample in samples:
         texts.append(render_text(sample, processor))
-        imgs, vids = load_media(sample, policy)
+        imgs, vids = load_media(sample, policy, video_fps=sizes.video_fps, video_frames=sizes.video_frames)
         images.append(imgs)  # per prompt: processors that batch by sample (Gemma 3, Mllama) need it
         videos += vids
     try:

@@ -70,17 +70,30 @@ def load_processor(path: str, *, max_pixels: int | None = None, min_pixels: int 
     return processor
 
 
+def _media_processors(processor) -> list:
+    return [p for p in (processor.image_processor, getattr(processor, "video_processor", None)) if p is not None]
+
+
+def _by_area(proc) -> bool:
+    keys = dict(getattr(proc, "size", None) or {})
+    return "longest_edge" in keys and "shortest_edge" in keys and hasattr(proc, "merge_size")
+
+
+def resizes_by_area(processor) -> bool:
+    """Whether --max-pixels/--min-pixels apply: the image (and video) processors bound the area."""
+    return all(_by_area(p) for p in _media_processors(processor))
+
+
 def set_pixel_bounds(processor, *, max_pixels: int | None, min_pixels: int | None) -> None:
     """--max-pixels/--min-pixels onto the image (and video) processor's `size`."""
-    targets = [p for p in (processor.image_processor, getattr(processor, "video_processor", None)) if p is not None]
-    for proc in targets:
-        size = getattr(proc, "size", None)
-        keys = dict(size) if size is not None else {}
-        if "longest_edge" not in keys or "shortest_edge" not in keys or not hasattr(proc, "merge_size"):
-            raise UserError(
-                f"--max-pixels/--min-pixels apply to models that resize images by area (the Qwen2-VL family); "
-                f"{type(processor).__name__} resizes to a fixed size: drop these settings"
-            )
+    if not resizes_by_area(processor):
+        raise UserError(
+            f"--max-pixels/--min-pixels apply to models that resize images by area (the Qwen2-VL family); "
+            f"{type(processor).__name__} resizes to a fixed size: drop these settings"
+        )
+    for proc in _media_processors(processor):
+        size = proc.size
+        keys = dict(size)
         if max_pixels is not None:
             keys["longest_edge"] = int(max_pixels)
         if min_pixels is not None:
