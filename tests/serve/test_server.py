@@ -119,7 +119,7 @@ def test_errors_are_openai_errors(client, url):
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model=A, messages=messages("x" * 30_000))
-    assert e.value.status_code == 413
+    assert e.value.status_code == 413 and "--max-request-mb" in str(e.value)
     chunked = httpx.post(
         f"{url}/v1/chat/completions",
         content=iter([b"{" + b" " * 30_000 + b"}"]),
@@ -164,3 +164,16 @@ def test_twenty_concurrent_streams_all_complete(url, pool):
     assert max(b["running"] for b in seen) == 3  # never more than --max-concurrency at once...
     assert any(b["running"] == 3 and b["waiting"] > 0 for b in seen)  # ...the queue held the rest, none dropped
     assert latency < 2.0  # the event loop is not blocked by generation
+
+
+def test_request_size_flag(capsys):
+    """--max-request-mb sets the body limit (default 20 MiB: a base64 phone photo fits); a bad value
+    fails before any model loads."""
+    from mmtune.cli import main
+    from mmtune.commands.serve import body_limit
+    from mmtune.serve.app import MAX_BODY_BYTES
+
+    assert body_limit(None) == MAX_BODY_BYTES == 20 * 2**20 and body_limit(1.5) == 3 * 2**19
+    assert main(["serve", "/nonexistent/model", "--max-request-mb", "0"]) == 2
+    assert "--max-request-mb must be > 0" in capsys.readouterr().err
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from mmtune.errors import UserError
+
 EPILOG = """\
 The same server runs the fine-tuning jobs API (/v1/files, /v1/fine_tuning/jobs; see
 `mmtune jobs --help`) and serves each job's model (`ft:...`) as soon as the job succeeds.
@@ -51,6 +53,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
     p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="largest request body in MiB, base64 images included; larger ones get a 413 (default: 20)",
+    )
+    p.add_argument(
         "--media-root",
         default=None,
         metavar="DIR",
@@ -80,15 +89,28 @@ def run(args: argparse.Namespace) -> int:
     from mmtune.serve.app import create_app
     from mmtune.serve.pool import build_pool
 
-    media = MediaPolicy.server(args.media_root, args.allow_remote_media)  # a bad --media-root fails first
+    media = MediaPolicy.server(args.media_root, args.allow_remote_media)  # bad flags fail before models load
+    limit = body_limit(args.max_request_mb)
     pool = build_pool(args.models, dtype=args.dtype, sizes=media_sizes(args))
     extra = {} if args.no_jobs else jobs_extension(args, pool)
-    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media, **extra)
+    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media,
+                     max_body_bytes=limit, **extra)
     print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
     if not args.no_jobs:
         print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def body_limit(mb: float | None) -> int:
+    """--max-request-mb in bytes."""
+    from mmtune.serve.app import MAX_BODY_BYTES
+
+    if mb is None:
+        return MAX_BODY_BYTES
+    if not mb > 0:
+        raise UserError(f"--max-request-mb must be > 0 (got {mb:g}); the default is 20")
+    return int(mb * 1024 * 1024)
 
 
 def jobs_extension(args: argparse.Namespace, pool) -> dict:

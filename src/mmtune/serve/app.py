@@ -45,7 +45,8 @@ from mmtune.infer.media import MediaPolicy
 from mmtune.serve.pool import ModelPool
 from mmtune.serve.schemas import ChatCompletionRequest, error_body
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_MB = 20  # a phone photo as a base64 data: URL fits (OpenAI takes images up to 20 MB)
+MAX_BODY_BYTES = MAX_BODY_MB * 1024 * 1024
 MAX_N = 8
 _END = object()
 
@@ -175,9 +176,14 @@ async def _limit_body(request: Request, call_next):
 def _too_large(limit: int) -> ApiError:
     return ApiError(
         413,
-        f"request body is larger than {limit} bytes: send a shorter conversation",
+        f"request body is larger than {_size(limit)}: send a shorter conversation or smaller images (or start "
+        f"the server with a larger --max-request-mb)",
         code="request_too_large",
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 async def read_json_body(request: Request) -> Any:
