@@ -18,6 +18,7 @@ against this machine's peak measured here with a large fp32 matmul (bf16 on a GP
 
     python bench/train_throughput.py                     # SmolLM2-135M, 64 rows, batch 8, 8 steps
     python bench/train_throughput.py --trl-steps 8 --order plain,mmtune,trl
+    python bench/train_throughput.py --random-like qwen2.5-0.5b-instruct --rows 256 --max-length 1024   # a GPU
 """
 
 from __future__ import annotations
@@ -76,10 +77,14 @@ def rss_bytes() -> int:
 
 
 class PeakRSS:
-    """Highest resident set size while the block runs (sampled every 20 ms)."""
+    """Highest resident set size while the block runs (sampled every 20 ms), and on a GPU the
+    highest memory torch allocated there (`gpu`, None without one)."""
 
     def __enter__(self):
-        self.peak, self._stop = rss_bytes(), threading.Event()
+        self.peak, self._stop, self.gpu = rss_bytes(), threading.Event(), None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
@@ -92,6 +97,8 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
+        if torch.cuda.is_available():
+            self.gpu = torch.cuda.max_memory_allocated()
 
 
 class CountingCollator:
@@ -172,6 +179,35 @@ def load_base(a):
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
+def random_model(name: str, tokenizer_from: str, layers: int | None, folder: Path, seed: int) -> Path:
+    """A randomly initialised model with the shape of registry entry `name` (its vocabulary size
+    too, so the output layer costs what it does for real), saved with `tokenizer_from`'s tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mmtune.models.loader import load_tokenizer
+    from mmtune.models.registry import find_spec
+
+    spec = find_spec(name)
+    if spec is None or spec.kind != "text" or spec.mla is not None:
+        raise SystemExit(f"--random-like {name}: give a text model from `mmtune models` (not MLA)")
+    tokenizer = load_tokenizer(tokenizer_from)
+    config = AutoConfig.for_model(
+        spec.model_type, hidden_size=spec.hidden_size, num_hidden_layers=layers or spec.num_layers,
+        intermediate_size=spec.intermediate_size, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim or spec.hidden_size // spec.num_heads,
+        vocab_size=max(spec.vocab_size, len(tokenizer)), tie_word_embeddings=spec.tie_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"random {spec.model_type} shaped like {name}: {config.num_hidden_layers} layers, {n / 1e9:.3f}B "
+          f"parameters, in {folder}")
+    return folder
+
+
 def run_mmtune(a, data_file: Path, rows, work: Path) -> tuple[Result, dict]:
     from mmtune.config import resolve_config
     from mmtune.train import sft
@@ -200,7 +236,7 @@ def run_mmtune(a, data_file: Path, rows, work: Path) -> tuple[Result, dict]:
               if "loss" in json.loads(x)]
     c = counter["c"]
     return Result("mmtune", summary["steps"], summary["train_runtime_s"], c.tokens, c.supervised, c.pairs, rss.peak,
-                  None, losses[0], losses[-1]), summary
+                  rss.gpu, losses[0], losses[-1]), summary
 
 
 def run_plain(a, rows, work: Path) -> Result:
@@ -218,7 +254,7 @@ def run_plain(a, rows, work: Path) -> Result:
         metrics = trainer.train().metrics
     losses = train_losses(trainer.state.log_history)
     return Result("plain", trainer.state.global_step, metrics["train_runtime"], collator.tokens, collator.supervised,
-                  collator.pairs, rss.peak, None, losses[0], losses[-1])
+                  collator.pairs, rss.peak, rss.gpu, losses[0], losses[-1])
 
 
 def run_trl(a, rows, work: Path) -> Result:
@@ -239,7 +275,7 @@ def run_trl(a, rows, work: Path) -> Result:
     losses = train_losses(trainer.state.log_history)
     gc_on = trainer.args.gradient_checkpointing
     return Result("trl", trainer.state.global_step, metrics["train_runtime"], counter.tokens, counter.supervised,
-                  counter.pairs, rss.peak, None, losses[0], losses[-1],
+                  counter.pairs, rss.peak, rss.gpu, losses[0], losses[-1],
                   note=f"gradient checkpointing {'on' if gc_on else 'off'}")
 
 
@@ -250,10 +286,12 @@ def flops_of(r: Result, per_token: float, per_pair: float) -> float:
     return per_token * r.tokens + per_pair * r.pairs
 
 
-def print_table(results: list[Result], per_token: float, per_pair: float, peak: float) -> None:
+def print_table(results: list[Result], per_token: float, per_pair: float, peak: float, head_weights: int = 0) -> None:
     mm = next((r for r in results if r.name == "mmtune"), None)
+    on_gpu = any(r.peak_gpu is not None for r in results)
+    gpu_head = f" {'peak GPU':>9}" if on_gpu else ""
     head = (f"{'trainer':8} {'steps':>5} {'loop s':>8} {'sup tok/s':>10} {'vs':>6} {'tok/s':>8} {'GFLOP/s':>8} "
-            f"{'MFU':>6} {'peak RSS':>9} {'loss@1':>8} {'final':>8}  note")
+            f"{'MFU':>6} {'peak RSS':>9}{gpu_head} {'loss@1':>8} {'final':>8}  note")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -261,7 +299,8 @@ def print_table(results: list[Result], per_token: float, per_pair: float, peak: 
         ratio = f"{(mm.supervised / mm.runtime_s) / sps:.2f}x" if mm and r is not mm else "-"
         fl = flops_of(r, per_token, per_pair) / r.runtime_s
         print(f"{r.name:8} {r.steps:>5} {r.runtime_s:>8.1f} {sps:>10.1f} {ratio:>6} {r.tokens / r.runtime_s:>8.1f} "
-              f"{fl / 1e9:>8.1f} {100 * fl / peak:>5.1f}% {r.peak_rss / 2**30:>7.2f}G {r.first_loss:>8.4f} "
+              f"{fl / 1e9:>8.1f} {100 * fl / peak:>5.1f}% {r.peak_rss / 2**30:>7.2f}G"
+              f"{f' {(r.peak_gpu or 0) / 2**30:>8.2f}G' if on_gpu else ''} {r.first_loss:>8.4f} "
               f"{r.final_loss:>8.4f}  {r.note}")
     print("'vs' = mmtune's supervised tokens/s divided by this trainer's; MFU = model FLOP/s (4N per real token "
           "for LoRA + causal attention) / measured peak")
@@ -272,6 +311,12 @@ def print_table(results: list[Result], per_token: float, per_pair: float, peak: 
                 print(f"first-step loss {r.name} vs mmtune: {100 * d1:.2f}% apart"
                       + ("" if r.steps != mm.steps else
                          f"; final: {100 * abs(r.final_loss - mm.final_loss) / mm.final_loss:.2f}% apart"))
+        if head_weights:  # the model FLOPs above count the output layer on every token; mmtune runs it on targets only
+            model_fl = flops_of(mm, per_token, per_pair)
+            run_fl = model_fl - 4 * head_weights * (mm.tokens - mm.supervised)
+            print(f"mmtune runs the output layer ({head_weights / 1e6:.1f}M weights) on its {mm.supervised} target positions "
+                  f"only, not all {mm.tokens}: the FLOPs it actually executes are {100 * run_fl / model_fl:.1f}% of "
+                  f"the model FLOPs counted, a hardware utilisation of {100 * run_fl / mm.runtime_s / peak:.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=32)
     p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--random-like", metavar="NAME",
+                   help="instead of --model: a randomly initialised model shaped like this registry entry (e.g. "
+                   "qwen2.5-0.5b-instruct), with --model's tokenizer; needs no download (GPU runs)")
+    p.add_argument("--layers", type=int, help="with --random-like: this many layers instead of the entry's")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--order", default="mmtune,plain,trl")
@@ -300,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmtune.train.throughput import measure_peak_flops, model_flops
 
     work = Path(tempfile.mkdtemp(prefix="mmtune-bench-"))
+    if a.random_like:
+        a.model = str(random_model(a.random_like, a.model, a.layers, work / "random", a.seed))
     data_file = work / "chat.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in make_rows(a.rows, a.seed)))
     cfg = resolve_config({"model": a.model, "data": [str(data_file)], "max_length": a.max_length, "seed": a.seed})
@@ -322,10 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         results.append(runners[name]())
         print(f"--- {name}: {time.perf_counter() - t:.0f} s in all; load average after {load_now()}", flush=True)
-    per_token, per_pair = model_flops(load_base(a), full=False)
+    base = load_base(a)
+    per_token, per_pair = model_flops(base, full=False)
+    head_weights = base.get_output_embeddings().weight.numel()
     print(f"\n{a.model}, LoRA r{a.lora_rank} all-linear, batch {a.batch_size}, max length {a.max_length}, "
           f"{a.precision}; peak {peak / 1e9:.1f} GFLOP/s")
-    print_table(results, per_token, per_pair, peak)
+    print_table(results, per_token, per_pair, peak, head_weights)
     if a.json:
         a.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     return 0
