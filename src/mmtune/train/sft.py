@@ -219,6 +219,8 @@ def apply_method(model, cfg: TrainConfig):
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from mmtune.train.lora_dropout import use_sparse_lora_dropout
+
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing,
@@ -227,6 +229,7 @@ def apply_method(model, cfg: TrainConfig):
                       target_modules=resolve_lora_targets(model, cfg), use_dora=cfg.use_dora,
                       use_rslora=cfg.use_rslora, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    use_sparse_lora_dropout(model)  # same dropout distribution, ~20x fewer random draws (train/lora_dropout.py)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
