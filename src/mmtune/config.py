@@ -385,4 +385,3 @@ def media_size_problems(max_pixels: int | None, min_pixels: int | None, video_fp
         (not (video_fps and video_frames), "set video_fps or video_frames, not both"),
     ]
     return [msg for ok, msg in checks if not ok]
-

@@ -104,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
 
 def body_limit(mb: float | None) -> int:
     """--max-request-mb in bytes."""
-    from mmtune.serve.app import MAX_BODY_BYTES
+    from mmtune.serve.app import MAX_BODY_BYTES, MAX_BODY_MB
 
     if mb is None:
         return MAX_BODY_BYTES
     if not mb > 0:
-        raise UserError(f"--max-request-mb must be > 0 (got {mb:g}); the default is 20")
+        raise UserError(f"--max-request-mb must be > 0 (got {mb:g}); the default is {MAX_BODY_MB}")
     return int(mb * 1024 * 1024)
 
 

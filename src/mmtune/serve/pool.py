@@ -15,6 +15,7 @@ from typing import Any
 
 from mmtune.errors import UserError
 from mmtune.infer.artifacts import adapter_base, is_adapter_dir, model_name
+from mmtune.infer.media import NO_LIMITS, MediaSizes
 
 
 @dataclass
@@ -25,7 +26,7 @@ class ModelPool:
     sources: list[Callable[[], Mapping[str, str | Path]]] = field(default_factory=list)
     dtype: Any = None
     device: str | None = None
-    sizes: Any = None  # mmtune.infer.media.MediaSizes for every engine, applied where a processor takes them
+    sizes: MediaSizes = NO_LIMITS  # for every engine, applied where a model's processor takes them
 
     def __post_init__(self):
         seen: dict[str, Any] = {}
@@ -69,7 +70,8 @@ class ModelPool:
             if engine is not None:
                 engine.add_adapter(name, path)
             else:
-                engine = Engine(path, name=name, dtype=self.dtype, device=self.device, **_sized(self.sizes))
+                engine = Engine(path, name=name, dtype=self.dtype, device=self.device, sizes=self.sizes,
+                                strict_sizes=False)
                 self.engines.append(engine)
             for n in engine.names:
                 self._by_name.setdefault(n, engine)
@@ -90,15 +92,10 @@ def parse_model_arg(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-def _sized(sizes) -> dict:
-    """Engine arguments for a server's media sizes: they apply to the models whose processor takes them."""
-    return {} if sizes is None else {"sizes": sizes, "strict_sizes": False}
-
-
-def build_pool(models: Sequence[str], *, dtype: Any = None, device: str | None = None, sizes: Any = None
-               ) -> ModelPool:
-    """Load every model argument; adapters with the same base share one Engine. `sizes` (MediaSizes)
-    bound the media of the vision models among them."""
+def build_pool(models: Sequence[str], *, dtype: Any = None, device: str | None = None,
+               sizes: MediaSizes = NO_LIMITS) -> ModelPool:
+    """Load every model argument; adapters with the same base share one Engine. `sizes` bound the
+    media of the vision models among them whose processor takes them (the others keep theirs)."""
     from mmtune.infer.engine import Engine
 
     if not models:
@@ -115,12 +112,12 @@ def build_pool(models: Sequence[str], *, dtype: Any = None, device: str | None =
             plain.append((name, path))
     engines = []
     for base, adapters in groups.items():
-        engine = Engine(base, adapters=adapters, dtype=dtype, device=device, **_sized(sizes))
+        engine = Engine(base, adapters=adapters, dtype=dtype, device=device, sizes=sizes, strict_sizes=False)
         engine.default_model = next(iter(adapters))
         engines.append(engine)
     served_bases = {e.base for e in engines}
     for name, path in plain:
         if name is None and path in served_bases:
             continue  # already served as the base under its adapters
-        engines.append(Engine(path, name=name, dtype=dtype, device=device, **_sized(sizes)))
+        engines.append(Engine(path, name=name, dtype=dtype, device=device, sizes=sizes, strict_sizes=False))
     return ModelPool(engines, dtype=dtype, device=device, sizes=sizes)

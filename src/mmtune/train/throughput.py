@@ -6,9 +6,10 @@ every matmul weight (every `nn.Linear`, the output layer included, LoRA's small 
 out) costs 2 FLOPs per token forward; the backward pass costs twice that again when the
 weights train (full: 6N per token) and once when only activation gradients flow through
 frozen weights (LoRA: 4N); a run that trains some weights in full and freezes the rest (a vision
-tower and projector on a frozen language model) counts each weight by what it does. Causal attention adds 4 x heads x head_dim FLOPs per layer for each
-(query, key) pair a token really attends to forward, 3x that for training. The peak is
-measured, not looked up: a large matmul in the training precision, best of a few.
+tower and projector on a frozen language model) counts each weight by what it does. Causal
+attention adds 4 x heads x head_dim FLOPs per layer for each (query, key) pair a token really
+attends to forward, 3x that for training. The peak is measured, not looked up: a large matmul
+in the training precision, best of a few.
 """
 
 from __future__ import annotations
