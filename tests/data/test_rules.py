@@ -171,7 +171,7 @@ def test_swift_tag_count_mismatch(tmp_path):
 
 def test_unknown_format(tmp_path):
     p = tmp_path / "u.jsonl"
-    p.write_text('{"prompt": "a", "completion": "b"}\n')
+    p.write_text('{"question": "a", "answer": "b"}\n')
     findings, rep = found(p)
     assert (1, "unknown-format", "", "error") in findings and rep.format == "unknown"
 

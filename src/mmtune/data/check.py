@@ -13,6 +13,7 @@ from mmtune.data.reader import FileReader, ReadOptions
 class FileReport:
     path: str
     format: str = ""
+    kind: str = ""  # sft | preference | unpaired-preference | text
     rows: int = 0
     errors: int = 0
     warnings: int = 0
@@ -22,6 +23,7 @@ class FileReport:
         return {
             "path": self.path,
             "format": self.format,
+            "kind": self.kind,
             "rows": self.rows,
             "findings": [f.to_dict() for f in self.findings],
         }
@@ -32,9 +34,9 @@ def iter_findings(path: str, options: ReadOptions, report: FileReport) -> Iterat
     reader = FileReader(path, replace(options, samples=False))
     for result in reader:
         if not report.format:
-            report.format = reader.format
+            report.format, report.kind = reader.format, reader.kind
         yield from result.findings
-    report.format, report.rows = reader.format, reader.rows
+    report.format, report.kind, report.rows = reader.format, reader.kind, reader.rows
     report.errors, report.warnings = reader.errors, reader.warnings
 
 

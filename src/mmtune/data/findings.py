@@ -27,11 +27,18 @@ class Finding:
 class Collector:
     """Collects findings for one row; parsers and rules report into it."""
 
-    __slots__ = ("line", "findings")
+    __slots__ = ("line", "findings", "once")
 
-    def __init__(self, line: int):
+    def __init__(self, line: int, once: set | None = None):
         self.line = line
         self.findings: list[Finding] = []
+        self.once = once if once is not None else set()  # keys already warned about in this file
+
+    def warn_once(self, key: str, field: str, rule: str, message: str) -> None:
+        """A warning given at the first row of a file it applies to (e.g. a key mmtune does not read)."""
+        if (rule, key) not in self.once:
+            self.once.add((rule, key))
+            self.warn(field, rule, message + " (reported once per file, at the first row that has it)")
 
     def error(self, field: str, rule: str, message: str) -> None:
         self.findings.append(Finding(ERROR, self.line, field, rule, message))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +29,13 @@ class RawRow:
 
 
 def container_of(path: str) -> str:
-    """'jsonl' or 'array', from the extension and, for .json, the first non-blank byte."""
+    """'jsonl', 'array' or 'txt' (one plain-text document a line), from the extension and,
+    for .json, the first non-blank byte."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".jsonl":
         return "jsonl"
+    if ext == ".txt":
+        return "txt"
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"["):
@@ -40,10 +44,66 @@ def container_of(path: str) -> str:
 
 
 def iter_rows(path: str) -> Iterator[RawRow]:
-    if container_of(path) == "array":
+    container = container_of(path)
+    if container == "array":
         yield from _iter_array(path)
+    elif container == "txt":
+        yield from _iter_txt(path)
     else:
         yield from _iter_jsonl(path)
+
+
+def _iter_txt(path: str) -> Iterator[RawRow]:
+    """A .txt file: each non-blank line is one document, read as the row {"text": line}."""
+    index = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"line is not valid UTF-8 (byte {e.start}): save the file as UTF-8"
+                yield RawRow(lineno, index, error=Finding(ERROR, lineno, "", "utf8", msg), text=raw)
+            else:
+                yield RawRow(lineno, index, {"text": text.rstrip("\r\n")}, text=raw)
+            index += 1
+
+
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any, field: str = "") -> str | None:
+    """The field of the first string (or key) holding a lone UTF-16 surrogate such as "\\ud800":
+    JSON allows the escape, but the text cannot be encoded as UTF-8, so no tokenizer takes it."""
+    if isinstance(value, str):
+        return field if SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            f = f"{field}.{k}" if field else str(k)
+            if SURROGATE.search(k):
+                return f
+            hit = lone_surrogate(v, f)
+            if hit is not None:
+                return hit
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            hit = lone_surrogate(v, f"{field}[{i}]")
+            if hit is not None:
+                return hit
+    return None
+
+
+def _surrogate_row(value: Any, lineno: int, index: int, raw: bytes = b"") -> RawRow | None:
+    where = lone_surrogate(value)
+    if where is None:
+        return None
+    msg = ("the text holds a lone surrogate escape (such as \\ud800) that is not a character and cannot be "
+           "written as UTF-8: remove it or write the whole character (a surrogate pair)")
+    return RawRow(lineno, index, error=Finding(ERROR, lineno, where, "utf8", msg), text=raw)
 
 
 try:  # 3x faster parsing of JSON Lines; the standard library decides every row orjson refuses
@@ -77,13 +137,21 @@ def _slow_row(raw: bytes, lineno: int, index: int) -> RawRow:
         msg = f"line is not valid UTF-8 (byte {e.start}): save the file as UTF-8"
         return RawRow(lineno, index, error=Finding(ERROR, lineno, "", "utf8", msg), text=raw)
     try:
-        return RawRow(lineno, index, json.loads(text), text=raw)
+        value = json.loads(text)
+    except RecursionError:
+        msg = "the JSON is nested too deeply to read: flatten the row"
+        return RawRow(lineno, index, error=Finding(ERROR, lineno, "", "invalid-json", msg), text=raw)
     except json.JSONDecodeError as e:
         msg = (
             f"invalid JSON at column {e.colno}: {e.msg}. Each line must be one complete "
             "JSON object (no line breaks inside a row, no trailing commas)"
         )
         return RawRow(lineno, index, error=Finding(ERROR, lineno, "", "invalid-json", msg), text=raw)
+    if SURROGATE_ESCAPE.search(text):  # the fast parser refuses lone surrogates: only this path sees them
+        bad = _surrogate_row(value, lineno, index, raw)
+        if bad is not None:
+            return bad
+    return RawRow(lineno, index, value, text=raw)
 
 
 def _iter_array(path: str) -> Iterator[RawRow]:
@@ -148,6 +216,10 @@ def _iter_array_utf8(path: str) -> Iterator[RawRow]:
                 try:
                     value, end = decoder.raw_decode(buf, pos)
                     break
+                except RecursionError:
+                    msg = f"array element {index} is nested too deeply to read: flatten it"
+                    yield RawRow(line, index, error=Finding(ERROR, line, "", "invalid-json", msg))
+                    return
                 except json.JSONDecodeError as e:
                     if reader.eof or len(buf) - pos > MAX_ELEMENT:
                         eline = line + buf.count("\n", pos, e.pos)
@@ -156,7 +228,8 @@ def _iter_array_utf8(path: str) -> Iterator[RawRow]:
                         return
                     buf = buf[pos:] + reader.read()
                     pos = 0
-            yield RawRow(line, index, value)
+            bad = _surrogate_row(value, line, index) if SURROGATE_ESCAPE.search(buf, pos, end) else None
+            yield bad or RawRow(line, index, value)
             line += buf.count("\n", pos, end)
             pos = end
             index += 1

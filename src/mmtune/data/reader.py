@@ -16,7 +16,8 @@ from typing import Any
 
 from mmtune.data import rules
 from mmtune.data.findings import ERROR, WARNING, Collector, Finding
-from mmtune.data.formats import FORMATS, detect_row, openai
+from mmtune.data.formats import ALL_KEYS, FORMATS, detect_row, openai
+from mmtune.data.formats.common import UNSUPPORTED_KEYS
 from mmtune.data.media import MediaChecker
 from mmtune.data.rawio import container_of, iter_rows
 from mmtune.data.schema import Sample, Source
@@ -58,12 +59,14 @@ class ReadResult:
 
 
 class FileReader:
-    """Reads one file; after iteration, `format`, `rows`, `errors`, `warnings` describe it."""
+    """Reads one file; after iteration, `format`, `kind`, `rows`, `errors`, `warnings` describe it."""
 
     def __init__(self, path: str, options: ReadOptions | None = None):
         self.path = path
         self.opts = options or ReadOptions()
         self.format = self.opts.fmt or ""
+        self.kind = ""  # sft | preference | unpaired-preference | text, decided from the first rows
+        self._once: set = set()
         self.rows = self.errors = self.warnings = 0
         root = self.opts.media_root or os.path.dirname(os.path.abspath(path))
         self.media_root = root
@@ -94,6 +97,7 @@ class FileReader:
             return
         if not self.format:
             self.format = self._detect(first)
+        self.kind = self._detect_kind(first)
         plain = getattr(FORMATS.get(self.format), "is_plain_clean", None)
         self._plain = plain if self.opts.count_tokens is None else None
         for raw in itertools.chain(first, rows):
@@ -118,8 +122,19 @@ class FileReader:
                 votes[name] = votes.get(name, 0) + 1
         return max(votes, key=votes.get) if votes else "unknown"
 
+    def _detect_kind(self, first) -> str:
+        module = FORMATS.get(self.format)
+        if module is None:
+            return "sft"
+        votes: dict[str, int] = {}
+        for raw in first:
+            if raw.error is None and isinstance(raw.value, dict) and module.detect(raw.value):
+                k = module.kind_of(raw.value)
+                votes[k] = votes.get(k, 0) + 1
+        return max(votes, key=votes.get) if votes else "sft"
+
     def _read_row(self, raw) -> ReadResult:
-        out = Collector(raw.line)
+        out = Collector(raw.line, self._once)
         result = ReadResult(raw.line, raw.index, raw.value, findings=out.findings)
         if raw.error is not None:
             out.findings.append(raw.error)
@@ -143,7 +158,7 @@ class FileReader:
             out.error("", "format-mismatch", f"this row is in {row_fmt} shape but the file is {self.format}: "
                       "convert it (mmtune data convert) or keep one format per file")
             return result
-        if not self.opts.samples and self._plain is not None and self._plain(raw.value):
+        if not self.opts.samples and self._plain is not None and self.kind == "sft" and self._plain(raw.value):
             return result  # provably clean, and no sample wanted: skip building one
         if self.opts.rules == "strict":
             if not self.opts.samples:
@@ -154,16 +169,36 @@ class FileReader:
                 parsed.sample.source = Source(self.path, raw.line, raw.index)
                 result.sample = parsed.sample
             return result
-        parsed = FORMATS[self.format].parse(raw.value, out, self.media_root)
+        module = FORMATS[self.format]
+        if not raw.value.keys() <= module.KEYS:
+            self._unknown_keys(raw.value, module, out)
+        parsed = module.parse(raw.value, out, self.media_root)
         if parsed is None:
             return result
         parsed.sample.source = Source(self.path, raw.line, raw.index)
         result.sample = parsed.sample
+        if parsed.sample.kind != self.kind:
+            out.error("", "kind-mismatch", f"this row is {parsed.sample.kind} data but the file is {self.kind} data: "
+                      "keep one kind per file (SFT, preference pairs, KTO rows and plain text train differently)")
         # a row whose parse already failed somewhere is missing messages: skip the rules that
         # would only repeat that (order, "no assistant"), keep the independent ones (media)
-        rules.check_sample(parsed.sample, parsed.fields, out, self.media, partial=out.has_errors)
+        rules.check_parsed(parsed, out, self.media, partial=out.has_errors)
         self._length(parsed.sample, out)
         return result
+
+    def _unknown_keys(self, row: dict, module, out: Collector) -> None:
+        """A key the reader does not understand is never ignored silently: an error where it would
+        change what trains (media mmtune cannot train, another format's fields), else a warning."""
+        for key in row.keys() - module.KEYS:
+            if key in UNSUPPORTED_KEYS:
+                out.error(key, "unsupported-field", UNSUPPORTED_KEYS[key])
+            elif key in ALL_KEYS:
+                out.error(key, "unknown-key", f"'{key}' is not a field of {self.format} rows (it belongs to another "
+                          f"format): keep one shape per row, or rename the field ({self.format} reads "
+                          f"{', '.join(sorted(module.KEYS))})")
+            else:
+                out.warn_once(key, key, "unknown-key", f"'{key}' is not read by mmtune and is ignored "
+                              f"({self.format} reads {', '.join(sorted(module.KEYS))})")
 
     def _dedupe(self, raw, out: Collector) -> None:
         key = hash(raw.text.strip()) if raw.text else hash(repr(raw.value))
@@ -224,7 +259,8 @@ class SeenRows:
 
 
 UNKNOWN = ("the row matches no known format: use openai {\"messages\"}, swift {\"query\", \"response\"}, "
-           "llava {\"conversations\"} or alpaca {\"instruction\", \"output\"} (see docs/data.md), or pass --format")
+           "llava {\"conversations\"}, alpaca {\"instruction\", \"output\"}, trl {\"prompt\", \"completion\"} or "
+           "text {\"text\"} (see docs/data.md), or pass --format")
 
 
 def read_samples(path: str, options: ReadOptions | None = None) -> Iterator[ReadResult]:

@@ -1,17 +1,22 @@
 """The checking rules (FORMATS.md, "What check means"). Rule ids are stable: tests, `--json`
 output and the jobs API name them. `docs/data.md` lists them all with examples.
 
-- `check_sample`: the default rules, on a parsed Sample (any format).
+- `check_parsed`: the default rules, on a parsed row of any format and kind (sft: `check_sample`;
+  preference pairs, KTO rows and plain text: their own rules below).
 - `check_strict_row`: the hosted-service rule set, exactly, on a raw chat row.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from mmtune.data.findings import Collector
 from mmtune.data.media import MediaChecker
 from mmtune.data.schema import Message, Sample
+
+if TYPE_CHECKING:
+    from mmtune.data.formats.common import Parsed
 
 SHORT_ANSWER = 2  # an assistant answer with fewer characters than this gets a warning
 
@@ -37,9 +42,89 @@ def check_sample(sample: Sample, fields: list[str], out: Collector, media: Media
         out.warn(fields[-1], "trailing-user", "the last message has no answer after it and will not be trained on")
 
 
-def _check_order(msgs: list[Message], fields: list[str], out: Collector) -> None:
+def check_parsed(parsed: Parsed, out: Collector, media: MediaChecker | None, partial: bool = False) -> None:
+    s = parsed.sample
+    kind = s.kind
+    if s.parallel_tool_calls is False:
+        for m, f in zip(s.all_messages(), parsed.fields + [f for fs in parsed.sides.values() for f in fs]):
+            if len(m.tool_calls) > 1:
+                out.error(f"{f}.tool_calls", "bad-tool-call", f"{len(m.tool_calls)} calls in one turn but the row sets "
+                          "parallel_tool_calls false: make one call per turn, or allow parallel calls")
+    if kind == "sft":
+        check_sample(s, parsed.fields, out, media, partial)
+    elif kind == "text":
+        if media is not None:
+            _check_parts_media(s.document or [], "text", s, out, media)
+        if not "".join(p.text for p in s.document or []).strip():
+            out.error("text", "empty-field", "the text is empty: write the document or remove the row")
+    else:
+        check_preference(parsed, out, media, partial)
+
+
+def check_preference(parsed: Parsed, out: Collector, media: MediaChecker | None, partial: bool = False) -> None:
+    """Preference pairs (prompt + chosen + rejected) and KTO rows (prompt + completion + label)."""
+    s = parsed.sample
+    prompt, pf = s.messages, parsed.fields
+    names = ("chosen", "rejected") if s.kind == "preference" else ("completion",)
+    sides = [(n, getattr(s, n) or [], parsed.sides.get(n, [])) for n in names]
+    for m, f in zip(prompt, pf):
+        _check_message(m, f, out)
+    for _, msgs, fs in sides:
+        for m, f in zip(msgs, fs):
+            _check_message(m, f, out)
+        _check_tools(prompt + msgs, pf + fs, out)
+    if media is not None:
+        for m, f in zip(s.all_messages(), pf + [f for _, _, fs in sides for f in fs]):
+            _check_parts_media(m.parts, f, s, out, media)
+    if partial:
+        return
+    if not prompt:
+        out.error(pf[0] if pf else "", "empty-field", "the prompt is empty: a preference row needs the question "
+                  "both answers reply to")
+        return
+    if prompt[-1].role == "assistant":
+        out.error(pf[-1], "not-alternating", "the prompt ends with an assistant message: it must end with the user "
+                  "turn (or tool result) the answers reply to")
+    for i, (name, msgs, fs) in enumerate(sides):
+        where = fs[0] if fs else name
+        if not any(m.text.strip() or m.tool_calls or m.media for m in msgs):
+            out.error(where, "empty-side", f"the {name} answer is empty: a preference row needs both answers "
+                      "(a KTO row its completion)")
+        elif msgs[0].role != "assistant" or any(m.role in ("user", "system") for m in msgs):
+            out.error(where, "bad-completion", f"the {name} answer must be assistant messages (with tool results "
+                      "between tool calls), not a new user or system turn")
+        else:
+            _check_order(prompt + msgs, pf + fs, out, start=0 if i == 0 else len(prompt))
+    if s.kind == "preference" and s.chosen and s.rejected:
+        if s.chosen == s.rejected:
+            out.error(sides[1][2][0] if sides[1][2] else "rejected", "identical-sides", "the chosen and the rejected "
+                      "answers are the same: there is nothing to prefer (fix the pair or remove it)")
+        elif bool([p for m in s.chosen for p in m.media]) != bool([p for m in s.rejected for p in m.media]):
+            out.warn(sides[1][2][0] if sides[1][2] else "rejected", "media-one-side", "one answer has media and "
+                     "the other has none: check both answers are complete")
+
+
+def _check_parts_media(parts, f: str, sample: Sample, out: Collector, media: MediaChecker) -> None:
+    for p in parts:
+        if p.type == "text":
+            continue
+        problem = media.check(p.type, p.ref, sample.media_root)
+        if problem is None:
+            continue
+        rule, message = problem
+        if rule == "media-remote":
+            out.warn(f, rule, message)
+        else:
+            out.error(f, rule, message)
+
+
+def _check_order(msgs: list[Message], fields: list[str], out: Collector, start: int = 0) -> None:
+    """Order rules; with `start`, only the messages from there on are judged (those before are context)."""
     prev = None
     for i, (m, f) in enumerate(zip(msgs, fields)):
+        if i < start:
+            prev = m if m.role != "system" else prev
+            continue
         if m.role == "system":
             if i != 0:
                 out.error(f"{f}.role", "system-not-first", "a system message must be the first message: move it to the top")
@@ -107,15 +192,7 @@ def _check_tools(msgs: list[Message], fields: list[str], out: Collector) -> None
 
 def _check_media(sample: Sample, fields: list[str], out: Collector, media: MediaChecker) -> None:
     for m, f in zip(sample.messages, fields):
-        for p in m.media:
-            problem = media.check(p.type, p.ref, sample.media_root)
-            if problem is None:
-                continue
-            rule, message = problem
-            if rule == "media-remote":
-                out.warn(f, rule, message)
-            else:
-                out.error(f, rule, message)
+        _check_parts_media(m.parts, f, sample, out, media)
 
 
 # ----------------------------------------------------------------------------- strict rules

@@ -3,6 +3,14 @@
 A Sample is a conversation: an ordered list of Messages. A Message holds ordered Parts
 (text, image, video), so media sit exactly where the data put them. Formats are thin
 converters at the edges (data/formats/*); nothing else in mmtune looks at raw rows.
+
+A sample has one of four kinds (`Sample.kind`):
+- `sft`: `messages` is the conversation to learn from;
+- `preference`: `messages` is the prompt both sides share, `chosen` / `rejected` the better and
+  the worse completion (assistant messages, with tool calls and results where the data has them);
+- `unpaired-preference` (KTO): `messages` is the prompt, `completion` one completion and `label`
+  whether it is desirable (True) or undesirable (False);
+- `text` (continued pre-training): `document` holds the text, `messages` is empty.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ROLES = ("system", "user", "assistant", "tool")
+KINDS = ("sft", "preference", "unpaired-preference", "text")
 PART_TYPES = ("text", "image", "video")
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -59,6 +68,7 @@ class Message:
     tool_call_id: str | None = None  # on role "tool": which call this answers
     name: str | None = None  # on role "tool": the function's name, where the data gives it
     weight: float | None = None  # assistant turns: 0 = do not train on this turn; None = default (1)
+    reasoning: str | None = None  # assistant turns: the reasoning before the answer (`reasoning_content`)
 
     @property
     def text(self) -> str:
@@ -96,12 +106,41 @@ class Sample:
     tools: list[dict] | None = None  # JSON-schema function definitions (OpenAI `tools` shape)
     media_root: str | None = None  # folder that relative media paths are resolved against
     source: Source = field(default_factory=Source)
+    chosen: list[Message] | None = None  # preference: the better completion
+    rejected: list[Message] | None = None  # preference: the worse completion
+    completion: list[Message] | None = None  # unpaired preference: the one completion
+    label: bool | None = None  # unpaired preference: True = desirable, False = undesirable
+    document: list[Part] | None = None  # text: the document to continue pre-training on
+    parallel_tool_calls: bool | None = None  # OpenAI's row flag: may one turn make several calls?
 
     # Equality ignores where a sample came from: two samples with the same content are equal.
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sample):
             return NotImplemented
-        return (self.messages, self.tools) == (other.messages, other.tools)
+        return self._content() == other._content()
+
+    def _content(self) -> tuple:
+        return (self.messages, self.tools, self.chosen, self.rejected, self.completion, self.label, self.document,
+                self.parallel_tool_calls)
+
+    @property
+    def kind(self) -> str:
+        """`sft`, `preference`, `unpaired-preference` or `text` (see the module docstring)."""
+        if self.document is not None:
+            return "text"
+        if self.label is not None or self.completion is not None:
+            return "unpaired-preference"
+        if self.chosen is not None or self.rejected is not None:
+            return "preference"
+        return "sft"
+
+    def all_messages(self) -> list[Message]:
+        """Every message of the sample: the conversation or prompt, then each completion."""
+        out = list(self.messages)
+        for side in (self.chosen, self.rejected, self.completion):
+            if side:
+                out += side
+        return out
 
     @property
     def system(self) -> str | None:
@@ -110,7 +149,11 @@ class Sample:
         return None
 
     def media(self, kind: PartType | None = None) -> list[Part]:
-        return [p for m in self.messages for p in m.media if kind is None or p.type == kind]
+        """Media of every message (prompt and completions) and of the document, in order."""
+        parts = [p for m in self.all_messages() for p in m.media]
+        if self.document:
+            parts += [p for p in self.document if p.type != "text"]
+        return [p for p in parts if kind is None or p.type == kind]
 
     @property
     def images(self) -> list[Part]:

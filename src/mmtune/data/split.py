@@ -41,7 +41,7 @@ def split_file(path: str, val_ratio: float = 0.1, seed: int = 42, out_dir: str |
             raise UserError(f"{path}:{raw.line}: {raw.error.message}; fix the file before splitting")
         n += 1
     val = val_indices(n, val_ratio, seed)
-    if container_of(path) == "jsonl":
+    if container_of(path) in ("jsonl", "txt"):
         _split_lines(path, val, train_path, val_path)
     else:
         write_rows(train_path, (r.value for r in iter_rows(path) if r.index not in val), "array")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmtune.data.findings import Collector
 from mmtune.data.schema import Message, Part, Sample, ToolCall
@@ -26,10 +26,12 @@ class Capabilities:
 
 @dataclass
 class Parsed:
-    """A parsed row: the sample and, for each message, the field it came from."""
+    """A parsed row: the sample and, for each message, the field it came from (`fields` for
+    `sample.messages`; `sides["chosen"|"rejected"|"completion"]` for the completions)."""
 
     sample: Sample
     fields: list[str]
+    sides: dict[str, list[str]] = field(default_factory=dict)
 
 
 def normalize(parts: list[Part]) -> list[Part]:
@@ -196,3 +198,102 @@ def check_pairs(sample: Sample, fmt: str, can: Capabilities, lost: list[str]) ->
 
 
 lose = _lose
+
+
+# ----------------------------------------------------------------------------- shared by several formats
+PLURAL = {"image": "images", "video": "videos"}
+UNSUPPORTED_KEYS = {
+    "audios": "audio is not supported by mmtune: remove the audio (and its <audio> tags) or train with a tool "
+              "that takes audio",
+    "rejected_audios": "audio is not supported by mmtune",
+    "objects": "grounding `objects` (<ref-object>/<bbox> substitution) is not supported: write the boxes into "
+               "the text as the model expects them",
+}
+
+
+def parse_tools(row: dict, out: Collector, key: str = "tools") -> list[dict] | None:
+    """`tools` as a list of definitions or as a JSON string of one (ms-swift, LLaMA-Factory);
+    OpenAI's legacy `functions` (a list of bare function definitions) as tools of type function."""
+    tools = row.get(key)
+    if key == "tools" and tools is None and row.get("functions") is not None:
+        funcs = parse_tools(row, out, "functions")
+        return [{"type": "function", "function": f} for f in funcs] if funcs else None
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        if not tools.strip():
+            return None
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            out.error(key, "wrong-type", f"'{key}' is a string that is not JSON ({e.msg}): write a JSON list of "
+                      "function definitions")
+            return None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        out.error(key, "wrong-type", f"'{key}' must be a list of function definitions (JSON objects), "
+                  "or a JSON string of one")
+        return None
+    return tools or None
+
+
+def calls_from_json(value: object, f: str, out: Collector) -> list[ToolCall]:
+    """`{"name", "arguments"}` (or a list of them), as a JSON string or an object: the tool-call
+    shape of ShareGPT's function_call turns, ms-swift's tool_call role and LLaMA-Factory's parts."""
+    data = value
+    if isinstance(value, str):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError:
+            out.error(f, "bad-tool-call", 'a tool call must be JSON: {"name": ..., "arguments": {...}}')
+            return []
+    items = data if isinstance(data, list) else [data]
+    wrapped = []
+    for c in items:
+        if isinstance(c, dict) and "function" not in c:
+            c = {"type": "function", "function": {k: v for k, v in c.items() if k != "id"}, "id": c.get("id")}
+        wrapped.append(c)
+    return parse_tool_calls(wrapped, f, out)
+
+
+def completion_start(messages: list[Message]) -> int:
+    """Where the completion begins in a whole conversation: after the last user message."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            return i + 1
+    return len(messages)
+
+
+def check_label(value: object, key: str, out: Collector) -> bool | None:
+    """A KTO label: true (desirable) or false (undesirable). Strings "true"/"false" are read too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    out.error(key, "bad-label", f"'{key}' must be true (a desirable answer) or false (an undesirable one), "
+              f"not {value!r}: mmtune reads it as a KTO label (classification labels are not supported)")
+    return None
+
+
+def flatten_preference(sample: Sample, fmt: str, lost: list[str]) -> list[Message]:
+    """The messages a format without preference data would hold: the prompt plus the chosen
+    answer (or the one completion); what is dropped goes to `lost`."""
+    if sample.kind == "preference":
+        _lose(lost, f"the rejected answer ({fmt} cannot hold preference pairs)")
+        return sample.messages + (sample.chosen or [])
+    if sample.kind == "unpaired-preference":
+        _lose(lost, f"the desirable/undesirable label ({fmt} cannot hold KTO data)")
+        return sample.messages + (sample.completion or [])
+    if sample.kind == "text":
+        _lose(lost, f"the plain-text document ({fmt} holds conversations; it would become one assistant turn)")
+        return [Message("assistant", list(sample.document or []))]
+    return sample.messages
+
+
+def lose_extras(sample: Sample, fmt: str, lost: list[str]) -> None:
+    """What only openai holds: reasoning on assistant turns, the parallel_tool_calls flag."""
+    if any(m.reasoning for m in sample.all_messages()):
+        _lose(lost, f"reasoning (reasoning_content) on assistant turns ({fmt} has no place for it)")
+    if sample.parallel_tool_calls is not None:
+        _lose(lost, f"the parallel_tool_calls flag ({fmt} has no place for it)")

@@ -9,10 +9,14 @@ from mmtune.data.formats.common import (
     Capabilities,
     Parsed,
     attach_untagged_media,
+    check_label,
     check_pairs,
     check_tag_counts,
     count_tags,
+    flatten_preference,
     join_tags,
+    lose,
+    lose_extras,
     media_lists,
     normalize,
     split_tags,
@@ -80,6 +84,58 @@ def build(
     check_tag_counts(media, tagged, out, PLURAL)
     attach_untagged_media(messages, media, used)
     return Parsed(Sample(messages, None, media_root), fields)
+
+
+def preference(row: dict, out: Collector, parsed: Parsed, *, chosen: str | None, rejected: str,
+               label: str) -> Parsed:
+    """Preference keys of a pair format: the final answer is the chosen one (`chosen` names its key
+    when the format has one, else the last assistant turn is it) and `rejected` the other; or a
+    KTO `label` on the final answer."""
+    sample = parsed.sample
+    if rejected in row or (chosen is not None and chosen in row):
+        if chosen is not None:
+            text = text_field(row, chosen, out, required=True)
+            sample.chosen = [Message.simple("assistant", text or "")]
+            parsed.sides["chosen"] = [chosen]
+        else:
+            last = sample.messages.pop() if sample.messages and sample.messages[-1].role == "assistant" else None
+            sample.chosen = [last] if last is not None else []
+            parsed.sides["chosen"] = [parsed.fields.pop()] if last is not None else []
+        text = text_field(row, rejected, out, required=True)
+        sample.rejected = [Message.simple("assistant", text or "")]
+        parsed.sides["rejected"] = [rejected]
+    elif label in row:
+        last = sample.messages.pop() if sample.messages and sample.messages[-1].role == "assistant" else None
+        sample.completion = [last] if last is not None else []
+        parsed.sides["completion"] = [parsed.fields.pop()] if last is not None else []
+        value = check_label(row[label], label, out)
+        sample.label = value if value is not None else False
+    return parsed
+
+
+def dump_preference(sample: Sample, fmt: str, lost: list[str], row: dict, *, chosen: str | None,
+                    rejected: str, label: str) -> Sample:
+    """The sft-shaped sample a pair format writes, with the preference keys put into `row`."""
+    lose_extras(sample, fmt, lost)
+    kind = sample.kind
+    if kind not in ("preference", "unpaired-preference"):
+        return Sample(flatten_preference(sample, fmt, lost), sample.tools, sample.media_root)
+    sides = [("chosen", sample.chosen), ("rejected", sample.rejected)] if kind == "preference" \
+        else [("completion", sample.completion)]
+    answers = {}
+    for name, msgs in sides:
+        msgs = msgs or []
+        if len(msgs) != 1 or msgs[0].role != "assistant" or msgs[0].tool_calls or msgs[0].media:
+            lose(lost, f"a preference answer that is not one text assistant message ({fmt} holds one answer string)")
+        answers[name] = msgs[0] if msgs else Message("assistant")
+    if kind == "unpaired-preference":
+        row[label] = sample.label
+        return Sample(sample.messages + [answers["completion"]], sample.tools, sample.media_root)
+    row[rejected] = answers["rejected"].text
+    if chosen is not None:
+        row[chosen] = answers["chosen"].text
+        return Sample(sample.messages + [Message("assistant")], sample.tools, sample.media_root)
+    return Sample(sample.messages + [answers["chosen"]], sample.tools, sample.media_root)
 
 
 def dump_pairs(sample: Sample, fmt: str, lost: list[str]) -> tuple[str | None, list[tuple[str, str]], dict]:
