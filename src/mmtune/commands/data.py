@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-FORMAT_NAMES = ("openai", "swift", "llava", "alpaca")
+FORMAT_NAMES = ("openai", "swift", "llava", "alpaca", "trl", "text")  # == data.formats.FORMATS (a test holds it)
 
 CHECK_EPILOG = """\
 exit status: 0 no errors, 2 errors, 1 only warnings with --fail-on-warnings.
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Check data files: every error and warning, with file, line, field and rule.",
     )
-    c.add_argument("files", nargs="+", metavar="FILE", help=".jsonl or .json data files")
+    c.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .json or .txt data files")
     c.add_argument("--format", choices=FORMAT_NAMES, help=fmt_help)
     c.add_argument(
         "--rules", choices=("default", "strict"), default="default", help="rule set (default: %(default)s)"
@@ -71,7 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "A conversion that would lose information is refused unless --lossy.",
     )
     v.add_argument("src", metavar="IN")
-    v.add_argument("dst", metavar="OUT", help="output file: .jsonl (one row a line) or .json (one array)")
+    v.add_argument("dst", metavar="OUT", help="output file: .jsonl (one row a line), .json (one array) or, "
+                   "for --to text, .txt (one document a line)")
     v.add_argument("--to", required=True, choices=FORMAT_NAMES, help="target format")
     v.add_argument("--format", choices=FORMAT_NAMES, help=fmt_help)
     v.add_argument(
@@ -163,7 +164,7 @@ def _check_json(paths, opts, reports) -> None:
         w(f'{{"path": {json.dumps(path)}, "findings": [')
         for k, f in enumerate(iter_findings(path, opts, report)):
             w((", " if k else "") + json.dumps(f.to_dict(), ensure_ascii=False))
-        w(f'], "format": {json.dumps(report.format)}, "rows": {report.rows}}}')
+        w(f'], "format": {json.dumps(report.format)}, "kind": {json.dumps(report.kind)}, "rows": {report.rows}}}')
         reports.append(report)
     errors = sum(r.errors for r in reports)
     warnings = sum(r.warnings for r in reports)
@@ -193,7 +194,7 @@ class _Printer:
     def file_end(self, r) -> None:
         state = f"{self.red}✗" if r.errors else (f"{self.yellow}!" if r.warnings else "✓")
         print(
-            f"{state}{self.reset} {self.bold}{r.path}{self.reset}: {r.format} format, {r.rows} rows, "
+            f"{state}{self.reset} {self.bold}{r.path}{self.reset}: {r.format} format, {r.kind} data, {r.rows} rows, "
             f"{r.errors} error(s), {r.warnings} warning(s)"
         )
 
@@ -253,7 +254,7 @@ def _print_stats(st: dict) -> None:
     t = Table(title=f"{st['path']} ({st['format']})", show_header=False)
     t.add_row(
         "rows",
-        f"{st['rows']}" + (f"  ({st['rows_with_errors']} with errors)" if st["rows_with_errors"] else ""),
+        f"{st['rows']} {st['kind']}" + (f"  ({st['rows_with_errors']} with errors)" if st["rows_with_errors"] else ""),
     )
     t.add_row("messages by role", ", ".join(f"{k}: {v}" for k, v in st["messages_by_role"].items()))
     a = st["assistant_turns"]

@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(with_help=True), end="")
         return 0
+    from mmtune.data.reader import ReadOptions, require_kind
+
+    require_kind(cfg.data + cfg.val_data, "sft", ReadOptions(media_root=cfg.media_root))  # before any model loads
     from mmtune.train.sft import run_sft
 
     run_sft(cfg)

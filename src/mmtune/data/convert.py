@@ -35,6 +35,10 @@ def convert_file(src: str, dst: str, to: str, *, fmt: str | None = None, media_r
         raise UserError(f"unknown target format {to!r}: choose one of {', '.join(FORMATS)}")
     if os.path.abspath(src) == os.path.abspath(dst):
         raise UserError("the output would overwrite the input: choose another output path")
+    lines = dst.lower().endswith(".txt")
+    if lines and to != "text":
+        raise UserError(f"a .txt output holds plain text, one document a line: use --to text, or write {to} "
+                        "rows to a .jsonl or .json file")
     reader = FileReader(src, ReadOptions(fmt=fmt, media_root=media_root, check_media=False))
     report = ConvertReport()
     out_dir = os.path.dirname(os.path.abspath(dst))
@@ -50,6 +54,10 @@ def convert_file(src: str, dst: str, to: str, *, fmt: str | None = None, media_r
                 continue
             lost: list[str] = []
             row = FORMATS[to].dump(_rebase(r.sample, reader.media_root, out_dir), lost)
+            if lines and ("\n" in row["text"] or "\r" in row["text"] or not row["text"].strip()):
+                lost.append("a document with line breaks (they become spaces) or no text (a .txt file holds one "
+                            "document a line): write .jsonl instead")
+                row = {"text": " ".join(row["text"].splitlines())}
             if lost:
                 report.lossy_rows += 1
                 for what in lost:
@@ -62,7 +70,8 @@ def convert_file(src: str, dst: str, to: str, *, fmt: str | None = None, media_r
 
     tmp = f"{dst}.partial"
     try:
-        write_rows(tmp, rows(), "array" if dst.lower().endswith(".json") else "jsonl")
+        container = "txt" if lines else "array" if dst.lower().endswith(".json") else "jsonl"
+        write_rows(tmp, rows(), container)
         report.source_format = reader.format
         if bad:
             raise UserError(f"{src} has {len(bad)} row(s) with errors; nothing was written:\n"

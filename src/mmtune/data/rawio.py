@@ -268,7 +268,8 @@ def write_rows(path: str, rows: Iterator[dict] | list[dict], container: str | No
     Written to a temporary file first and renamed, so a failure never leaves half a file
     where the user expects a whole one.
     """
-    container = container or ("array" if path.lower().endswith(".json") else "jsonl")
+    container = container or ("array" if path.lower().endswith(".json") else "txt" if path.lower().endswith(".txt")
+                              else "jsonl")
     tmp = f"{path}.tmp-{os.getpid()}"
     n = 0
     try:
@@ -280,6 +281,11 @@ def write_rows(path: str, rows: Iterator[dict] | list[dict], container: str | No
                     f.write(json.dumps(row, ensure_ascii=False, indent=2))
                     n += 1
                 f.write("\n]\n")
+            elif container == "txt":  # {"text"} rows, one document a line
+                for row in rows:
+                    f.write(row["text"])
+                    f.write("\n")
+                    n += 1
             else:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False))

@@ -267,13 +267,51 @@ def read_samples(path: str, options: ReadOptions | None = None) -> Iterator[Read
     return iter(FileReader(path, options))
 
 
+# the training stage each kind of data is for (`mmtune train --stage`; dpo, kto and pt come with
+# the preference-training issue)
+STAGE_OF_KIND = {"sft": "sft", "preference": "dpo", "unpaired-preference": "kto", "text": "pt"}
+KIND_WORDS = {"sft": "conversations (SFT data)", "preference": "preference pairs (chosen and rejected answers)",
+              "unpaired-preference": "KTO rows (answers labelled desirable or undesirable)",
+              "text": "plain text for continued pre-training"}
+KIND_OF_STAGE = {stage: kind for kind, stage in STAGE_OF_KIND.items()}
+
+
+def file_kind(path: str, options: ReadOptions | None = None) -> tuple[str, str]:
+    """(format, kind) of a file, from its first rows (cheap: nothing is parsed or checked)."""
+    reader = FileReader(path, options)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    first = list(itertools.islice(iter_rows(path), DETECT_ROWS))
+    fmt = reader.format or reader._detect(first)
+    reader.format = fmt
+    return fmt, reader._detect_kind(first)
+
+
+def require_kind(paths: list[str], stage: str = "sft", options: ReadOptions | None = None) -> None:
+    """Refuse, before any model loads, a data file whose kind is not the stage's: preference or KTO
+    data is never trained as SFT (nor a conversation as plain text)."""
+    for path in paths:
+        _, kind = file_kind(path, options)
+        if STAGE_OF_KIND[kind] != stage:
+            want = STAGE_OF_KIND[kind]
+            raise UserError(
+                f"{path} holds {KIND_WORDS[kind]}, but this is a {stage} run. Train it with `--stage {want}` "
+                f"(the dpo, kto and pt stages come with preference training and are not in this version yet), "
+                f"or give it a file of {KIND_WORDS[KIND_OF_STAGE[stage]]}."
+            )
+
+
 def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows: bool = False,
-                 warn: Callable[[str], None] = print) -> list[Sample]:
+                 warn: Callable[[str], None] = print, kind: str | None = "sft") -> list[Sample]:
     """All good samples of a file, for training. A file with errors is refused, listing them,
-    unless `skip_bad_rows`: then the bad rows are skipped and counted, with where they were."""
+    unless `skip_bad_rows`: then the bad rows are skipped and counted, with where they were.
+    A file of another `kind` (None: any) is refused whatever `skip_bad_rows` says."""
     reader = FileReader(path, options)
     samples, bad = [], []
     for r in reader:
+        if kind is not None and reader.kind and reader.kind != kind:
+            raise UserError(f"{path} holds {KIND_WORDS[reader.kind]}, not {KIND_WORDS[kind]}: train it with "
+                            f"`--stage {STAGE_OF_KIND[reader.kind]}` (coming with preference training)")
         if r.ok:
             samples.append(r.sample)
         elif r.index >= 0 or any(f.is_error for f in r.findings):
@@ -294,4 +332,5 @@ def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows
     return samples
 
 
-__all__ = ["ReadOptions", "ReadResult", "FileReader", "read_samples", "load_samples", "WARNING", "ERROR"]
+__all__ = ["ReadOptions", "ReadResult", "FileReader", "read_samples", "load_samples", "file_kind", "require_kind",
+           "STAGE_OF_KIND", "WARNING", "ERROR"]

@@ -53,10 +53,11 @@ def check_parsed(parsed: Parsed, out: Collector, media: MediaChecker | None, par
     if kind == "sft":
         check_sample(s, parsed.fields, out, media, partial)
     elif kind == "text":
+        where = parsed.fields[0] if parsed.fields else "text"
         if media is not None:
-            _check_parts_media(s.document or [], "text", s, out, media)
-        if not "".join(p.text for p in s.document or []).strip():
-            out.error("text", "empty-field", "the text is empty: write the document or remove the row")
+            _check_parts_media(s.document or [], where, s, out, media)
+        if not any(p.type != "text" or p.text.strip() for p in s.document or []):
+            out.error(where, "empty-field", "the text is empty: write the document or remove the row")
     else:
         check_preference(parsed, out, media, partial)
 

@@ -21,6 +21,7 @@ def collect_stats(path: str, options: ReadOptions | None = None,
     roles: Counter[str] = Counter()
     chars, turns, tokens = array("q"), array("q"), array("q")
     images = videos = bad_rows = tool_calls = 0
+    labels: Counter[bool] = Counter()
     for r in reader:
         if r.index < 0:
             continue
@@ -29,17 +30,21 @@ def collect_stats(path: str, options: ReadOptions | None = None,
             if r.sample is None:
                 continue
         s = r.sample
-        roles.update(m.role for m in s.messages)
-        turns.append(sum(1 for m in s.messages if m.role == "assistant"))
-        chars.append(sum(len(m.text) for m in s.messages))
+        msgs = s.all_messages()
+        roles.update(m.role for m in msgs)
+        turns.append(sum(1 for m in msgs if m.role == "assistant"))
+        chars.append(sum(len(m.text) for m in msgs) + sum(len(p.text) for p in s.document or []))
+        if s.kind == "unpaired-preference":
+            labels[s.label] += 1
         images += len(s.images)
         videos += len(s.videos)
-        tool_calls += sum(len(m.tool_calls) for m in s.messages)
+        tool_calls += sum(len(m.tool_calls) for m in msgs)
         if count_tokens is not None:
             tokens.append(count_tokens(s))
     out: dict = {
         "path": path,
         "format": reader.format,
+        "kind": reader.kind,
         "rows": reader.rows,
         "rows_with_errors": bad_rows,
         "messages_by_role": dict(roles),
@@ -49,6 +54,8 @@ def collect_stats(path: str, options: ReadOptions | None = None,
         "tool_calls": tool_calls,
         "characters": summarize(chars),
     }
+    if reader.kind == "unpaired-preference":
+        out["labels"] = {"desirable": labels[True], "undesirable": labels[False]}
     if count_tokens is not None:
         out["tokens"] = summarize(tokens)
         out["tokens"]["histogram"] = histogram(tokens)
@@ -88,12 +95,20 @@ def histogram(values, bins: int = 10) -> list[dict]:
 
 
 def token_counter(tokenizer) -> Callable[[Sample], int]:
-    """Tokens a sample takes: rendered with the tokenizer's chat template when it has one."""
+    """Tokens a sample takes: rendered with the tokenizer's chat template when it has one. A
+    preference pair counts its longer side (prompt + chosen or prompt + rejected); text, its document."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
 
     def count(s: Sample) -> int:
+        if s.document is not None:
+            return len(tokenizer.encode("".join(p.text for p in s.document), add_special_tokens=False))
+        if s.kind == "preference":
+            return max(one(s.messages + (s.chosen or [])), one(s.messages + (s.rejected or [])))
+        return one(s.messages + (s.completion or []))
+
+    def one(messages) -> int:
         if has_template:
-            msgs = [{"role": m.role, "content": m.text} for m in s.messages]
+            msgs = [{"role": m.role, "content": m.text} for m in messages]
             try:
                 ids = tokenizer.apply_chat_template(msgs, tokenize=True)
                 if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -101,7 +116,7 @@ def token_counter(tokenizer) -> Callable[[Sample], int]:
                 return len(ids)
             except Exception:  # a template that rejects this shape (e.g. no system role): plain count
                 pass
-        return sum(len(tokenizer.encode(m.text, add_special_tokens=False)) for m in s.messages)
+        return sum(len(tokenizer.encode(m.text, add_special_tokens=False)) for m in messages)
 
     return count
 

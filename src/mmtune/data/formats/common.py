@@ -88,8 +88,9 @@ def join_tags(parts: list[Part], media: dict[str, list[str]], lost: list[str]) -
 
 
 def attach_untagged_media(messages: list[Message], media: dict[str, list[str]], used: dict[str, int]) -> None:
-    """Media listed but never tagged go to the start of the first user turn (FORMATS.md)."""
-    first_user = next((m for m in messages if m.role == "user"), None)
+    """Media listed but never tagged go to the start of the first user turn (FORMATS.md); with no
+    user turn, to the first message (never dropped)."""
+    first_user = next((m for m in messages if m.role == "user"), messages[0] if messages else None)
     if first_user is None:
         return
     extra = []

@@ -17,8 +17,10 @@ lossy. It also reads, as the tools that use them document:
   `label`; LLaMA-Factory v1 `chosen_messages` / `rejected_messages`; OpenAI's preference format
   `{"input": {"messages", "tools"}, "preferred_output": [...], "non_preferred_output": [...]}`.
 
-Written back, a preference sample is OpenAI's preference format and a KTO sample is
-`{"messages", "label"}` (ms-swift's KTO shape); media are content parts.
+A row whose only message is one assistant message is plain text for continued pre-training
+(ms-swift's pre-training shape). Written back, a preference sample is OpenAI's preference
+format, a KTO sample `{"messages", "label"}` (ms-swift's KTO shape) and a text sample that
+pre-training shape; media are content parts.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from mmtune.data.formats.common import (
     completion_start,
     count_tags,
     dump_tool_calls,
-    lose,
     media_lists,
     normalize,
     parse_tool_calls,
@@ -65,7 +66,14 @@ def detect(row: dict) -> bool:
 def kind_of(row: dict) -> str:
     if any(k in row for k in PREFERENCE_KEYS):
         return "preference"
-    return "unpaired-preference" if "label" in row else "sft"
+    if "label" in row:
+        return "unpaired-preference"
+    return "text" if _is_document(row.get("messages")) else "sft"
+
+
+def _is_document(msgs: object) -> bool:
+    """ms-swift's pre-training shape: the only message is one assistant message."""
+    return type(msgs) is list and len(msgs) == 1 and type(msgs[0]) is dict and msgs[0].get("role") == "assistant"
 
 
 def is_plain_clean(row: object) -> bool:
@@ -287,6 +295,13 @@ def parse(row: dict, out: Collector, media_root: str | None) -> Parsed | None:
     reader.finish(messages)
     sample = Sample(messages, parse_tools(row, out), media_root, parallel_tool_calls=_parallel(row, out))
     parsed = Parsed(sample, fields)
+    if kind_of(row) == "text" and len(messages) == 1:  # ms-swift pre-training: one assistant text
+        m = messages[0]
+        if m.tool_calls or m.reasoning or m.weight is not None:
+            out.error(fields[0], "wrong-type", "a pre-training row (one assistant message) holds text and media only")
+        sample.messages, sample.document = [], m.parts
+        parsed.fields = fields
+        return parsed
     if "rejected_response" in row or "rejected_messages" in row:
         _swift_rejected(row, out, parsed)
     elif "label" in row:
@@ -421,9 +436,7 @@ def dump(sample: Sample, lost: list[str]) -> dict:
         _put_tools(inp, sample)
         return {"input": inp, "preferred_output": [dump_message(m) for m in sample.chosen or []],
                 "non_preferred_output": [dump_message(m) for m in sample.rejected or []]}
-    if kind == "text":
-        lose(lost, "the plain-text document (openai holds conversations; it would become one assistant turn): "
-             "convert to text")
+    if kind == "text":  # ms-swift's pre-training shape
         return {"messages": [dump_message(Message("assistant", list(sample.document or [])))]}
     msgs = sample.messages + (sample.completion or [])
     row: dict = {"messages": [dump_message(m) for m in msgs]}
