@@ -114,9 +114,16 @@ def test_llava_roundtrip_with_tools(sample, tmp_path):
     assert roundtrip(sample, "llava", tmp_path, ".json") == sample
 
 
+def lone_assistant(sample: Sample) -> bool:
+    """One assistant message and nothing else is ms-swift's pre-training shape: openai reads it as text
+    (as an SFT row it has no user turn, an error, so no valid SFT sample is written that way)."""
+    return len(sample.messages) == 1 and sample.messages[0].role == "assistant"
+
+
 @SETTINGS
 @given(sample=openai_samples())
 def test_openai_holds_everything(sample, tmp_path):
+    assume(not lone_assistant(sample))
     assert roundtrip(sample, "openai", tmp_path) == sample
     assert roundtrip(sample, "openai", tmp_path, ".json") == sample
 
@@ -152,3 +159,83 @@ def test_alpaca_joins_instruction_and_input():
 
     s = FORMATS["alpaca"].parse({"instruction": "Translate", "input": "你好", "output": "Hello"}, Collector(1), None).sample
     assert s.messages[0].text == "Translate\n你好"
+
+
+# ----------------------------------------------------------------------------- preference, KTO, text
+ANSWER = st.builds(lambda t: [Message("assistant", [Part.of_text(t)])], TEXT)
+
+
+@st.composite
+def preference_samples(draw):
+    prompt = []
+    if draw(st.booleans()):
+        prompt.append(Message("system", [Part.of_text(draw(TEXT))]))
+    for _ in range(draw(st.integers(0, 2))):
+        prompt += [Message("user", draw(parts(False))), Message("assistant", draw(parts(False)))]
+    prompt.append(Message("user", draw(parts(False))))
+    return Sample(prompt, chosen=draw(ANSWER), rejected=draw(ANSWER))
+
+
+@st.composite
+def kto_samples(draw):
+    s = draw(preference_samples())
+    return Sample(s.messages, completion=s.chosen, label=draw(st.booleans()))
+
+
+@pytest.mark.parametrize("fmt", ["openai", "llava", "swift", "alpaca", "trl"])
+@SETTINGS
+@given(sample=preference_samples())
+def test_preference_pairs_roundtrip(fmt, sample, tmp_path):
+    assume(no_literal_tags(sample))
+    back = roundtrip(sample, fmt, tmp_path)
+    assert back == sample and back.kind == "preference"
+
+
+@pytest.mark.parametrize("fmt", ["openai", "llava", "swift", "alpaca", "trl"])
+@SETTINGS
+@given(sample=kto_samples())
+def test_kto_rows_roundtrip(fmt, sample, tmp_path):
+    assume(no_literal_tags(sample))
+    back = roundtrip(sample, fmt, tmp_path)
+    assert back == sample and back.kind == "unpaired-preference"
+
+
+@pytest.mark.parametrize("fmt", ["text", "openai"])
+@SETTINGS
+@given(text=TEXT)
+def test_text_roundtrips(fmt, text, tmp_path):
+    sample = Sample([], document=[Part.of_text(text)])
+    assert roundtrip(sample, fmt, tmp_path) == sample
+
+
+@SETTINGS
+@given(sample=openai_samples(), reasoning=st.one_of(st.none(), TEXT), parallel=st.sampled_from([None, True]))
+def test_openai_holds_reasoning_and_the_parallel_flag(sample, reasoning, parallel, tmp_path):
+    assume(not lone_assistant(sample))
+    for m in sample.messages:
+        if m.role == "assistant":
+            m.reasoning = reasoning
+    sample.parallel_tool_calls = parallel
+    assert roundtrip(sample, "openai", tmp_path) == sample
+
+
+@SETTINGS
+@given(sample=pair_samples())
+def test_messages_with_media_tags_read_like_parts(sample, tmp_path):
+    """ms-swift / LLaMA-Factory's shape (tags + images/videos lists) reads to the same sample as parts."""
+    from mmtune.data.formats.common import join_tags
+
+    assume(no_literal_tags(sample))
+    media: dict[str, list[str]] = {}
+    msgs = [{"role": m.role, "content": join_tags(m.parts, media, [])} for m in sample.messages]
+    row = {"messages": msgs, **{f"{k}s": v for k, v in media.items()}}
+    path = tmp_path / "tags.jsonl"
+    write_rows(str(path), [row])
+    [r] = list(FileReader(str(path), ReadOptions(check_media=False)))
+    assert r.sample == sample, r.findings
+
+
+def test_format_names_of_the_cli_are_the_registry():
+    from mmtune.commands.data import FORMAT_NAMES
+
+    assert set(FORMAT_NAMES) == set(FORMATS)
