@@ -8,7 +8,8 @@ from mmtune.data.findings import Collector
 from mmtune.data.formats import openai
 from mmtune.data.rules import check_sample
 
-CONTENT = st.one_of(st.text(max_size=6), st.none(), st.integers(), st.just(" padded "), st.just("ok"))
+CONTENT = st.one_of(st.text(max_size=6), st.none(), st.integers(), st.just(" padded "), st.just("ok"),
+                   st.just("<image>ok"), st.just("a <video>"))
 ROLE = st.sampled_from(["system", "user", "assistant", "tool", "bot", None])
 MESSAGE = st.one_of(
     st.fixed_dictionaries({"role": ROLE, "content": CONTENT}),

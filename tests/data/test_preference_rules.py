@@ -198,3 +198,50 @@ def test_cli_train_stops_before_any_model_loads(tmp_path, monkeypatch, capsys):
     assert main(["train", "--data", str(p), "--output", str(tmp_path / "run")]) != 0
     assert "--stage kto" in capsys.readouterr().err
     assert called == [] and not (tmp_path / "run").exists()
+
+
+def test_a_system_column_beside_messages_is_the_system_message(tmp_path):
+    from mmtune.data.reader import FileReader
+
+    p = write(tmp_path, [{"system": "Be brief.", "messages": [u("Q?"), a("A.")]},
+                         {"system": "Two.", "messages": [{"role": "system", "content": "One."}, u("Q?"), a("B.")]}],
+              first=None)
+    results = list(FileReader(str(p), ReadOptions(check_media=False)))
+    assert results[0].ok and results[0].sample.system == "Be brief."
+    assert any(f.rule == "system-not-first" and f.field == "system" for f in results[1].findings)
+
+
+def test_a_media_tag_without_a_media_list_is_reported(tmp_path):
+    findings, _ = found(write(tmp_path, [{"messages": [u("<image>What is it?"), a("A cat.")]}],
+                              first={"messages": [u("Q?"), a("A.")]}))
+    assert (2, "media-tag-literal", "", "warning") in findings
+
+
+def test_row_ids_survive_a_conversion(tmp_path):
+    from mmtune.data.convert import convert_file
+    from mmtune.data.reader import FileReader
+
+    src = tmp_path / "m.json"
+    src.write_text(json.dumps([{"id": "7", "conversations": [{"role": "user", "content": "Q?"},
+                                                             {"role": "assistant", "content": "A."}]}]))
+    for to in ("openai", "swift", "trl"):
+        dst = tmp_path / f"o_{to}.jsonl"
+        convert_file(str(src), str(dst), to)
+        assert json.loads(dst.read_text())["id"] == "7"
+        assert [r.sample.id for r in FileReader(str(dst))] == ["7"]
+
+
+def test_training_says_when_reasoning_is_not_rendered(tmp_path):
+    p = write(tmp_path, [], first={"messages": [u("Q?"), {"role": "assistant", "content": "42.",
+                                                          "reasoning_content": "6 * 7"}]})
+    said = []
+    load_samples(str(p), ReadOptions(check_media=False), warn=said.append)
+    assert len(said) == 1 and "1 row(s)" in said[0] and "reasoning" in said[0]
+    said.clear()
+    load_samples(str(p), ReadOptions(check_media=False), warn=said.append, reasoning_rendered=True)
+    assert said == []
+
+
+def test_strict_rules_are_for_sft_files(tmp_path):
+    findings, _ = found(write(tmp_path, []), rules="strict")
+    assert (0, "strict-sft-only", "", "error") in findings

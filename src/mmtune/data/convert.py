@@ -54,6 +54,11 @@ def convert_file(src: str, dst: str, to: str, *, fmt: str | None = None, media_r
                 continue
             lost: list[str] = []
             row = FORMATS[to].dump(_rebase(r.sample, reader.media_root, out_dir), lost)
+            if r.sample.id is not None:
+                if lines:
+                    lost.append("row ids (a .txt file holds only the text)")
+                else:
+                    row = {"id": r.sample.id, **row}
             if lines and ("\n" in row["text"] or "\r" in row["text"] or not row["text"].strip()):
                 lost.append("a document with line breaks (they become spaces) or no text (a .txt file holds one "
                             "document a line): write .jsonl instead")

@@ -98,6 +98,10 @@ class FileReader:
         if not self.format:
             self.format = self._detect(first)
         self.kind = self._detect_kind(first)
+        if self.opts.rules == "strict" and self.kind != "sft":
+            msg = (f"this is a {self.kind} file: the strict rule set is the hosted services' rules for chat SFT "
+                   "files; check it with the default rules")
+            yield ReadResult(0, -1, findings=[Finding(ERROR, 0, "", "strict-sft-only", msg)])
         plain = getattr(FORMATS.get(self.format), "is_plain_clean", None)
         self._plain = plain if self.opts.count_tokens is None else None
         for raw in itertools.chain(first, rows):
@@ -176,6 +180,12 @@ class FileReader:
         if parsed is None:
             return result
         parsed.sample.source = Source(self.path, raw.line, raw.index)
+        row_id = raw.value.get("id")
+        if row_id is not None:
+            if isinstance(row_id, str | int) and not isinstance(row_id, bool):
+                parsed.sample.id = row_id
+            else:
+                out.error("id", "wrong-type", "'id' must be a string or an integer")
         result.sample = parsed.sample
         if parsed.sample.kind != self.kind:
             out.error("", "kind-mismatch", f"this row is {parsed.sample.kind} data but the file is {self.kind} data: "
@@ -302,10 +312,12 @@ def require_kind(paths: list[str], stage: str = "sft", options: ReadOptions | No
 
 
 def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows: bool = False,
-                 warn: Callable[[str], None] = print, kind: str | None = "sft") -> list[Sample]:
+                 warn: Callable[[str], None] = print, kind: str | None = "sft",
+                 reasoning_rendered: bool = False) -> list[Sample]:
     """All good samples of a file, for training. A file with errors is refused, listing them,
     unless `skip_bad_rows`: then the bad rows are skipped and counted, with where they were.
-    A file of another `kind` (None: any) is refused whatever `skip_bad_rows` says."""
+    A file of another `kind` (None: any) is refused whatever `skip_bad_rows` says. Rows that carry
+    reasoning are counted in a warning unless the caller renders it (`reasoning_rendered`)."""
     reader = FileReader(path, options)
     samples, bad = [], []
     for r in reader:
@@ -329,6 +341,11 @@ def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows
         warn(f"warning: skipped {len(bad)} bad row(s) of {path} (lines {lines}); {len(samples)} rows remain")
     if not samples:
         raise UserError(f"{path}: no usable rows to train on")
+    thinking = [s for s in samples if any(m.reasoning for m in s.all_messages())]
+    if thinking and not reasoning_rendered:
+        warn(f"warning: {len(thinking)} row(s) of {path} carry reasoning (reasoning_content or reasoning parts; "
+             f"first at line {thinking[0].source.line}) that this training does not render: the answers are trained, "
+             "the reasoning is not")
     return samples
 
 

@@ -112,6 +112,7 @@ class Sample:
     label: bool | None = None  # unpaired preference: True = desirable, False = undesirable
     document: list[Part] | None = None  # text: the document to continue pre-training on
     parallel_tool_calls: bool | None = None  # OpenAI's row flag: may one turn make several calls?
+    id: str | int | None = None  # the row's own `id`, carried through conversions (not compared)
 
     # Equality ignores where a sample came from: two samples with the same content are equal.
     def __eq__(self, other: object) -> bool:

@@ -48,7 +48,7 @@ from mmtune.data.schema import ROLES, Message, Part, Sample
 NAME = "openai"
 CAN = Capabilities(tools=True, weights=True, any_order=True, ends_with_user=True, media_tags=False)
 KEYS = frozenset({
-    "messages", "tools", "functions", "parallel_tool_calls", "images", "videos", "label",
+    "messages", "system", "tools", "functions", "parallel_tool_calls", "images", "videos", "label",
     "rejected_response", "rejected_messages", "rejected_images", "rejected_videos", "chosen_messages",
     "input", "preferred_output", "non_preferred_output", "id",
 })
@@ -79,7 +79,7 @@ def _is_document(msgs: object) -> bool:
 def is_plain_clean(row: object) -> bool:
     """True only for a plain chat row the full rules would find nothing in: just `messages`,
     each exactly {role, content} with non-empty unpadded string content, [system] then
-    user/assistant pairs, answers of 2+ characters. Anything else returns False and goes
+    user/assistant pairs, answers of 2+ characters, no media tags. Anything else returns False and goes
     through the full parse and rules (this is a speed path for `data check`, never a
     different verdict: tests/data/test_fast_path.py holds it to that)."""
     if type(row) is not dict:
@@ -93,6 +93,8 @@ def is_plain_clean(row: object) -> bool:
             return False
         c = m.get("content")
         if type(c) is not str or len(c) < 2 or c[0].isspace() or c[-1].isspace():
+            return False
+        if "<" in c and ("<image>" in c or "<video>" in c):
             return False
         role = m.get("role")
         if role == want:
@@ -214,6 +216,10 @@ class MessageReader:
 
     def _text(self, text: str) -> list[Part]:
         if not self.tags:
+            if "<image>" in text or "<video>" in text:
+                self.out.warn_once("literal-tag", "", "media-tag-literal", "an <image> or <video> tag in a row with "
+                                   "no 'images' / 'videos' list is read as literal text: add the media list, or "
+                                   "remove the tag")
             return [Part.of_text(text)] if text else []
         ni, nv = count_tags(text)
         self.tagged["image"] += ni
@@ -292,6 +298,7 @@ def parse(row: dict, out: Collector, media_root: str | None) -> Parsed | None:
     if got is None:
         return None
     messages, fields = got
+    _row_system(row, out, messages, fields)
     reader.finish(messages)
     sample = Sample(messages, parse_tools(row, out), media_root, parallel_tool_calls=_parallel(row, out))
     parsed = Parsed(sample, fields)
@@ -315,6 +322,20 @@ def parse(row: dict, out: Collector, media_root: str | None) -> Parsed | None:
         out.error("rejected_images", "media-one-side", "rejected media without a rejected answer: add "
                   "'rejected_response' or remove 'rejected_images'")
     return parsed
+
+
+def _row_system(row: dict, out: Collector, messages: list[Message], fields: list[str]) -> None:
+    """A top-level `system` beside `messages` (LLaMA-Factory's system column) is the system message."""
+    system = row.get("system")
+    if system is None:
+        return
+    if not isinstance(system, str):
+        out.error("system", "wrong-type", "'system' must be a string")
+    elif messages and messages[0].role == "system":
+        out.error("system", "system-not-first", "the row has a 'system' field and a system message: keep one")
+    else:
+        messages.insert(0, Message.simple("system", system))
+        fields.insert(0, "system")
 
 
 def _parallel(row: dict, out: Collector) -> bool | None:
