@@ -188,8 +188,11 @@ class FileReader:
                 out.error("id", "wrong-type", "'id' must be a string or an integer")
         result.sample = parsed.sample
         if parsed.sample.kind != self.kind:
-            out.error("", "kind-mismatch", f"this row is {parsed.sample.kind} data but the file is {self.kind} data: "
-                      "keep one kind per file (SFT, preference pairs, KTO rows and plain text train differently)")
+            hint = (" (a row whose only message is an assistant message is pre-training text: add the user turn)"
+                    if parsed.sample.kind == "text" and self.format == "openai" else "")
+            out.error("", "kind-mismatch", f"this row is {parsed.sample.kind} data but the file is {self.kind} data"
+                      f"{hint}: keep one kind per file (SFT, preference pairs, KTO rows and plain text train "
+                      "differently)")
         # a row whose parse already failed somewhere is missing messages: skip the rules that
         # would only repeat that (order, "no assistant"), keep the independent ones (media)
         rules.check_parsed(parsed, out, self.media, partial=out.has_errors)

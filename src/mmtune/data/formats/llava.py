@@ -237,12 +237,13 @@ def dump(sample: Sample, lost: list[str]) -> dict:
     if kind == "preference":
         for side in ("chosen", "rejected"):
             turns = getattr(sample, side) or []
-            if len(turns) != 1 or turns[0].role != "assistant" or turns[0].tool_calls:
-                lose(lost, "a preference answer that is not one assistant message (llava's chosen/rejected hold one turn)")
+            if len(turns) != 1 or turns[0].role != "assistant" or turns[0].tool_calls or turns[0].media:
+                lose(lost, "a preference answer that is not one text assistant message (llava's chosen/rejected "
+                     "hold one text turn)")
             if turns:
                 if turns[0].weight is not None:
                     lose(lost, "per-turn train weights (llava has no place for them)")
-                row[side] = {"from": "gpt", "value": join_tags(turns[0].parts, media, lost)}
+                row[side] = {"from": "gpt", "value": turns[0].text}
     elif kind == "unpaired-preference":
         row["kto_tag"] = sample.label
     for media_kind, key in PLURAL.items():
