@@ -58,7 +58,8 @@ def test_check_exit_codes_and_json_shape(tmp_path):
     report = json.loads(bad.stdout)
     assert set(report) == {"files", "errors", "warnings"}
     (f,) = report["files"]
-    assert set(f) == {"path", "format", "rows", "findings"} and f["format"] == "openai" and f["rows"] == 10
+    assert set(f) == {"path", "format", "kind", "rows", "findings"} and f["format"] == "openai" and f["rows"] == 10
+    assert f["kind"] == "sft"
     assert report["errors"] == sum(x["severity"] == "error" for x in f["findings"]) == 7
     assert all(set(x) == {"severity", "line", "field", "rule", "message"} for x in f["findings"])
     warn_only = tmp_path / "w.jsonl"
