@@ -308,8 +308,8 @@ def require_kind(paths: list[str], stage: str = "sft", options: ReadOptions | No
         if STAGE_OF_KIND[kind] != stage:
             want = STAGE_OF_KIND[kind]
             raise UserError(
-                f"{path} holds {KIND_WORDS[kind]}, but this is a {stage} run. Train it with `--stage {want}` "
-                f"(the dpo, kto and pt stages come with preference training and are not in this version yet), "
+                f"{path} holds {KIND_WORDS[kind]}, which `--stage {want}` trains, not this {stage.upper()} run "
+                f"(the dpo, kto and pt stages come with preference training and are not in this version yet); "
                 f"or give it a file of {KIND_WORDS[KIND_OF_STAGE[stage]]}."
             )
 
