@@ -73,6 +73,7 @@ class FileReader:
         self.media = MediaChecker(root, self.opts.enforce_root) if self.opts.check_media else None
         self._seen = SeenRows(DEDUPE_LIMIT)
         self._plain = None
+        self._fast = False
 
     def __iter__(self) -> Iterator[ReadResult]:
         for result in self._results():
@@ -104,6 +105,7 @@ class FileReader:
             yield ReadResult(0, -1, findings=[Finding(ERROR, 0, "", "strict-sft-only", msg)])
         plain = getattr(FORMATS.get(self.format), "is_plain_clean", None)
         self._plain = plain if self.opts.count_tokens is None else None
+        self._fast = not self.opts.samples and self._plain is not None and self.kind == "sft"
         for raw in itertools.chain(first, rows):
             yield self._read_row(raw)
 
@@ -151,6 +153,8 @@ class FileReader:
                 return result
         else:
             self._dedupe(raw, out)
+            if self._fast and self._plain(raw.value):
+                return result  # provably clean (and so openai, sft), no sample wanted: skip building one
         if not isinstance(raw.value, dict):
             out.error("", "not-object", f"each row must be a JSON object, not {type(raw.value).__name__}")
             return result
@@ -162,8 +166,6 @@ class FileReader:
             out.error("", "format-mismatch", f"this row is in {row_fmt} shape but the file is {self.format}: "
                       "convert it (mmtune data convert) or keep one format per file")
             return result
-        if not self.opts.samples and self._plain is not None and self.kind == "sft" and self._plain(raw.value):
-            return result  # provably clean, and no sample wanted: skip building one
         if self.opts.rules == "strict":
             if not self.opts.samples:
                 return result
