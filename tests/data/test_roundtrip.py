@@ -239,3 +239,125 @@ def test_format_names_of_the_cli_are_the_registry():
     from mmtune.commands.data import FORMAT_NAMES
 
     assert set(FORMAT_NAMES) == set(FORMATS)
+
+
+# ----------------------------------------------------------------------------- the peers' read-only shapes
+# mmtune writes these through openai; here a test-side writer puts canonical samples into each peer's
+# own shape, and reading it must give the same sample back.
+ARGS = st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.integers(), max_size=2)
+
+
+@st.composite
+def agent_samples(draw):
+    """user → assistant [text] + parallel calls → one result per call → assistant, repeated."""
+    msgs = []
+    for _ in range(draw(st.integers(1, 2))):
+        msgs.append(Message("user", [Part.of_text(draw(TEXT))]))
+        text = draw(st.one_of(st.none(), TEXT))
+        calls = [ToolCall(draw(st.from_regex(r"[a-z_]{1,8}", fullmatch=True)), json.dumps(draw(ARGS)))
+                 for _ in range(draw(st.integers(1, 3)))]
+        msgs.append(Message("assistant", [Part.of_text(text)] if text else [], tool_calls=calls))
+        msgs += [Message("tool", [Part.of_text(draw(TEXT))]) for _ in calls]
+        msgs.append(Message("assistant", [Part.of_text(draw(TEXT))]))
+    return Sample(msgs, [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+
+
+def swift_agent_row(s: Sample) -> dict:
+    msgs = []
+    for m in s.messages:
+        if m.role == "assistant" and m.tool_calls:
+            if m.parts:
+                msgs.append({"role": "assistant", "content": m.text})
+            msgs += [{"role": "tool_call", "content": json.dumps({"name": c.name, "arguments": json.loads(c.arguments)})}
+                     for c in m.tool_calls]
+        else:
+            msgs.append({"role": "tool_response" if m.role == "tool" else m.role, "content": m.text})
+    return {"tools": json.dumps(s.tools), "messages": msgs}
+
+
+def read_one(row: dict, tmp_path, name="r.jsonl") -> Sample:
+    path = tmp_path / name
+    write_rows(str(path), [row])
+    [r] = list(FileReader(str(path), ReadOptions(check_media=False)))
+    assert r.sample is not None, r.findings
+    assert not [f for f in r.findings if f.rule in ("unknown-key", "wrong-type", "bad-tool-call",
+                                                    "media-count-mismatch", "bad-weight")], r.findings
+    return r.sample
+
+
+@SETTINGS
+@given(sample=agent_samples())
+def test_ms_swift_agent_rows_roundtrip(sample, tmp_path):
+    assume(no_literal_tags(sample))
+    assert read_one(swift_agent_row(sample), tmp_path) == sample
+
+
+def v1_row(s: Sample) -> dict:
+    """LLaMA-Factory v1: content parts with `value`, reasoning / tool_call parts, loss_weight."""
+    msgs = []
+    for m in s.messages:
+        parts = [{"type": "reasoning", "value": m.reasoning}] if m.reasoning else []
+        for p in m.parts:
+            kind = {"text": "text", "image": "image_url", "video": "video_url"}[p.type]
+            parts.append({"type": kind, "value": p.text if p.type == "text" else p.ref})
+        parts += [{"type": "tool_call", "value": json.dumps({"name": c.name, "arguments": json.loads(c.arguments)})}
+                  for c in m.tool_calls]
+        d = {"role": m.role, "content": parts}
+        if m.weight is not None:
+            d["loss_weight"] = m.weight
+        msgs.append(d)
+    return {"messages": msgs, **({"tools": json.dumps(s.tools)} if s.tools else {})}
+
+
+@st.composite
+def v1_samples(draw):
+    s = draw(st.one_of(pair_samples(), agent_samples()))
+    for m in s.messages:
+        if m.role == "assistant":
+            m.weight = draw(st.sampled_from([None, 0.0, 1.0]))
+            m.reasoning = draw(st.one_of(st.none(), TEXT))
+    if not any(m.trainable for m in s.messages):
+        s.messages[-1].weight = None
+    return s
+
+
+@SETTINGS
+@given(sample=v1_samples())
+def test_llamafactory_v1_rows_roundtrip(sample, tmp_path):
+    assume(no_literal_tags(sample))
+    assert read_one(v1_row(sample), tmp_path) == sample
+
+
+@st.composite
+def image_samples(draw):
+    msgs = [Message("system", [Part.of_text(draw(TEXT))])] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 3))):
+        msgs += [Message("user", draw(parts(True, video=False))), Message("assistant", draw(parts(False)))]
+    return Sample(msgs)
+
+
+@SETTINGS
+@given(sample=image_samples())
+def test_minicpmv_placeholder_rows_roundtrip(sample, tmp_path):
+    """MiniCPM-V: `image` as {"<image_00>": path, ...}, each key written where its image goes."""
+    assume(no_literal_tags(sample))
+    assume(all("<image_" not in p.text for m in sample.messages for p in m.parts))
+    images, conv = {}, []
+    for m in sample.messages:
+        if m.role == "system":
+            continue
+        text = ""
+        for p in m.parts:
+            if p.type == "image":
+                key = f"<image_{len(images):02d}>"
+                images[key] = p.ref
+                text += key
+            else:
+                text += p.text
+        conv.append({"role": m.role, "content": text})
+    row = {"conversations": conv, "image": images}
+    if sample.system is not None:
+        row["system"] = sample.system
+    if not images:
+        row.pop("image")
+    assert read_one(row, tmp_path, "m.json") == sample
