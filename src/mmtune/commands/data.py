@@ -15,6 +15,8 @@ CHECK_EPILOG = """\
 exit status: 0 no errors, 2 errors, 1 only warnings with --fail-on-warnings.
 rules: `default` checks every format (FORMATS.md); `strict` enforces exactly the rule set of
 hosted fine-tuning services for chat .jsonl files (messages, roles, order, pairs).
+each file's kind is reported: sft, preference (chosen + rejected), unpaired-preference (KTO
+labels) or text (continued pre-training); `mmtune train` takes sft files.
 
 examples:
   mmtune data check examples/data/chat.jsonl
