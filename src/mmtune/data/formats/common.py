@@ -266,6 +266,25 @@ def completion_start(messages: list[Message]) -> int:
     return len(messages)
 
 
+def pair_of_conversations(chosen: tuple[list[Message], list[str]],
+                          rejected: tuple[list[Message], list[str]] | None, tools: list[dict] | None,
+                          media_root: str | None, keys: tuple[str, str], out: Collector) -> Parsed:
+    """A preference pair from two whole conversations, each repeating the prompt: the shared prompt is what
+    comes before the completion (after the last user message), and both sides must agree on it."""
+    cm, cf = chosen
+    k = completion_start(cm)
+    sample = Sample(cm[:k], tools, media_root, chosen=cm[k:], rejected=[])
+    parsed = Parsed(sample, cf[:k], {"chosen": cf[k:], "rejected": []})
+    if rejected is not None:
+        rm, rf = rejected
+        j = completion_start(rm)
+        if rm[:j] != cm[:k]:
+            out.error(keys[1], "prompt-mismatch", f"'{keys[0]}' and '{keys[1]}' start with different prompts: "
+                      "both sides of a preference pair answer the same prompt")
+        sample.rejected, parsed.sides["rejected"] = rm[j:], rf[j:]
+    return parsed
+
+
 def check_label(value: object, key: str, out: Collector) -> bool | None:
     """A KTO label: true (desirable) or false (undesirable). Strings "true"/"false" are read too."""
     if isinstance(value, bool):

@@ -39,6 +39,7 @@ from mmtune.data.formats.common import (
     dump_tool_calls,
     media_lists,
     normalize,
+    pair_of_conversations,
     parse_tool_calls,
     parse_tools,
     split_tags,
@@ -409,18 +410,8 @@ def _parse_two_conversations(row: dict, out: Collector, media_root: str | None) 
     chosen, rejected = sides
     if chosen is None:
         return None
-    cm, cf = chosen
-    k = completion_start(cm)
-    sample = Sample(cm[:k], parse_tools(row, out), media_root, chosen=cm[k:], rejected=[])
-    parsed = Parsed(sample, cf[:k], {"chosen": cf[k:], "rejected": []})
-    if rejected is not None:
-        rm, rf = rejected
-        j = completion_start(rm)
-        if rm[:j] != cm[:k]:
-            out.error("rejected_messages", "prompt-mismatch", "'chosen_messages' and 'rejected_messages' have "
-                      "different prompts: both sides of a preference pair answer the same prompt")
-        sample.rejected, parsed.sides["rejected"] = rm[j:], rf[j:]
-    return parsed
+    return pair_of_conversations(chosen, rejected, parse_tools(row, out), media_root,
+                                 ("chosen_messages", "rejected_messages"), out)
 
 
 def _parse_openai_preference(row: dict, out: Collector, media_root: str | None) -> Parsed | None:

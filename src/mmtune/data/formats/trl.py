@@ -20,6 +20,7 @@ from mmtune.data.formats.common import (
     completion_start,
     flatten_preference,
     lose,
+    pair_of_conversations,
     parse_tools,
 )
 from mmtune.data.formats.openai import MessageReader, dump_message
@@ -90,19 +91,8 @@ def _implicit(row, out, reader, tools, media_root) -> Parsed | None:
     got_r = MessageReader(row, out).read(rejected, "rejected")
     if got_c is None:
         return None
-    cm, cf = got_c
-    reader.finish(cm)
-    k = completion_start(cm)
-    sample = Sample(cm[:k], tools, media_root, chosen=cm[k:], rejected=[])
-    parsed = Parsed(sample, cf[:k], {"chosen": cf[k:], "rejected": []})
-    if got_r is not None:
-        rm, rf = got_r
-        j = completion_start(rm)
-        if rm[:j] != cm[:k]:
-            out.error("rejected", "prompt-mismatch", "'chosen' and 'rejected' start with different prompts: both "
-                      "sides of a preference pair answer the same prompt")
-        sample.rejected, parsed.sides["rejected"] = rm[j:], rf[j:]
-    return parsed
+    reader.finish(got_c[0])
+    return pair_of_conversations(got_c, got_r, tools, media_root, ("chosen", "rejected"), out)
 
 
 def dump(sample: Sample, lost: list[str]) -> dict:
