@@ -23,11 +23,19 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="dtype to save in: auto (the base's own), bf16, fp16 or fp32 (default: auto)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: off)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier merge wrote it (any other folder is refused; default: off)")
     p.set_defaults(func=run, _parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmtune.commands.preflight import check_adapter, check_merge_output
+
+    adapter = Path(args.adapter).expanduser()
+    check_adapter(adapter, "--adapter")
+    out = Path(args.out).expanduser() if args.out else adapter.resolve().with_name(adapter.resolve().name + "-merged")
+    check_merge_output(out, args.overwrite)
     from mmtune.export.merge import merge_adapter
 
     out = merge_adapter(args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)

@@ -104,7 +104,22 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(with_help=True), end="")
         return 0
+    preflight(cfg)
     from mmtune.train.sft import run_sft
 
     run_sft(cfg)
     return 0
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What can be wrong before any model loads: the output folder, the data files, the model."""
+    from pathlib import Path
+
+    from mmtune.files import check_data_files
+    from mmtune.models.available import check_model
+    from mmtune.train.output import check_output
+
+    check_output(Path(cfg.output), overwrite=cfg.overwrite, resume=cfg.resume)
+    check_data_files(cfg.data, "--data")
+    check_data_files(cfg.val_data, "--val-data")
+    check_model(cfg.model)
