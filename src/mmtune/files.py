@@ -30,3 +30,15 @@ def check_data_files(paths: list[str] | tuple[str, ...], flag: str) -> None:
     """Every data file in `paths` exists and can be read."""
     for path in paths:
         check_input_file(path, flag, "data files are .jsonl or .json")
+
+
+def check_input_folder(path: str | os.PathLike, flag: str) -> Path:
+    """`path` is a folder this process can read."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{flag} {path}: no such folder: check the path")
+    if not p.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder: give the folder that holds it")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot read this folder: fix its permissions")
+    return p

@@ -114,6 +114,10 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
                                  (UNCACHED, "HF_HUB_OFFLINE")),
         "infer out is a folder": (["infer", "--data", PERSONA, "--out", str(empty)], ("--out",)),
         "infer system folder": (["infer", "--data", PERSONA, "--out", "/etc/preds.jsonl"], ("/etc", "--out")),
+        "infer missing media root": (["infer", "--data", PERSONA, "--out", str(tmp / "p.jsonl"), "--media-root",
+                                      str(tmp / "nomedia")], ("--media-root", "nomedia")),
+        "train missing media root": (["train", "--data", PERSONA, "--output", str(tmp / "o1"), "--media-root",
+                                      str(tmp / "nomedia")], ("--media-root", "nomedia")),
         "infer out is the data": (["infer", "--data", PERSONA, "--out", PERSONA], ("--out", "input")),
         # models, demo, data
         "models unknown": (["models", "show", "no-such-model"], ("no-such-model",)),
@@ -134,7 +138,7 @@ CASES = sorted([
     "export missing gguf", "export uncached model", "export system folder", "export out is a folder",
     "chat missing folder", "chat no such model", "chat uncached model", "chat not a model folder",
     "chat uncached adapter base", "infer missing data", "infer uncached model", "infer out is a folder",
-    "infer system folder", "infer out is the data", "models unknown", "demo missing data", "demo user files", "demo home folder",
+    "infer system folder", "infer out is the data", "infer missing media root", "train missing media root", "models unknown", "demo missing data", "demo user files", "demo home folder",
     "data check missing", "data convert missing"])
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from mmtune.errors import UserError
-from mmtune.files import check_data_files, check_input_file  # noqa: F401  (the checks commands use)
+from mmtune.files import check_data_files, check_input_file, check_input_folder  # noqa: F401  (for commands)
 from mmtune.infer.artifacts import adapter_base, is_adapter_dir
 from mmtune.models.available import check_model
 from mmtune.train.output import check_location, foreign_entries, system_reason

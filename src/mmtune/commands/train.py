@@ -115,11 +115,13 @@ def preflight(cfg: TrainConfig) -> None:
     """What can be wrong before any model loads: the output folder, the data files, the model."""
     from pathlib import Path
 
-    from mmtune.files import check_data_files
+    from mmtune.files import check_data_files, check_input_folder
     from mmtune.models.available import check_model
     from mmtune.train.output import check_output
 
     check_output(Path(cfg.output), overwrite=cfg.overwrite, resume=cfg.resume)
     check_data_files(cfg.data, "--data")
     check_data_files(cfg.val_data, "--val-data")
+    if cfg.media_root:
+        check_input_folder(cfg.media_root, "--media-root")
     check_model(cfg.model)
