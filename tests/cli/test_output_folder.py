@@ -123,6 +123,22 @@ def test_resume_keeps_working_with_the_manifest(tiny_llama, small_data, tmp_path
     assert set(read_manifest(out)) | {MANIFEST_FILE} == listing(out)
 
 
+@pytest.mark.slow
+def test_a_run_from_before_the_manifest_resumes_but_is_never_overwritten(tiny_llama, small_data, tmp_path):
+    out = tmp_path / "run"
+    train(**settings(tiny_llama, small_data, out))
+    (out / MANIFEST_FILE).unlink()  # as an older mmtune left it
+    (out / "summary.json").unlink()
+    with pytest.raises(UserError, match="kept no mmtune-manifest.json"):
+        train(**settings(tiny_llama, small_data, out, overwrite=True))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt"):
+        train(**settings(tiny_llama, small_data, out, resume=True))
+    (out / "notes.txt").unlink()
+    assert train(**settings(tiny_llama, small_data, out, resume=True))["resumed_from"] == "checkpoint-2"
+    assert set(read_manifest(out)) | {MANIFEST_FILE} == listing(out)  # adopted, then recorded
+
+
 def test_a_failed_run_leaves_no_folder_it_made(tiny_llama, small_data, tmp_path, monkeypatch):
     from mmtune.train import sft
 

@@ -72,6 +72,9 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
     adapter = fake_adapter(tmp / "run", "smollm2-135m-instruct")
     uncached_adapter = fake_adapter(tmp / "run-uncached", UNCACHED)
     home = str(home)
+    unfinished = tmp / "unfinished"  # a run still training: checkpoints, no model yet
+    (unfinished / "checkpoint-2").mkdir(parents=True)
+    (unfinished / "checkpoint-2" / "trainer_state.json").write_text("{}")
     return {
         # train
         "train missing data": (["train", "--data", missing, "--output", str(tmp / "o1")], ("missing.jsonl", "--data")),
@@ -108,6 +111,7 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "chat uncached model": (["chat", UNCACHED], (UNCACHED, "HF_HUB_OFFLINE")),
         "chat not a model folder": (["chat", str(empty)], ("config.json",)),
         "chat uncached adapter base": (["chat", str(uncached_adapter)], (UNCACHED,)),
+        "chat unfinished run": (["chat", str(unfinished)], ("checkpoint-2", "--resume")),
         # infer
         "infer missing data": (["infer", "--data", missing, "--out", str(tmp / "p.jsonl")], ("missing.jsonl",)),
         "infer uncached model": (["infer", UNCACHED, "--data", PERSONA, "--out", str(tmp / "p.jsonl")],
@@ -137,7 +141,7 @@ CASES = sorted([
     "merge not an adapter", "merge uncached base", "merge system folder", "merge user files",
     "export missing gguf", "export uncached model", "export system folder", "export out is a folder",
     "chat missing folder", "chat no such model", "chat uncached model", "chat not a model folder",
-    "chat uncached adapter base", "infer missing data", "infer uncached model", "infer out is a folder",
+    "chat uncached adapter base", "chat unfinished run", "infer missing data", "infer uncached model", "infer out is a folder",
     "infer system folder", "infer out is the data", "infer missing media root", "train missing media root", "models unknown", "demo missing data", "demo user files", "demo home folder",
     "data check missing", "data convert missing"])
 

@@ -14,7 +14,7 @@ from mmtune.errors import UserError
 from mmtune.files import check_data_files, check_input_file, check_input_folder  # noqa: F401  (for commands)
 from mmtune.infer.artifacts import adapter_base, is_adapter_dir
 from mmtune.models.available import check_model
-from mmtune.train.output import check_location, foreign_entries, system_reason
+from mmtune.train.output import check_location, foreign_entries, last_checkpoint, system_reason
 
 MERGED_RECORD = "mmtune.json"  # an `mmtune merge` output folder holds it, with method "merged"
 
@@ -25,6 +25,12 @@ def check_model_arg(model: str | None) -> None:
     if model and is_adapter_dir(model):
         check_adapter(Path(model).expanduser())
         return
+    folder = Path(model).expanduser() if model else None
+    if folder is not None and folder.is_dir() and not (folder / "config.json").is_file():
+        last = last_checkpoint(folder)
+        if last is not None:
+            raise UserError(f"{model} holds no finished model yet, only checkpoints: give one of them (e.g. {last}), "
+                            f"or finish the run first (`mmtune train --output {model} --resume`)")
     check_model(model)
 
 

@@ -34,6 +34,12 @@ SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/l
 SYSTEM_ROOTS = ("/", "/home", "/Users", "/root", "/var", "/opt", "/srv", "/mnt", "/media", "/run", "/tmp",
                 "/private", "/private/tmp", "/private/var", "/Volumes")
 LISTED = 10  # files named in a refusal; the rest are counted
+# what an mmtune from before the manifest wrote at the top of a run folder: adopted on --resume only
+LEGACY_RUN_FILES = ("config.yaml", "mmtune.json", "summary.json", "metrics.jsonl", "loss.png", "adapter_config.json",
+                    "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "config.json",
+                    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "chat_template.jinja", "README.md", "training_args.bin", "processor_config.json",
+                    "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json")
 
 
 # ---------------------------------------------------------------------------- where
@@ -43,10 +49,13 @@ def unsafe_reason(folder: Path) -> str | None:
     """Why `folder` may never hold mmtune's output folder (None when it may): the file-system root, the
     home folder or one of its parents, a system folder or anything inside /etc, /usr, /bin, ..."""
     path = _absolute(folder)
-    home = _absolute(Path.home())
+    try:
+        home = _absolute(Path.home())
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry: there is no home folder to protect
+        home = None
     if path == home:
         return "your home folder"
-    if path in home.parents and path != Path(path.anchor):
+    if home is not None and path in home.parents and path != Path(path.anchor):
         return "a parent of your home folder"
     for root in SYSTEM_ROOTS:
         if path == _absolute(Path(root)):
@@ -114,14 +123,30 @@ def is_mine(folder: Path, name: str, manifest: set[str] | None = None) -> bool:
     return CHECKPOINT.fullmatch(name) is not None and (Path(folder) / name).is_dir()
 
 
-def foreign_entries(folder: Path) -> list[str]:
-    """The top-level entries of `folder` that mmtune did not write, sorted (folders end in "/")."""
+def foreign_entries(folder: Path, adopt_legacy: bool = False) -> list[str]:
+    """The top-level entries of `folder` that mmtune did not write, sorted (folders end in "/").
+    `adopt_legacy`: a run folder from before the manifest counts its known files as mmtune's."""
     if not folder.is_dir():
         return []
     has_manifest = (folder / MANIFEST_FILE).is_file()
-    manifest = _names(read_manifest(folder)) if has_manifest else set()
+    if has_manifest:
+        manifest = _names(read_manifest(folder))
+    elif adopt_legacy:
+        manifest, has_manifest = _names(legacy_entries(folder)), bool(legacy_entries(folder))
+    else:
+        manifest = set()
     return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
                   if not (has_manifest and is_mine(folder, p.name, manifest)))
+
+
+def legacy_entries(folder: Path) -> list[str]:
+    """A run folder an mmtune from before the manifest wrote (a checkpoint holding mmtune.json): its
+    entries with the names such a run wrote, and its checkpoints. [] for any other folder."""
+    if (folder / MANIFEST_FILE).is_file() or not any((c / "mmtune.json").is_file()
+                                                     for c in folder.glob("checkpoint-*")):
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                  if p.name in LEGACY_RUN_FILES or (CHECKPOINT.fullmatch(p.name) and p.is_dir()))
 
 
 def holds_run(out: Path) -> bool:
@@ -166,11 +191,14 @@ def check_output(out: Path, *, overwrite: bool, resume: bool, flag: str = "--out
     """
     out = Path(out)
     check_location(out, flag)
-    foreign = foreign_entries(out)
+    foreign = foreign_entries(out, adopt_legacy=resume)
     if foreign:
         shown = ", ".join(foreign[:LISTED]) + (f" and {len(foreign) - LISTED} more" if len(foreign) > LISTED else "")
-        legacy = ("" if (out / MANIFEST_FILE).is_file() or not (out / "mmtune.json").is_file() else
-                  f" (a run from an mmtune that kept no {MANIFEST_FILE}: delete it yourself if you no longer need it)")
+        legacy = ""
+        if not (out / MANIFEST_FILE).is_file() and ((out / "mmtune.json").is_file() or legacy_entries(out)):
+            legacy = (f" (a run from an mmtune that kept no {MANIFEST_FILE}: "
+                      f"{'--resume continues it, or ' if legacy_entries(out) else ''}"
+                      "delete it yourself if you no longer need it)")
         raise UserError(f"{flag} {out} holds files mmtune did not write: {shown}{legacy}. They are never replaced"
                         f"{' (not even with --overwrite)' if overwrite else ''}: move them out, or choose another "
                         f"{flag} (a new or empty folder)")

@@ -48,6 +48,7 @@ from mmtune.train.output import (  # noqa: F401  (holds_run, last_checkpoint: th
     finish_manifest,
     holds_run,
     last_checkpoint,
+    legacy_entries,
     move_in,
     open_output,
     record,
@@ -152,7 +153,7 @@ def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None) -> 
     if is_main:
         if resume_from is None and cfg.overwrite and out.is_dir():
             clear_run(out)
-        open_output(out, RUN_FILES)
+        open_output(out, [*RUN_FILES, *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
