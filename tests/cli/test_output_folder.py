@@ -87,7 +87,8 @@ def test_clear_run_removes_only_what_the_manifest_lists(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_records_every_file_it_wrote_and_overwrite_replaces_only_those(tiny_llama, small_data, tmp_path):
+def test_a_run_records_every_file_it_wrote_and_overwrite_replaces_only_those(tiny_llama, small_data,
+                                                                             tmp_path):
     out = tmp_path / "run"
     train(**settings(tiny_llama, small_data, out))
     manifest = read_manifest(out)

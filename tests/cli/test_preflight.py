@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,16 +73,17 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
     adapter = fake_adapter(tmp / "run", "smollm2-135m-instruct")
     uncached_adapter = fake_adapter(tmp / "run-uncached", UNCACHED)
     home = str(home)
+    o1, preds, gguf = str(tmp / "o1"), str(tmp / "p.jsonl"), str(tmp / "x.gguf")
     unfinished = tmp / "unfinished"  # a run still training: checkpoints, no model yet
     (unfinished / "checkpoint-2").mkdir(parents=True)
     (unfinished / "checkpoint-2" / "trainer_state.json").write_text("{}")
     return {
         # train
-        "train missing data": (["train", "--data", missing, "--output", str(tmp / "o1")], ("missing.jsonl", "--data")),
-        "train missing val": (["train", "--data", PERSONA, "--val-data", missing, "--output", str(tmp / "o1")],
+        "train missing data": (["train", "--data", missing, "--output", o1], ("missing.jsonl", "--data")),
+        "train missing val": (["train", "--data", PERSONA, "--val-data", missing, "--output", o1],
                               ("missing.jsonl", "--val-data")),
         "train missing config": (["train", "--config", str(tmp / "nope.yaml")], ("nope.yaml",)),
-        "train uncached model": (["train", "--data", PERSONA, "--model", UNCACHED, "--output", str(tmp / "o1")],
+        "train uncached model": (["train", "--data", PERSONA, "--model", UNCACHED, "--output", o1],
                                  (UNCACHED, "HF_HUB_OFFLINE")),
         "train registry model": (["train", "--data", PERSONA, "--model", "qwen2.5-0.5b-instruct", "--output",
                                   str(tmp / "o1")], ("qwen2.5-0.5b-instruct", "HF_HUB_OFFLINE")),
@@ -93,7 +95,8 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "train user files": (["train", "--data", PERSONA, "--output", str(users)], ("README.md", "--output")),
         "train user files overwrite": (["train", "--data", PERSONA, "--output", str(users), "--overwrite"],
                                        ("README.md",)),
-        "train resume nothing": (["train", "--data", PERSONA, "--output", str(empty), "--resume"], ("--resume",)),
+        "train resume nothing": (["train", "--data", PERSONA, "--output", str(empty), "--resume"],
+                                 ("--resume",)),
         # merge
         "merge missing adapter": (["merge", "--adapter", str(tmp / "nope")], ("nope",)),
         "merge not an adapter": (["merge", "--adapter", str(empty)], ("adapter",)),
@@ -101,8 +104,8 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "merge system folder": (["merge", "--adapter", str(adapter), "--out", "/usr"], ("/usr", "--out")),
         "merge user files": (["merge", "--adapter", str(adapter), "--out", str(users)], ("--out",)),
         # export
-        "export missing gguf": (["export", str(tmp / "nope.gguf"), "--out", str(tmp / "x.gguf")], ("nope.gguf",)),
-        "export uncached model": (["export", UNCACHED, "--out", str(tmp / "x.gguf")], (UNCACHED, "HF_HUB_OFFLINE")),
+        "export missing gguf": (["export", str(tmp / "nope.gguf"), "--out", gguf], ("nope.gguf",)),
+        "export uncached model": (["export", UNCACHED, "--out", gguf], (UNCACHED, "HF_HUB_OFFLINE")),
         "export system folder": (["export", str(adapter), "--out", "/etc/x.gguf"], ("/etc", "--out")),
         "export out is a folder": (["export", str(adapter), "--out", str(empty)], ("--out",)),
         # chat
@@ -113,12 +116,12 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "chat uncached adapter base": (["chat", str(uncached_adapter)], (UNCACHED,)),
         "chat unfinished run": (["chat", str(unfinished)], ("checkpoint-2", "--resume")),
         # infer
-        "infer missing data": (["infer", "--data", missing, "--out", str(tmp / "p.jsonl")], ("missing.jsonl",)),
+        "infer missing data": (["infer", "--data", missing, "--out", preds], ("missing.jsonl",)),
         "infer uncached model": (["infer", UNCACHED, "--data", PERSONA, "--out", str(tmp / "p.jsonl")],
                                  (UNCACHED, "HF_HUB_OFFLINE")),
         "infer out is a folder": (["infer", "--data", PERSONA, "--out", str(empty)], ("--out",)),
         "infer system folder": (["infer", "--data", PERSONA, "--out", "/etc/preds.jsonl"], ("/etc", "--out")),
-        "infer missing media root": (["infer", "--data", PERSONA, "--out", str(tmp / "p.jsonl"), "--media-root",
+        "infer missing media root": (["infer", "--data", PERSONA, "--out", preds, "--media-root",
                                       str(tmp / "nomedia")], ("--media-root", "nomedia")),
         "train missing media root": (["train", "--data", PERSONA, "--output", str(tmp / "o1"), "--media-root",
                                       str(tmp / "nomedia")], ("--media-root", "nomedia")),
@@ -134,16 +137,8 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
     }
 
 
-CASES = sorted([
-    "train missing data", "train missing val", "train missing config", "train uncached model",
-    "train registry model", "train no such model", "train system folder", "train home folder", "train root",
-    "train user files", "train user files overwrite", "train resume nothing", "merge missing adapter",
-    "merge not an adapter", "merge uncached base", "merge system folder", "merge user files",
-    "export missing gguf", "export uncached model", "export system folder", "export out is a folder",
-    "chat missing folder", "chat no such model", "chat uncached model", "chat not a model folder",
-    "chat uncached adapter base", "chat unfinished run", "infer missing data", "infer uncached model", "infer out is a folder",
-    "infer system folder", "infer out is the data", "infer missing media root", "train missing media root", "models unknown", "demo missing data", "demo user files", "demo home folder",
-    "data check missing", "data convert missing"])
+with tempfile.TemporaryDirectory() as _scratch:  # the case names, for the ids
+    CASES = sorted(cases(Path(_scratch), Path(_scratch)))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -152,7 +147,8 @@ def test_a_mistake_is_one_line_and_exit_status_2_before_any_model_loads(name, en
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     out, took = mmtune(env, *args, cwd=tmp_path)
     assert_one_line_error(out, took, *words)
-    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "hf"))
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
+                   if not p.is_relative_to(tmp_path / "hf"))
     assert after == before, "a refused command left files behind"
 
 

@@ -29,8 +29,8 @@ def check_model_arg(model: str | None) -> None:
     if folder is not None and folder.is_dir() and not (folder / "config.json").is_file():
         last = last_checkpoint(folder)
         if last is not None:
-            raise UserError(f"{model} holds no finished model yet, only checkpoints: give one of them (e.g. {last}), "
-                            f"or finish the run first (`mmtune train --output {model} --resume`)")
+            raise UserError(f"{model} holds no finished model yet, only checkpoints: give one of them (e.g. "
+                            f"{last}), or finish the run first (`mmtune train --output {model} --resume`)")
     check_model(model)
 
 
@@ -40,14 +40,15 @@ def check_adapter(folder: Path, flag: str | None = None) -> None:
         raise UserError(f"{flag + ' ' if flag else ''}{folder}: no such folder: give the output folder of a "
                         "LoRA training run")
     if not is_adapter_dir(folder):
-        raise UserError(f"{flag + ' ' if flag else ''}{folder} holds no LoRA adapter (adapter_config.json): give "
-                        "the output folder of a LoRA training run; a fully fine-tuned run is already a standalone "
-                        "model")
+        raise UserError(f"{flag + ' ' if flag else ''}{folder} holds no LoRA adapter (adapter_config.json): "
+                        "give the output folder of a LoRA training run; a fully fine-tuned run is already a "
+                        "standalone model")
     base = adapter_base(folder)
     try:
         check_model(base)
     except UserError as e:
-        raise UserError(f"the adapter in {folder} was trained on {base}, which cannot be loaded here: {e}") from None
+        raise UserError(f"the adapter in {folder} was trained on {base}, which cannot be loaded here: "
+                        f"{e}") from None
 
 
 def check_output_file(path: str | os.PathLike, flag: str, inputs: tuple[str | os.PathLike, ...] = (),
@@ -67,7 +68,8 @@ def check_output_file(path: str | os.PathLike, flag: str, inputs: tuple[str | os
     if existing is not None and not existing.is_dir():
         raise UserError(f"{flag} {path}: {existing} is a file, not a folder")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {existing} is not writable for you: choose a folder you can write to")
+        raise UserError(f"{flag} {path}: {existing} is not writable for you: choose a folder you can "
+                        "write to")
     if p.exists() and not os.access(p, os.W_OK):
         raise UserError(f"{flag} {path} exists and is not writable for you: choose another file")
     return p
@@ -86,5 +88,5 @@ def check_merge_output(out: Path, overwrite: bool, flag: str = "--out") -> None:
 
     if read_json(out / MERGED_RECORD).get("method") != "merged":
         shown = ", ".join(foreign_entries(out)[:10])
-        raise UserError(f"{flag} {out} is not a folder `mmtune merge` wrote (it holds {shown}), so --overwrite "
-                        f"does not replace it: move its files out, or choose another {flag}")
+        raise UserError(f"{flag} {out} is not a folder `mmtune merge` wrote (it holds {shown}), so "
+                        f"--overwrite does not replace it: move its files out, or choose another {flag}")

@@ -45,7 +45,8 @@ def check_model(model: str | None, *, timeout: float = HUB_TIMEOUT_S) -> None:
         return
     if looks_like_path(model):
         raise UserError(f"model path {model!r} does not exist: check the path, or give a registry name "
-                        "(`mmtune models` lists them) or a Hugging Face hub id like Qwen/Qwen2.5-0.5B-Instruct")
+                        "(`mmtune models` lists them) or a Hugging Face hub id like "
+                        "Qwen/Qwen2.5-0.5B-Instruct")
     check_hub_model(model, timeout=timeout)
 
 
@@ -53,8 +54,8 @@ def check_local_model(path: Path) -> None:
     """A folder with config.json, a folder holding one .gguf, or a .gguf file."""
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise UserError(f"{path} is a file but not a .gguf model: give the model's folder (with config.json) "
-                            "or a .gguf file")
+            raise UserError(f"{path} is a file but not a .gguf model: give the model's folder (with "
+                            "config.json) or a .gguf file")
         _readable(path)
         return
     if (path / "config.json").is_file():
@@ -87,36 +88,38 @@ def check_hub_model(repo_id: str, *, timeout: float = HUB_TIMEOUT_S, name: str |
     try:
         cached = try_to_load_from_cache(repo_id, PROBE_FILE)
     except HFValidationError:
-        raise UserError(f"unknown model {repo_id!r}: it is not a registry name{_close(repo_id)}, a local folder "
-                        "or a Hugging Face hub id (`mmtune models` lists the registry)") from None
+        raise UserError(f"unknown model {repo_id!r}: it is not a registry name{_close(repo_id)}, a local "
+                        "folder or a Hugging Face hub id (`mmtune models` lists the registry)") from None
     if isinstance(cached, str):
         return
     if constants.HF_HUB_OFFLINE and "/" not in repo_id and name is None:
-        raise UserError(f"unknown model {repo_id!r}: it is not a registry name{_close(repo_id)} (`mmtune models` "
-                        "lists them), a local folder, nor a hub model in the local Hugging Face cache "
-                        f"(HF_HUB_OFFLINE is set, so the hub is not asked); {OTHER_WAYS}")
+        raise UserError(f"unknown model {repo_id!r}: it is not a registry name{_close(repo_id)} "
+                        "(`mmtune models` lists them), a local folder, nor a hub model in the local Hugging Face "
+                        f"cache (HF_HUB_OFFLINE is set, so the hub is not asked); {OTHER_WAYS}")
     if constants.HF_HUB_OFFLINE:
-        raise UserError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it "
-                        f"once online (`hf download {repo_id}`), or {OTHER_WAYS}")
+        raise UserError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                        f"download it once online (`hf download {repo_id}`), or {OTHER_WAYS}")
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, PROBE_FILE), timeout=timeout)
     except GatedRepoError:
         raise UserError(f"{what} is gated on the Hugging Face hub: accept its terms on "
-                        f"https://huggingface.co/{repo_id} and log in (`hf auth login`), or {OTHER_WAYS}") from None
+                        f"https://huggingface.co/{repo_id} and log in (`hf auth login`), "
+                        f"or {OTHER_WAYS}") from None
     except RepositoryNotFoundError:
-        raise UserError(f"unknown model {repo_id!r}: it is not a registry name{_close(repo_id)}, a local folder, "
-                        "nor a model on the Hugging Face hub (a private one needs `hf auth login`); "
+        raise UserError(f"unknown model {repo_id!r}: it is not a registry name{_close(repo_id)}, a local "
+                        "folder, nor a model on the Hugging Face hub (a private one needs `hf auth login`); "
                         "`mmtune models` lists the registry") from None
     except EntryNotFoundError:
-        raise UserError(f"{what} on the Hugging Face hub has no {PROBE_FILE}, so it is not a transformers model: "
-                        f"{OTHER_WAYS}") from None
+        raise UserError(f"{what} on the Hugging Face hub has no {PROBE_FILE}, so it is not a transformers "
+                        f"model: {OTHER_WAYS}") from None
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         raise UserError(f"the Hugging Face hub answered {status or 'an error'} for {what}: try again later, "
                         f"or {OTHER_WAYS}") from None
     except Exception as e:  # no network, DNS, timeout, proxy: whatever the HTTP client raises
         raise UserError(f"{what} is not in the local Hugging Face cache and the hub cannot be reached "
-                        f"({type(e).__name__}: {_short(e)}): connect and try again, or {OTHER_WAYS}") from None
+                        f"({type(e).__name__}: {_short(e)}): connect and try again, "
+                        f"or {OTHER_WAYS}") from None
 
 
 def _close(model: str) -> str:

@@ -28,16 +28,17 @@ CHECKPOINT = re.compile(r"checkpoint-\d+")
 RUN_MARKERS = ("summary.json", "mmtune.json", "adapter_model.safetensors", "model.safetensors",
                "model.safetensors.index.json")
 # never a run's folder, nor anything inside them
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys",
-                "/usr", "/System", "/Library", "/private/etc")
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+                "/sys", "/usr", "/System", "/Library", "/private/etc")
 # never a run's folder themselves (their subfolders may be: /tmp/x, /var/lib/x, /opt/x)
 SYSTEM_ROOTS = ("/", "/home", "/Users", "/root", "/var", "/opt", "/srv", "/mnt", "/media", "/run", "/tmp",
                 "/private", "/private/tmp", "/private/var", "/Volumes")
 LISTED = 10  # files named in a refusal; the rest are counted
 # what an mmtune from before the manifest wrote at the top of a run folder: adopted on --resume only
-LEGACY_RUN_FILES = ("config.yaml", "mmtune.json", "summary.json", "metrics.jsonl", "loss.png", "adapter_config.json",
-                    "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "config.json",
-                    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+LEGACY_RUN_FILES = ("config.yaml", "mmtune.json", "summary.json", "metrics.jsonl", "loss.png",
+                    "adapter_config.json", "adapter_model.safetensors", "model.safetensors",
+                    "model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json",
                     "chat_template.jinja", "README.md", "training_args.bin", "processor_config.json",
                     "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json")
 
@@ -79,13 +80,15 @@ def check_location(folder: Path, flag: str) -> None:
     """UserError unless `folder` is a place a command may write its output (`flag` names the option)."""
     reason = unsafe_reason(folder)
     if reason:
-        raise UserError(f"{flag} {folder} is {reason}: mmtune writes its output only into a folder of its own; "
+        raise UserError(f"{flag} {folder} is {reason}: mmtune writes its output only into a folder of its "
+                        "own; "
                         f"give a new or empty folder, e.g. {flag} runs/my-run")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file, not a folder: give a new or empty folder")
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {folder}: {existing} is not writable for you: choose a folder you can write to")
+        raise UserError(f"{flag} {folder}: {existing} is not writable for you: choose a folder you can "
+                        "write to")
 
 
 def _absolute(path: Path) -> Path:
@@ -105,7 +108,8 @@ def read_manifest(folder: Path) -> list[str]:
     except (OSError, ValueError, AttributeError) as e:
         raise UserError(f"cannot read {path} ({e}): it lists the files mmtune wrote in this folder; "
                         "remove the folder yourself if you no longer need the run") from None
-    return [f for f in files if isinstance(f, str) and f and "/" not in f.rstrip("/") and f not in (".", "..")]
+    return [f for f in files
+            if isinstance(f, str) and f and "/" not in f.rstrip("/") and f not in (".", "..")]
 
 
 def _names(entries: Iterable[str]) -> set[str]:
@@ -193,15 +197,16 @@ def check_output(out: Path, *, overwrite: bool, resume: bool, flag: str = "--out
     check_location(out, flag)
     foreign = foreign_entries(out, adopt_legacy=resume)
     if foreign:
-        shown = ", ".join(foreign[:LISTED]) + (f" and {len(foreign) - LISTED} more" if len(foreign) > LISTED else "")
+        more = len(foreign) - LISTED
+        shown = ", ".join(foreign[:LISTED]) + (f" and {more} more" if more > 0 else "")
         legacy = ""
         if not (out / MANIFEST_FILE).is_file() and ((out / "mmtune.json").is_file() or legacy_entries(out)):
             legacy = (f" (a run from an mmtune that kept no {MANIFEST_FILE}: "
                       f"{'--resume continues it, or ' if legacy_entries(out) else ''}"
                       "delete it yourself if you no longer need it)")
-        raise UserError(f"{flag} {out} holds files mmtune did not write: {shown}{legacy}. They are never replaced"
-                        f"{' (not even with --overwrite)' if overwrite else ''}: move them out, or choose another "
-                        f"{flag} (a new or empty folder)")
+        raise UserError(f"{flag} {out} holds files mmtune did not write: {shown}{legacy}. They are never "
+                        f"replaced{' (not even with --overwrite)' if overwrite else ''}: move them out, or "
+                        f"choose another {flag} (a new or empty folder)")
     if resume:
         last = last_checkpoint(out)
         if last is None:
@@ -227,7 +232,8 @@ def record(folder: Path, *entries: str) -> None:
 
 
 def write_manifest(folder: Path, entries: Iterable[str]) -> None:
-    body = {"about": "the files and folders mmtune wrote here; `mmtune train --overwrite` replaces only these "
+    body = {"about": "the files and folders mmtune wrote here; `mmtune train --overwrite` replaces only "
+                     "these "
                      "(and checkpoint-N/ folders)",
             "mmtune_version": __version__, "files": sorted(set(entries))}
     tmp = Path(folder) / f".{MANIFEST_FILE}.tmp"
