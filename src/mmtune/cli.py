@@ -4,13 +4,18 @@ Each command group lives in `mmtune.commands.<name>` and exposes `add_parser(sub
 which registers its arguments and sets `func` (a callable taking the parsed args and
 returning an exit status). Command modules import nothing heavy at module level, so
 `mmtune --help` and `mmtune data check` start fast; torch is imported only by the commands
-that need it, inside their `func`.
+that need it, inside their `func`, after checking their arguments (`commands/preflight.py`).
+
+A mistake ends in one `error: ...` line naming the fix and exit status 2; anything unexpected in
+one line and exit status 1. `--debug` (before or after the command, or MMTUNE_DEBUG=1) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from mmtune import __version__
@@ -49,15 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mmtune {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"mmtune.commands.{name}").add_parser(sub)
+    _add_debug(sub)
     return parser
+
+
+DEBUG_HELP = "on an error, show the full traceback instead of one line (default: off)"
+
+
+def _add_debug(sub: argparse._SubParsersAction) -> None:
+    """--debug after the command too (`mmtune train ... --debug`), on every command and sub-command."""
+    for command in set(sub.choices.values()):
+        if not any("--debug" in a.option_strings for a in command._actions):
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = args.debug or os.environ.get("MMTUNE_DEBUG", "") not in ("", "0")
     if not getattr(args, "func", None):
         # a group without its sub-command (`mmtune data`) prints that group's help
         (getattr(args, "_parser", None) or parser).print_help()
@@ -68,8 +89,31 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except UserError as e:  # an error the user can fix: one clear message, no traceback
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the user named that cannot be read or written
+        if args.debug:
+            raise
+        if e.filename is None:
+            return _unexpected(e)
+        print(f"error: {e.filename}: {e.strerror or e} (check the path and its permissions)", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug or a broken environment: one line, the traceback on request
+        if args.debug:
+            raise
+        return _unexpected(e)
+
+
+def _unexpected(e: BaseException) -> int:
+    print(f"error: {type(e).__name__}: {one_line(str(e))} (unexpected: run again with `mmtune --debug ...` "
+          "to see where, and report it)", file=sys.stderr)
+    return 1
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split()) or "no details"
 
 
 if __name__ == "__main__":

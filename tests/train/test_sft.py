@@ -101,7 +101,8 @@ def test_output_dir_holds_exactly_the_expected_files(finished_run):
     assert {p.name for p in out.iterdir()} == {
         "adapter_model.safetensors", "adapter_config.json", "README.md",  # PEFT's model card
         "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-        "config.yaml", "metrics.jsonl", "loss.png", "summary.json", "mmtune.json", "checkpoint-12"}
+        "config.yaml", "metrics.jsonl", "loss.png", "summary.json", "mmtune.json", "checkpoint-12",
+        "mmtune-manifest.json"}  # every entry above, as the run recorded them
     ckpt = {p.name for p in (out / "checkpoint-12").iterdir()}
     assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
             "mmtune.json", "chat_template.jinja"} <= ckpt

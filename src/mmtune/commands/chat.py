@@ -113,6 +113,9 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtune.commands.preflight import check_model_arg
+
+    check_model_arg(args.model)  # a mistake in seconds, before torch is imported
     from mmtune.infer.chat import ChatSession, repl
     from mmtune.infer.engine import Engine
     from mmtune.infer.media import MediaPolicy

@@ -50,7 +50,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--data", default=None, help=f"training file (default: {PERSONA.as_posix()})")
     p.add_argument(
-        "--output", default="runs/demo", help="output folder, replaced on each run (default: runs/demo)"
+        "--output", default="runs/demo", help="output folder; an earlier demo's files in it are replaced on each run, any other file is "
+        "refused (default: runs/demo)"
     )
     p.add_argument(
         "--max-steps",
@@ -83,11 +84,14 @@ def find_persona(data: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtune.commands.train import preflight
     from mmtune.config import resolve_config
-    from mmtune.train.sft import run_sft
 
     settings = {**DEMO_SETTINGS, "max_steps": args.max_steps}
     cfg = resolve_config({**settings, "data": find_persona(args.data), "output": args.output})
+    preflight(cfg)  # before torch is imported
+    from mmtune.train.sft import run_sft
+
     summary = run_sft(cfg)
     questions = args.questions or list(QUESTIONS)
     base, tuned = compare_answers(cfg.model, args.output, questions)

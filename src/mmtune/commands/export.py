@@ -28,6 +28,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtune.commands.preflight import check_model_arg, check_output_file
+
+    check_model_arg(args.model)
+    check_output_file(args.out, "--out", inputs=(args.model,), example="model-f16.gguf")
     from mmtune.export.gguf import export_gguf
 
     out = export_gguf(args.model, args.out, dtype=args.dtype)

@@ -59,6 +59,18 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtune.commands.preflight import (
+        check_data_files,
+        check_input_folder,
+        check_model_arg,
+        check_output_file,
+    )
+
+    check_data_files([args.data], "--data")
+    if args.media_root:
+        check_input_folder(args.media_root, "--media-root")
+    check_output_file(args.out, "--out", inputs=(args.data,))
+    check_model_arg(args.model)
     from mmtune.infer.batch import metrics_of, predict, print_metrics, read_rows, write_jsonl
     from mmtune.infer.engine import Engine
     from mmtune.infer.media import MediaPolicy

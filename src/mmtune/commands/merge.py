@@ -23,12 +23,22 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="dtype to save in: auto (the base's own), bf16, fp16 or fp32 (default: auto)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if an earlier merge wrote it; any other folder is refused "
+                   "(default: off)")
     p.set_defaults(func=run, _parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmtune.export.merge import merge_adapter
+    from pathlib import Path
+
+    from mmtune.commands.preflight import check_adapter, check_merge_output
+    from mmtune.export.merge import default_merged_dir, merge_adapter  # light: torch is imported when merging
+
+    adapter = Path(args.adapter).expanduser()
+    check_adapter(adapter, "--adapter")
+    out = Path(args.out).expanduser() if args.out else default_merged_dir(adapter)
+    check_merge_output(out, args.overwrite)
 
     out = merge_adapter(args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"merged model saved in {out}")

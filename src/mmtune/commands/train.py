@@ -104,10 +104,26 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(with_help=True), end="")
         return 0
-    from mmtune.data.reader import ReadOptions, require_kind
-
-    require_kind(cfg.data + cfg.val_data, "sft", ReadOptions(media_root=cfg.media_root))  # before any model loads
+    preflight(cfg)
     from mmtune.train.sft import run_sft
 
     run_sft(cfg)
     return 0
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What can be wrong before any model loads: the output folder, the data files and their kind, the model."""
+    from pathlib import Path
+
+    from mmtune.data.reader import ReadOptions, require_kind
+    from mmtune.files import check_data_files, check_input_folder
+    from mmtune.models.available import check_model
+    from mmtune.train.output import check_output
+
+    check_output(Path(cfg.output), overwrite=cfg.overwrite, resume=cfg.resume)
+    check_data_files(cfg.data, "--data")
+    check_data_files(cfg.val_data, "--val-data")
+    if cfg.media_root:
+        check_input_folder(cfg.media_root, "--media-root")
+    require_kind(cfg.data + cfg.val_data, "sft", ReadOptions(media_root=cfg.media_root))
+    check_model(cfg.model)

@@ -92,7 +92,7 @@ def resolve_model_path(model: str, cache_dir: str | os.PathLike | None = None) -
     path = Path(model).expanduser()
     if path.exists():
         return _resolve_local(path, cache_dir)
-    if _looks_like_path(model):
+    if looks_like_path(model):
         raise UserError(
             f"model path {model!r} does not exist: check the path, or give a registry name "
             "(`mmtune models` lists them) or a Hugging Face hub id like Qwen/Qwen2.5-0.5B-Instruct"
@@ -106,7 +106,8 @@ def resolve_model_path(model: str, cache_dir: str | os.PathLike | None = None) -
     return model
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
+    """Whether `model` is written as a file-system path (and so can only be one)."""
     return (
         model.startswith((".", "/", "~", "\\"))
         or model.lower().endswith(".gguf")
@@ -226,6 +227,16 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def check_resolved(path: str, model: str) -> None:
+    """Before `from_pretrained(path)`: a hub id (not a local folder) must be cached, or answered by the hub
+    within seconds; otherwise a UserError with the fix, instead of a minute of retries and a traceback."""
+    if Path(path).exists():
+        return
+    from mmtune.models.available import check_hub_model
+
+    check_hub_model(path, name=model if model != path else None)
+
+
 def resolve_trust_remote_code(model: str, trust_remote_code: bool | None) -> bool:
     """Explicit choice wins; otherwise what the registry says for this model (False if unknown)."""
     if trust_remote_code is not None:
@@ -245,6 +256,7 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model, cache_dir)
+    check_resolved(path, model)
     tokenizer = AutoTokenizer.from_pretrained(
         path, trust_remote_code=resolve_trust_remote_code(model, trust_remote_code)
     )
@@ -355,6 +367,7 @@ def load_model(
     spec = find_spec(model)
     vision = bool(spec and spec.kind == "vision")
     path = resolve_model_path(model, cache_dir)
+    check_resolved(path, model)
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype,

@@ -6,7 +6,11 @@ token accounting, and a self-describing output folder:
 
     adapter_model.safetensors + adapter_config.json   (lora/qlora)  | model*.safetensors + config.json (full)
     tokenizer files + chat_template.jinja (a vision model: its processor's files too), config.yaml (resolved), metrics.jsonl, loss.png,
-    summary.json, mmtune.json (base model, method, mmtune version), checkpoint-*/ (for --resume)
+    summary.json, mmtune.json (base model, method, mmtune version), checkpoint-*/ (for --resume),
+    mmtune-manifest.json (every entry the run wrote: all --overwrite ever replaces; train/output.py)
+
+Nothing is written before the model, the data and the Trainer are ready, and the output folder is
+checked first (train/output.py): a folder holding the user's own files is refused.
 """
 
 from __future__ import annotations
@@ -28,13 +32,27 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from mmtune import __version__
 from mmtune.config import ALL_LINEAR, TrainConfig
 from mmtune.errors import UserError
+from mmtune.files import check_data_files as check_files
 from mmtune.models.loader import check_quantization_available, load_model, load_tokenizer, resolve_model_path
 from mmtune.models.registry import find_spec
 from mmtune.train.attention import packing_safe, use_varlen_attention
-from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder
+from mmtune.train.callbacks import METRICS_FILE, PLOT_FILE, FinishLine, RichProgress, RunRecorder
 from mmtune.train.chunked_loss import CHUNK, HiddenHead, linear_cross_entropy, plain_head
 from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, build_datasets
+from mmtune.train.output import (  # noqa: F401  (holds_run, last_checkpoint: this module's public names too)
+    STAGING_DIR,
+    check_output,
+    clear_run,
+    discard_failed,
+    finish_manifest,
+    holds_run,
+    last_checkpoint,
+    legacy_entries,
+    move_in,
+    open_output,
+    record,
+)
 from mmtune.train.sft_vision import (
     apply_vision_method,
     is_vision,
@@ -48,12 +66,9 @@ from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_fl
 META_FILE = "mmtune.json"
 SUMMARY_FILE = "summary.json"
 _COUNTS = "mmtune"  # key in TrainerState.stateful_callbacks: saved in checkpoints, restored on resume
-# files a run writes at the top of its output folder (removed by --overwrite before a new run)
-RUN_FILES = ("config.yaml", META_FILE, SUMMARY_FILE, "metrics.jsonl", "loss.png", "adapter_config.json",
-             "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "config.json",
-             "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "chat_template.jinja", "README.md", "training_args.bin", "processor_config.json",
-             "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json")
+# what a run writes itself at the top of its output folder, recorded in the manifest before training;
+# the Trainer's files (weights, tokenizer, ...) are recorded as they are moved in from STAGING_DIR
+RUN_FILES = ("config.yaml", META_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE, PLOT_FILE + ".tmp", STAGING_DIR + "/")
 
 
 def run_sft(cfg: TrainConfig) -> dict[str, Any]:
@@ -69,8 +84,10 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
 
     # ---- setup
     check_quantization_available(cfg.quantization)  # QLoRA without CUDA fails here, before any loading
-    resume_from = prepare_output(cfg, dist.is_main_process)
-    dist.wait_for_everyone()
+    out = Path(cfg.output)
+    resume_from = check_output(out, overwrite=cfg.overwrite, resume=cfg.resume)  # nothing is written yet
+    check_data_files(cfg)
+    created = not out.exists()
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     spec = find_spec(cfg.model)
@@ -92,16 +109,23 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
         say(f"trainable parameters by part (vision tower: {cfg.train_vision}, projector: "
             f"{'trains' if cfg.train_projector else 'frozen'}, language model: {cfg.method}):\n{table}")
     recorder = RunRecorder(cfg.output)
-    trainer = build_trainer(cfg, model, processor or tokenizer, data, precision, [recorder, RichProgress(console)],
-                            collator=vision_collator(processor) if processor is not None else None)
-    if dist.is_main_process:
-        cfg.save(cfg.output)
-    # ---- train
-    if resume_from:
-        say(f"resuming from {resume_from}")
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    # ---- save
-    trainer.save_model(cfg.output)  # adapter or full weights (gathered under ZeRO-3/FSDP) + tokenizer
+    try:  # the output folder appears from here on (the Trainer makes it)
+        trainer = build_trainer(cfg, model, processor or tokenizer, data, precision,
+                                [recorder, RichProgress(console)],
+                                collator=vision_collator(processor) if processor is not None else None)
+        prepare_output(cfg, dist.is_main_process, resume_from)
+        if dist.is_main_process:
+            cfg.save(cfg.output)
+        # ---- train
+        if resume_from:
+            say(f"resuming from {resume_from}")
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        # ---- save
+        save_model(trainer, out, dist.is_main_process)  # adapter or full weights (gathered under ZeRO-3/FSDP)
+    except BaseException:
+        if dist.is_main_process:
+            discard_failed(out, created)  # nothing trained yet: no folder (or files) of ours left behind
+        raise
     summary = make_summary(cfg, trainer, result.metrics, recorder, data, (trainable, total), resume_from)
     if parts is not None:
         summary["trainable_by_part"] = {p: {"trainable": t, "total": n} for p, (t, n) in parts.items()}
@@ -115,68 +139,36 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- setup
 
 
-def prepare_output(cfg: TrainConfig, is_main: bool) -> str | None:
-    """The checkpoint to resume from (with --resume), after making sure no run is clobbered.
+def check_data_files(cfg: TrainConfig) -> None:
+    """Every --data and --val-data file exists and can be read (before anything loads or is written)."""
+    check_files(cfg.data, "--data")
+    check_files(cfg.val_data, "--val-data")
 
-    A folder holding checkpoints or a finished run needs --resume or --overwrite. A run killed
-    before its first checkpoint left only files a new run rewrites (config.yaml, metrics.jsonl,
-    loss.png): starting again over it is allowed, so a job runner can simply re-run the command.
-    """
+
+def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None) -> None:
+    """Make the output folder ready, once everything before training has worked: an earlier run's
+    files cleared (--overwrite; only what its manifest lists), the folder made and the files this
+    run writes recorded in its manifest."""
     out = Path(cfg.output)
-    last = last_checkpoint(out)
-    if cfg.resume:
-        if last is None:
-            raise UserError(f"--resume: {out} holds no checkpoint-*/ folder to continue from; run without "
-                            "--resume to start afresh (or check --output)")
-        return last
-    if holds_run(out):
-        if not cfg.overwrite:
-            raise UserError(f"{out} already holds a training run: pass --resume to continue it, --overwrite to "
-                            "replace it, or choose another --output")
-        if is_main:
+    if is_main:
+        if resume_from is None and cfg.overwrite and out.is_dir():
             clear_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return None
+        open_output(out, [*RUN_FILES, *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
-def holds_run(out: Path) -> bool:
-    """Checkpoints, weights or a finished run's records: what a new run must not silently replace."""
-    if not out.is_dir():
-        return False
-    markers = (SUMMARY_FILE, META_FILE, "adapter_model.safetensors", "model.safetensors",
-               "model.safetensors.index.json")
-    return any(out.glob("checkpoint-*")) or any((out / m).exists() for m in markers)
-
-
-def last_checkpoint(out: Path) -> str | None:
-    """The newest complete checkpoint-N/ in `out`. A run killed while saving leaves a folder
-    without a readable trainer_state.json (the Trainer writes it last): such folders are skipped."""
-    if not out.is_dir():
-        return None
-    found = []
-    for folder in out.glob("checkpoint-*"):
-        step = folder.name.removeprefix("checkpoint-")
-        if step.isdigit() and _readable_json(folder / "trainer_state.json"):
-            found.append((int(step), folder))
-    return str(max(found)[1]) if found else None
-
-
-def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run wrote (and only that) before training into the same folder."""
-    for ckpt in out.glob("checkpoint-*"):
-        shutil.rmtree(ckpt, ignore_errors=True)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for shard in out.glob("model-*-of-*.safetensors"):
-        shard.unlink()
+def save_model(trainer: MMTuneTrainer, out: Path, is_main: bool) -> None:
+    """The Trainer saves into a staging folder inside `out`; its entries are then recorded in the manifest
+    and moved in, so no file appears in `out` unrecorded (and training_args.bin, a pickle, never does)."""
+    staging = out / STAGING_DIR
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    trainer.save_model(str(staging))
+    if is_main:
+        (staging / "training_args.bin").unlink(missing_ok=True)  # config.yaml is the readable record
+        move_in(staging, out)
 
 
 def resolve_precision(precision: str) -> str:
@@ -399,6 +391,7 @@ class SaveMeta(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
+            record(folder.parent, folder.name + "/")
             write_meta(folder, self.cfg, complete=False)
 
 
@@ -527,10 +520,10 @@ def make_summary(cfg: TrainConfig, trainer: MMTuneTrainer, metrics: dict[str, An
 def finish_output(cfg: TrainConfig, summary: dict[str, Any], recorder: RunRecorder) -> None:
     """Leave the output folder self-describing (and free of the Trainer's pickled arguments)."""
     out = Path(cfg.output)
-    (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml is the readable record
     write_meta(out, cfg)
     recorder.plot()
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    finish_manifest(out)  # exactly the entries the run leaves
 
 
 def print_summary(console: Console, s: dict[str, Any]) -> None:
