@@ -17,7 +17,7 @@ from pathlib import Path
 from mmtune.errors import UserError
 from mmtune.files import check_input_file
 from mmtune.models.loader import embedded_file, looks_like_path
-from mmtune.models.registry import DEFAULT_MODEL, REGISTRY, ModelSpec
+from mmtune.models.registry import DEFAULT_MODEL, REGISTRY, named
 
 HUB_TIMEOUT_S = 3.0  # one request to the hub; transformers' own retries would take over a minute
 PROBE_FILE = "config.json"  # every transformers model repo has it
@@ -25,14 +25,10 @@ OTHER_WAYS = (f"give a local model folder or .gguf file, or use the embedded def
               "no download)")
 
 
-def registry_spec(model: str) -> ModelSpec | None:
-    return REGISTRY.get(model) or next((s for s in REGISTRY.values() if model in s.aliases), None)
-
-
 def check_model(model: str | None, *, timeout: float = HUB_TIMEOUT_S) -> None:
     """UserError (one line, with the fix) unless `model` can be loaded here; None is the default model."""
     model = model or DEFAULT_MODEL
-    spec = registry_spec(model)
+    spec = named(model)
     if spec is not None:
         if spec.embedded:
             embedded_file(spec)  # the package and its file are there

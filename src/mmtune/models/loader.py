@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.errors import UserError
-from mmtune.models.registry import REGISTRY, ModelSpec, find_spec
+from mmtune.models.registry import REGISTRY, ModelSpec, find_spec, named
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +84,7 @@ def resolve_model_path(model: str, cache_dir: str | os.PathLike | None = None) -
     - a local folder with config.json → itself (absolute path);
     - anything else shaped like a hub id ("org/name") → returned as-is.
     """
-    spec = REGISTRY.get(model) or next((s for s in REGISTRY.values() if model in s.aliases), None)
+    spec = named(model)
     if spec is not None:
         if spec.embedded:
             return str(gguf_to_hf(embedded_file(spec), cache_dir))

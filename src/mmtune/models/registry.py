@@ -454,6 +454,11 @@ REGISTRY: dict[str, ModelSpec] = build_registry(_ENTRIES + VISION_ENTRIES)
 """Every model, text entries first, then the vision-language ones (models/vision_registry.py)."""
 
 
+def named(model: str) -> ModelSpec | None:
+    """The entry whose name or alias is `model` exactly (no hub paths, no folders: see find_spec)."""
+    return REGISTRY.get(model) or next((s for s in REGISTRY.values() if model in s.aliases), None)
+
+
 def find_spec(model: str) -> ModelSpec | None:
     """The registry entry for `model`: a registry name or alias, a hub path, or a local folder.
 
