@@ -76,8 +76,8 @@ class TrainConfig:
                             "0 = no validation unless --val-data")
     output: str = _opt("runs/mmtune", "output folder: adapter or weights, tokenizer, config.yaml, metrics.jsonl, "
                        "loss.png, summary.json, checkpoint-*/", metavar="DIR")
-    overwrite: bool = _opt(False, "allow training into an output folder that already holds a run (its files are "
-                           "replaced)")
+    overwrite: bool = _opt(False, "allow training into an output folder that already holds a run: only the files "
+                           "its mmtune-manifest.json lists (and checkpoint-*/) are replaced; other files refuse")
     preset: str = _opt(DEFAULT_PRESET, "hyper-parameter preset (learning rate, epochs, batch size, LoRA rank, "
                        "alpha, dropout); YAML and flags override it", choices=tuple(PRESETS))
     # how

@@ -21,6 +21,7 @@ from tests.conftest import EXAMPLES, ROOT
 
 MMTUNE = Path(sys.executable).with_name("mmtune")
 PERSONA = str(EXAMPLES / "persona.jsonl")
+PEERS = ROOT / "tests" / "fixtures" / "peers"
 UNCACHED = "Qwen/Qwen2.5-0.5B-Instruct"  # a real hub id, never in the test machine's (empty) cache
 
 
@@ -134,6 +135,9 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "data check missing": (["data", "check", missing], ("missing.jsonl",)),
         "data convert missing": (["data", "convert", missing, str(tmp / "c.jsonl"), "--to", "openai"],
                                  ("missing.jsonl",)),
+        "data stats uncached tokenizer": (["data", "stats", PERSONA, "--tokenizer", UNCACHED], (UNCACHED,)),
+        "train preference data": (["train", "--data", str(PEERS / "openai_preference.jsonl"), "--output", o1],
+                                  ("preference", "--stage dpo")),
     }
 
 

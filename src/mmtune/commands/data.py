@@ -208,8 +208,10 @@ class _Printer:
 
 def _token_counter(name: str):
     from mmtune.data.stats import token_counter
+    from mmtune.models.available import check_model
     from mmtune.models.loader import load_tokenizer
 
+    check_model(name)  # one line naming the fix, not a minute of hub retries
     return token_counter(load_tokenizer(name))
 
 
