@@ -20,6 +20,13 @@ Where a turn is in the text:
   is then not a prefix of the full text, and the turn is located in the full text instead;
   where that cannot be done safely a UserError names the problem.
 
+Tools: a row with tool definitions, calls or results is written in the model's tool format
+(mmtune.chat.tools, docs/tools.md): the template's own where it renders all three, else the
+Hermes-style fallback written into the messages before the template runs. Either way each
+trained call's name and arguments must be inside its turn's trained span and each tool
+definition in the prompt, or a UserError names the row: a call is never trained as an empty
+turn. Rows without tools render exactly as before (no probe, no change).
+
 Labels follow the Hugging Face convention: `labels[j] = input_ids[j]` where trained and -100
 elsewhere, unshifted (the model shifts them). A sample left without any trained token (no
 trainable assistant turn, or all of it cut by `max_length`) is returned as it is, all -100:
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from mmtune.chat import tools as toolfmt
 from mmtune.data.schema import Message, Sample
 from mmtune.errors import UserError
 
@@ -115,6 +123,34 @@ def to_template_messages(sample: Sample) -> tuple[list[dict], list[dict] | None]
         )
     messages = [_message_dict(m, sample) for m in sample.messages]
     return messages, (sample.tools or None)
+
+
+@dataclass
+class Conversation:
+    """What goes into `apply_chat_template` for one sample, in the model's tool format."""
+
+    messages: list[dict]
+    tools: list[dict] | None
+    index: list[int]  # sample.messages[i] is (or was merged into) messages[index[i]]
+    tool_format: str | None  # "template" | "hermes"; None: the row has nothing of tools
+
+
+def _uses_tools(sample: Sample) -> bool:
+    return bool(sample.tools) or any(m.tool_calls or m.role == "tool" for m in sample.messages)
+
+
+def conversation(sample: Sample, tokenizer, tool_format: str = "auto") -> Conversation:
+    """The sample's template messages, with tools written in the format `tool_format` resolves to
+    for this template ("auto": the template's own if it renders tools, else the fallback)."""
+    messages, tools = to_template_messages(sample)
+    identity = list(range(len(messages)))
+    if not _uses_tools(sample):
+        return Conversation(messages, tools, identity, None)
+    fmt = toolfmt.resolve_format(tokenizer, tool_format)
+    if fmt == "template":
+        return Conversation(messages, tools, identity, fmt)
+    messages, index = toolfmt.hermes_messages(messages, tools, toolfmt.template_support(tokenizer))
+    return Conversation(messages, None, index, fmt)
 
 
 # ----------------------------------------------------------------------------- template access
@@ -283,8 +319,10 @@ def _trim_after_special(text: str, start: int, end: int, specials: list[str]) ->
     return end
 
 
-def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
-    """Assistant-turn spans by prefix differences (see the module docstring)."""
+def _prefix_turns(tokenizer, sample, messages, tools, full: str, index: list[int] | None = None) -> list[_Turn]:
+    """Assistant-turn spans by prefix differences (see the module docstring). `index` maps a
+    sample message to its template message where they differ (Conversation.index)."""
+    index = index or list(range(len(messages)))
     specials = _special_tokens(tokenizer)
     eot = _end_of_turn(tokenizer)
     turns: list[_Turn] = []
@@ -297,7 +335,7 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
                 f"{_where(sample)}the conversation starts with an assistant turn; add the user "
                 "turn it answers before it"
             )
-        before = _render(tokenizer, messages[:i], tools, gen=True, sample=sample)
+        before = _render(tokenizer, messages[: index[i]], tools, gen=True, sample=sample)
         if full.startswith(before) and len(before) >= cursor:
             start, exact = len(before), True
         else:
@@ -307,7 +345,7 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
                     sample, i, "renders earlier turns differently once later turns exist"
                 )
             start, exact = found, False
-        upto = _render(tokenizer, messages[: i + 1], tools, gen=False, sample=sample)
+        upto = _render(tokenizer, messages[: index[i] + 1], tools, gen=False, sample=sample)
         exact = exact and full.startswith(upto) and len(upto) > start
         end = len(upto) if exact else None
         pos = full.find(eot, start, end if exact else len(full)) if eot else -1
@@ -324,14 +362,80 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
     return turns
 
 
-def assistant_turn_spans(sample: Sample, tokenizer) -> tuple[str, list[_Turn]]:
+def assistant_turn_spans(sample: Sample, tokenizer, tool_format: str = "auto") -> tuple[str, list[_Turn]]:
     """The full rendered text and, per assistant turn, its trained character span."""
     _require_template(tokenizer)
-    messages, tools = to_template_messages(sample)
+    conv = conversation(sample, tokenizer, tool_format)
+    messages, tools = conv.messages, conv.tools
     full = _render(tokenizer, messages, tools, gen=False, sample=sample)
     if _GENERATION_TAG.search(tokenizer.get_chat_template(None, tools)):
-        return full, _marker_turns(tokenizer, sample, messages, tools, full)
-    return full, _prefix_turns(tokenizer, sample, messages, tools, full)
+        turns = _marker_turns(tokenizer, sample, messages, tools, full)
+    else:
+        turns = _prefix_turns(tokenizer, sample, messages, tools, full, conv.index)
+    if conv.tool_format:
+        _check_tools(sample, conv, full, turns)
+    return full, turns
+
+
+# ----------------------------------------------------------------------------- tool checks
+
+
+def _check_tools(sample: Sample, conv: Conversation, full: str, turns: list[_Turn] | None) -> None:
+    """Each trainable call is inside its turn's trained span; each definition outside every span.
+
+    turns None: everything is trained (train_on="all"), so the calls need only be in the text.
+    """
+    spans = [(t.start, t.end) for t in turns] if turns is not None else []
+    by_index = {t.index: full[t.start : t.end] for t in turns or [] if t.index is not None}
+    anywhere = "".join(full[a:b] for a, b in spans) if turns is not None else full
+    for i, m in enumerate(sample.messages):
+        if m.role != "assistant" or not m.tool_calls or not m.trainable:
+            continue
+        text = by_index.get(i, anywhere)
+        said = m.text.split("</think>")[-1].strip()  # templates drop reasoning from earlier turns
+        if said and said not in text:
+            raise UserError(
+                f"{_where(sample)}assistant turn {i}: the chat template drops this turn's text when the "
+                f"turn also calls a tool (tool format {conv.tool_format!r}), so it would not be trained. "
+                "Move the text into an assistant turn of its own before the call, or use a model folder "
+                "whose chat_template.jinja renders both; docs/tools.md lists the formats"
+            )
+        for call in m.tool_calls:
+            args = _tool_call_dict(call, sample)["function"]["arguments"]
+            missing = toolfmt.missing_from(text, call.name, args)
+            if missing:
+                raise UserError(
+                    f"{_where(sample)}assistant turn {i}: {', '.join(missing)} of the tool call "
+                    f"{call.name!r} are not in the text this turn trains on, as the chat template "
+                    f"renders it (tool format {conv.tool_format!r}), so the model would learn to answer "
+                    "without the call. Fix the row to fit the template (e.g. one call per turn, "
+                    "text in a turn of its own), or use a model folder whose chat_template.jinja renders "
+                    "tool calls; docs/tools.md lists the formats"
+                )
+    _check_definitions(sample, conv, _outside(full, spans))
+
+
+def _outside(text: str, spans: list[tuple[int, int]]) -> str:
+    out, pos = [], 0
+    for a, b in sorted(spans):
+        out.append(text[pos:a])
+        pos = max(pos, b)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _check_definitions(sample: Sample, conv: Conversation, prompt: str) -> None:
+    for tool in sample.tools or []:
+        fn = tool.get("function", tool) if isinstance(tool, dict) else {}
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if isinstance(name, str) and name not in prompt:
+            raise UserError(
+                f"{_where(sample)}the tool definition {name!r} is not in the prompt as the chat template "
+                f"renders it (tool format {conv.tool_format!r}), so the model would be trained to call "
+                "tools it was never shown. Use a model folder whose chat_template.jinja renders tool "
+                "definitions everywhere (some put them only before the last user turn), or remove the "
+                "definition the row does not use; docs/tools.md lists the formats"
+            )
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -366,7 +470,12 @@ def _token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) ->
 
 
 def render_sample(
-    sample: Sample, tokenizer, *, train_on: str = "assistant", max_length: int | None = None
+    sample: Sample,
+    tokenizer,
+    *,
+    train_on: str = "assistant",
+    max_length: int | None = None,
+    tool_format: str = "auto",
 ) -> Rendered:
     """Token ids and labels for one conversation (see the module docstring).
 
@@ -374,16 +483,20 @@ def render_sample(
     calls and end-of-turn token); "last" — only the last assistant turn (none if its weight
     is 0); "all" — every token except the first (which no token predicts).
     max_length: cut longer renderings on the right; `Rendered.truncated` says how many tokens.
+    tool_format: how tools are written (mmtune.chat.tools: "auto", "template", "hermes").
     """
     if train_on not in TRAIN_ON:
         raise UserError(f"train_on must be one of {', '.join(TRAIN_ON)}, not {train_on!r}")
     if train_on == "all":  # no turn boundaries needed: every template works
         _require_template(tokenizer)
-        messages, tools = to_template_messages(sample)
-        ids, _ = _encode(tokenizer, _render(tokenizer, messages, tools, gen=False, sample=sample))
+        conv = conversation(sample, tokenizer, tool_format)
+        full = _render(tokenizer, conv.messages, conv.tools, gen=False, sample=sample)
+        if conv.tool_format:
+            _check_tools(sample, conv, full, None)
+        ids, _ = _encode(tokenizer, full)
         mask = [j > 0 for j in range(len(ids))]
     else:
-        full, turns = assistant_turn_spans(sample, tokenizer)
+        full, turns = assistant_turn_spans(sample, tokenizer, tool_format)
         ids, offsets = _encode(tokenizer, full)
         if train_on == "last":
             if any(t.index is None for t in turns):
@@ -403,11 +516,15 @@ def render_sample(
     return Rendered(ids, labels, truncated)
 
 
-def render_prompt(sample: Sample, tokenizer, *, add_generation_prompt: bool = True) -> list[int]:
-    """Token ids for inference: the same template and tokenization as training."""
+def render_prompt(
+    sample: Sample, tokenizer, *, add_generation_prompt: bool = True, tool_format: str = "auto"
+) -> list[int]:
+    """Token ids for inference: the same template, tool format and tokenization as training."""
     _require_template(tokenizer)
-    messages, tools = to_template_messages(sample)
-    text = _render(tokenizer, messages, tools, gen=add_generation_prompt, sample=sample)
+    conv = conversation(sample, tokenizer, tool_format)
+    text = _render(tokenizer, conv.messages, conv.tools, gen=add_generation_prompt, sample=sample)
+    if conv.tool_format:
+        _check_definitions(sample, conv, text)
     return _encode(tokenizer, text)[0]
 
 
