@@ -9,6 +9,7 @@ supervised tokens of its turn, and the tool definitions are in the prompt.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers.tokenizers import make_tokenizer
@@ -19,7 +20,7 @@ from test_render import WEATHER_TOOL
 from mmtune.chat import tools as toolfmt
 from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
 from mmtune.errors import UserError
-from mmtune.train.render import IGNORE_INDEX, render_prompt, render_sample
+from mmtune.train.render import IGNORE_INDEX, Rendered, render_prompt, render_sample
 
 M = Message.simple
 
@@ -255,22 +256,50 @@ def test_parse_inverts_assistant_text(content, calls):
     assert [(c.name, json.loads(c.arguments)) for c in reply.tool_calls] == calls
 
 
-# ----------------------------------------------------------------------------- mmtune train
+# ----------------------------------------------------------------------------- mmtune train, Engine
+
+
+def with_template(tiny_llama, folder, template: str):
+    """A copy of the tiny Llama whose tokenizer carries `template` (tests/fixtures/templates)."""
+    import shutil
+
+    from helpers.tokenizers import TEMPLATES
+
+    shutil.copytree(tiny_llama, folder)
+    shutil.copy(TEMPLATES / f"{template}.jinja", folder / "chat_template.jinja")
+    return folder
+
+
+def test_engine_prompts_with_the_same_fallback(tiny_llama, tmp_path):
+    from mmtune.infer.engine import Engine
+
+    engine = Engine(str(with_template(tiny_llama, tmp_path / "model", "chatml")), device="cpu")
+    row = tool_row()
+    wire = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call00001", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call00001", "content": '{"temp_c": 18}'},
+    ]
+    ids = engine.prompt_ids(wire, tools=[WEATHER_TOOL])
+    t = engine.tokenizer()
+    assert ids == render_prompt(Sample(row.messages[:3], tools=row.tools), t)
+    text = t.decode(ids)
+    assert "<tool_call>\n{\"name\": \"get_weather\"" in text and "<tools>" in text
+    assert text.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    # and the training row's ids start with it: the model answers where training taught it to
+    r = render_sample(row, t)
+    assert r.input_ids[: len(ids)] == ids and r.labels[len(ids)] != IGNORE_INDEX
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama3"])  # SmolLM2's (the fallback), Llama 3.1's own
 def test_mmtune_train_trains_the_call_tokens(tiny_llama, tmp_path, template):
-    import shutil
-
     from helpers.tokenizers import TEMPLATES
     from transformers import AutoTokenizer
 
     from mmtune.cli import main
 
-    model = tmp_path / "model"
-    shutil.copytree(tiny_llama, model)
-    if template == "chatml":
-        shutil.copy(TEMPLATES / "chatml.jinja", model / "chat_template.jinja")
+    model = with_template(tiny_llama, tmp_path / "model", template)
     row = {
         "messages": [
             {"role": "user", "content": "Weather in Paris?"},
@@ -300,3 +329,30 @@ def test_mmtune_train_trains_the_call_tokens(tiny_llama, tmp_path, template):
     call_tokens = len(t(call, add_special_tokens=False)["input_ids"])
     assert supervised - without_call.n_supervised >= call_tokens  # the call itself is trained
     assert call in trained_text(r, t)
+
+
+# ----------------------------------------------------------------------------- vision-language models
+
+
+@pytest.mark.parametrize("family,native", [("qwen2_vl", False), ("qwen3_vl", True)])
+def test_vision_rows_carry_their_calls(family, native):
+    from helpers.tiny_vlms import tiny_vlm_dir
+
+    from mmtune.infer.vision import render_text
+    from mmtune.models.vision import load_processor
+    from mmtune.train.render_vision import render_vision_sample, template_view
+
+    processor = load_processor(tiny_vlm_dir(family))
+    assert toolfmt.template_support(template_view(processor)).native is native
+    row = tool_row()
+    media = Path(__file__).resolve().parents[2] / "examples" / "data" / "media" / "red_circle.png"
+    row.messages[0] = Message("user", [Part.image(str(media)), Part.of_text("Weather in Paris?")])
+    out = render_vision_sample(row, processor)
+    t = processor.tokenizer
+    trained = trained_text(Rendered(out["input_ids"], out["labels"]), t)
+    assert "get_weather" in trained and "Paris" in trained and "It is 18°C in Paris." in trained
+    assert "temp_c" not in trained
+    prompt = render_text(Sample(row.messages[:3], tools=row.tools), processor)
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    # the fallback writes definitions as Qwen's own templates do: Qwen3-VL's text is the fallback's
+    assert toolfmt.tools_block(row.tools) in prompt

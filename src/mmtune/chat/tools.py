@@ -224,43 +224,62 @@ def resolve_format(tokenizer, declared: str = "auto") -> str:
 
 def hermes_messages(messages: list[dict], tools: list[dict] | None, support: TemplateSupport
                     ) -> tuple[list[dict], list[int]]:
-    """`messages` (OpenAI-shape dicts, tool-call arguments as dicts) with the fallback written
-    in, and for each input message the index of the message that now holds it."""
+    """`messages` (OpenAI-shape dicts, tool-call arguments as dicts; `content` a string, or a list
+    of parts as vision templates take it) with the fallback written in, and for each input
+    message the index of the message that now holds it."""
     block = tools_block(tools) if tools else None
     out: list[dict] = []
     index: list[int] = []
     merged_results: set[int] = set()  # positions of user turns built from tool results
     if block and support.system_role and not (messages and messages[0]["role"] == "system"):
-        out.append({"role": "system", "content": block})
+        out.append({"role": "system", "content": _like(messages[0]["content"] if messages else "", block)})
         block_done = True
     else:
         block_done = block is None
     for m in messages:
         new = dict(m)
         if not block_done and (m["role"] == "system" or (m["role"] == "user" and not support.system_role)):
-            new["content"] = _join(m["content"], block) if m["role"] == "system" else _join(block, m["content"])
+            new["content"] = _add_text(m["content"], block, at_end=m["role"] == "system")
             block_done = True
         if m["role"] == "assistant" and m.get("tool_calls"):
             new.pop("tool_calls")
-            new["content"] = assistant_text(m["content"], m["tool_calls"])
+            new["content"] = _like(m["content"], assistant_text(_text_of(m["content"]), m["tool_calls"]))
         elif m["role"] == "tool":
-            text = response_text(m["content"])
+            text = response_text(_text_of(m["content"]))
             if not support.tool_role:
                 if out and len(out) - 1 in merged_results:
-                    out[-1]["content"] += "\n" + text
+                    out[-1]["content"] = _add_text(out[-1]["content"], text, at_end=True, sep="\n")
                     index.append(len(out) - 1)
                     continue
-                new = {"role": "user", "content": text}
+                new = {"role": "user", "content": _like(m["content"], text)}
                 merged_results.add(len(out))
             else:
-                new["content"] = text
+                new["content"] = _like(m["content"], text)
         out.append(new)
         index.append(len(out) - 1)
     return out, index
 
 
-def _join(first: str, second: str) -> str:
-    return f"{first}\n\n{second}" if first else second
+def _text_of(content: str | list) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def _like(content: str | list, text: str) -> str | list:
+    """`text` in the shape of `content`: a string, or a list of one text part."""
+    return text if isinstance(content, str) else [{"type": "text", "text": text}]
+
+
+def _add_text(content: str | list, text: str, *, at_end: bool, sep: str = "\n\n") -> str | list:
+    """`text` joined to a message's content (after it or before it), keeping the content's shape."""
+    if isinstance(content, str):
+        if not content:
+            return text
+        return f"{content}{sep}{text}" if at_end else f"{text}{sep}{content}"
+    if not content:
+        return [{"type": "text", "text": text}]
+    return [*content, {"type": "text", "text": sep + text}] if at_end else [{"type": "text", "text": text + sep}, *content]
 
 
 # ----------------------------------------------------------------------------- checks

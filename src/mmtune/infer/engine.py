@@ -266,7 +266,7 @@ class Engine:
             return len(self.prompt_ids(messages, model))
         from mmtune.infer.vision import render_text
 
-        text = render_text(to_sample(messages), processor)
+        text = render_text(to_sample(messages), processor, self._tool_format)
         return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prepare(
@@ -301,7 +301,7 @@ class Engine:
             return [render_prompt(s, tokenizer, add_generation_prompt=True, tool_format=fmt) for s in samples], None
         from mmtune.infer.vision import Prefill, encode
 
-        batch = encode(samples, processor, media or self.media, self.sizes)
+        batch = encode(samples, processor, media or self.media, self.sizes, self._tool_format)
         mask = batch["attention_mask"].bool()
         rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
         return rows, Prefill(self.model, batch)

@@ -35,14 +35,19 @@ counting and reporting such samples is the caller's job.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-from mmtune.chat import tools as toolfmt
-from mmtune.data.schema import Message, Sample
+from mmtune.chat.conversation import (  # noqa: F401  (to_template_messages: re-exported for callers)
+    check_tool_definitions,
+    check_tool_turns,
+    conversation,
+    to_template_messages,
+)
+from mmtune.chat.conversation import message_dict as _message_dict  # noqa: F401  (render_vision)
+from mmtune.chat.conversation import where as _where
+from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 
 IGNORE_INDEX = -100
@@ -65,92 +70,6 @@ class Rendered:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-# ----------------------------------------------------------------------------- messages
-
-
-def _where(sample: Sample) -> str:
-    src = sample.source
-    return f"{src}: " if src.file else ""
-
-
-def _tool_call_dict(call, sample: Sample) -> dict:
-    """OpenAI tool-call shape with `arguments` parsed to a dict: what the templates index into."""
-    try:
-        args = json.loads(call.arguments) if call.arguments.strip() else {}
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{_where(sample)}tool call {call.name!r} has arguments that are not valid JSON ({e}); "
-            'write them as a JSON object string, e.g. \'{"city": "Paris"}\''
-        ) from None
-    if not isinstance(args, dict):
-        raise UserError(
-            f"{_where(sample)}tool call {call.name!r} has arguments {call.arguments!r}, not a JSON object; "
-            'write them as a JSON object string, e.g. \'{"city": "Paris"}\''
-        )
-    out: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": args}}
-    if call.id:
-        out["id"] = call.id
-    return out
-
-
-def _message_dict(m: Message, sample: Sample) -> dict:
-    d: dict[str, Any] = {"role": m.role, "content": m.text}
-    if m.role == "assistant" and m.tool_calls:
-        d["tool_calls"] = [_tool_call_dict(c, sample) for c in m.tool_calls]
-    if m.role == "tool":
-        if m.tool_call_id:
-            d["tool_call_id"] = m.tool_call_id
-        if m.name:
-            d["name"] = m.name
-    return d
-
-
-def to_template_messages(sample: Sample) -> tuple[list[dict], list[dict] | None]:
-    """The sample as OpenAI-style message dicts for `apply_chat_template`, and its tools.
-
-    Keys are only set when they have a value (some templates test `'tool_calls' in message`);
-    `content` is always a string. Media parts are refused: rendering is text-only for now.
-    """
-    media = sample.media()
-    if media:
-        kinds = sorted({p.type for p in media})
-        raise UserError(
-            f"{_where(sample)}this sample has {len(media)} {'/'.join(kinds)} part(s), but rendering "
-            "here is text-only: the model is treated as a text model. Train a vision-language "
-            "model for media, or remove the media from the data."
-        )
-    messages = [_message_dict(m, sample) for m in sample.messages]
-    return messages, (sample.tools or None)
-
-
-@dataclass
-class Conversation:
-    """What goes into `apply_chat_template` for one sample, in the model's tool format."""
-
-    messages: list[dict]
-    tools: list[dict] | None
-    index: list[int]  # sample.messages[i] is (or was merged into) messages[index[i]]
-    tool_format: str | None  # "template" | "hermes"; None: the row has nothing of tools
-
-
-def _uses_tools(sample: Sample) -> bool:
-    return bool(sample.tools) or any(m.tool_calls or m.role == "tool" for m in sample.messages)
-
-
-def conversation(sample: Sample, tokenizer, tool_format: str = "auto") -> Conversation:
-    """The sample's template messages, with tools written in the format `tool_format` resolves to
-    for this template ("auto": the template's own if it renders tools, else the fallback)."""
-    messages, tools = to_template_messages(sample)
-    identity = list(range(len(messages)))
-    if not _uses_tools(sample):
-        return Conversation(messages, tools, identity, None)
-    fmt = toolfmt.resolve_format(tokenizer, tool_format)
-    if fmt == "template":
-        return Conversation(messages, tools, identity, fmt)
-    messages, index = toolfmt.hermes_messages(messages, tools, toolfmt.template_support(tokenizer))
-    return Conversation(messages, None, index, fmt)
 
 
 # ----------------------------------------------------------------------------- template access
@@ -373,69 +292,8 @@ def assistant_turn_spans(sample: Sample, tokenizer, tool_format: str = "auto") -
     else:
         turns = _prefix_turns(tokenizer, sample, messages, tools, full, conv.index)
     if conv.tool_format:
-        _check_tools(sample, conv, full, turns)
+        check_tool_turns(sample, conv, full, turns)
     return full, turns
-
-
-# ----------------------------------------------------------------------------- tool checks
-
-
-def _check_tools(sample: Sample, conv: Conversation, full: str, turns: list[_Turn] | None) -> None:
-    """Each trainable call is inside its turn's trained span; each definition outside every span.
-
-    turns None: everything is trained (train_on="all"), so the calls need only be in the text.
-    """
-    spans = [(t.start, t.end) for t in turns] if turns is not None else []
-    by_index = {t.index: full[t.start : t.end] for t in turns or [] if t.index is not None}
-    anywhere = "".join(full[a:b] for a, b in spans) if turns is not None else full
-    for i, m in enumerate(sample.messages):
-        if m.role != "assistant" or not m.tool_calls or not m.trainable:
-            continue
-        text = by_index.get(i, anywhere)
-        said = m.text.split("</think>")[-1].strip()  # templates drop reasoning from earlier turns
-        if said and said not in text:
-            raise UserError(
-                f"{_where(sample)}assistant turn {i}: the chat template drops this turn's text when the "
-                f"turn also calls a tool (tool format {conv.tool_format!r}), so it would not be trained. "
-                "Move the text into an assistant turn of its own before the call, or use a model folder "
-                "whose chat_template.jinja renders both; docs/tools.md lists the formats"
-            )
-        for call in m.tool_calls:
-            args = _tool_call_dict(call, sample)["function"]["arguments"]
-            missing = toolfmt.missing_from(text, call.name, args)
-            if missing:
-                raise UserError(
-                    f"{_where(sample)}assistant turn {i}: {', '.join(missing)} of the tool call "
-                    f"{call.name!r} are not in the text this turn trains on, as the chat template "
-                    f"renders it (tool format {conv.tool_format!r}), so the model would learn to answer "
-                    "without the call. Fix the row to fit the template (e.g. one call per turn, "
-                    "text in a turn of its own), or use a model folder whose chat_template.jinja renders "
-                    "tool calls; docs/tools.md lists the formats"
-                )
-    _check_definitions(sample, conv, _outside(full, spans))
-
-
-def _outside(text: str, spans: list[tuple[int, int]]) -> str:
-    out, pos = [], 0
-    for a, b in sorted(spans):
-        out.append(text[pos:a])
-        pos = max(pos, b)
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _check_definitions(sample: Sample, conv: Conversation, prompt: str) -> None:
-    for tool in sample.tools or []:
-        fn = tool.get("function", tool) if isinstance(tool, dict) else {}
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if isinstance(name, str) and name not in prompt:
-            raise UserError(
-                f"{_where(sample)}the tool definition {name!r} is not in the prompt as the chat template "
-                f"renders it (tool format {conv.tool_format!r}), so the model would be trained to call "
-                "tools it was never shown. Use a model folder whose chat_template.jinja renders tool "
-                "definitions everywhere (some put them only before the last user turn), or remove the "
-                "definition the row does not use; docs/tools.md lists the formats"
-            )
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -492,7 +350,7 @@ def render_sample(
         conv = conversation(sample, tokenizer, tool_format)
         full = _render(tokenizer, conv.messages, conv.tools, gen=False, sample=sample)
         if conv.tool_format:
-            _check_tools(sample, conv, full, None)
+            check_tool_turns(sample, conv, full, None)
         ids, _ = _encode(tokenizer, full)
         mask = [j > 0 for j in range(len(ids))]
     else:
@@ -524,7 +382,7 @@ def render_prompt(
     conv = conversation(sample, tokenizer, tool_format)
     text = _render(tokenizer, conv.messages, conv.tools, gen=add_generation_prompt, sample=sample)
     if conv.tool_format:
-        _check_definitions(sample, conv, text)
+        check_tool_definitions(sample, conv, text)
     return _encode(tokenizer, text)[0]
 
 
