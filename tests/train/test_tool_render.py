@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.tokenizers import make_tokenizer
+from helpers.tokenizers import FAMILIES, make_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_render import WEATHER_TOOL
+from test_render import ANSWER_RE, WEATHER_TOOL, _char_overlap_mask
 
 from mmtune.chat import tools as toolfmt
+from mmtune.chat.conversation import conversation
 from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
 from mmtune.errors import UserError
 from mmtune.train.render import IGNORE_INDEX, Rendered, render_prompt, render_sample
@@ -60,7 +61,7 @@ def prompt_text(r, t) -> str:
     return t.decode([i for i, lab in zip(r.input_ids, r.labels) if lab == IGNORE_INDEX])
 
 
-@pytest.mark.parametrize("family", ["chatml", "qwen2.5", "qwen3", "llama3", "gemma3", "phi3", "lfm2.5"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_call_name_and_arguments_are_supervised(tok, family):
     t = tok(family)
     r = render_sample(tool_row(), t)
@@ -69,6 +70,25 @@ def test_call_name_and_arguments_are_supervised(tok, family):
     assert "It is 18°C in Paris." in trained
     assert "temp_c" not in trained  # the tool's result is input, never trained
     assert "get_weather" in prompt_text(r, t)  # the definitions are in the prompt
+
+
+@pytest.mark.parametrize("family", ["chatml", "gemma", "gemma3", "phi3"])
+def test_fallback_mask_matches_an_independent_reference(tok, family):
+    """The fallback's messages through the template: ids are the template's own tokenization, and the
+    trained tokens are exactly each answer region found by test_render's per-family expression."""
+    import re
+
+    t = tok(family)
+    for row in (tool_row(), tool_row("Let me check.", system=family != "gemma")):
+        conv = conversation(row, t)
+        assert conv.tool_format == "hermes"
+        r = render_sample(row, t)
+        expected = t.apply_chat_template(conv.messages, tokenize=True, return_dict=True)["input_ids"]
+        assert r.input_ids == list(expected)
+        text = t.apply_chat_template(conv.messages, tokenize=False)
+        spans = [m.span(1) for m in re.finditer(ANSWER_RE[family], text, flags=re.S)]
+        assert len(spans) == 2
+        assert [int(x != IGNORE_INDEX) for x in r.labels] == _char_overlap_mask(t, text, spans)
 
 
 def test_smollm2_empty_turn_is_gone(tok):
