@@ -376,3 +376,15 @@ def test_vision_rows_carry_their_calls(family, native):
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     # the fallback writes definitions as Qwen's own templates do: Qwen3-VL's text is the fallback's
     assert toolfmt.tools_block(row.tools) in prompt
+
+
+def test_registry_declares_a_tool_format_per_entry():
+    import dataclasses
+
+    from mmtune.models.registry import REGISTRY, TOOL_FORMATS, build_registry
+
+    assert all(spec.tool_format in TOOL_FORMATS for spec in REGISTRY.values())
+    assert REGISTRY["smollm2-135m-instruct"].to_dict()["tool_format"] == "auto"
+    bad = dataclasses.replace(REGISTRY["smollm2-135m-instruct"], tool_format="json")
+    with pytest.raises(ValueError, match="smollm2-135m-instruct.*tool_format must be one of"):
+        build_registry((bad,))
