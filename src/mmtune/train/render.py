@@ -45,7 +45,6 @@ from mmtune.chat.conversation import (  # noqa: F401  (to_template_messages: re-
     conversation,
     to_template_messages,
 )
-from mmtune.chat.conversation import message_dict as _message_dict  # noqa: F401  (render_vision)
 from mmtune.chat.conversation import where as _where
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError

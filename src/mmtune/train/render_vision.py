@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from mmtune.chat.conversation import Conversation, check_tool_turns, conversation
+from mmtune.chat.conversation import Conversation, check_tool_turns, conversation, message_dict
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 from mmtune.models.registry import ModelSpec
@@ -31,7 +31,6 @@ from mmtune.train.render import (
     IGNORE_INDEX,
     TRAIN_ON,
     _marker_turns,
-    _message_dict,
     _prefix_turns,
     _render,
     _token_mask,
@@ -91,7 +90,7 @@ def vision_messages(sample: Sample) -> list[dict]:
         if m.media and m.role == "assistant":
             raise UserError(f"{_where(sample)}an assistant turn holds an image or video; media can only be in "
                             "user (or system) turns: move it to the user turn before")
-        d = _message_dict(m, sample)
+        d = message_dict(m, sample)
         d["content"] = [{"type": p.type} if p.type != "text" else {"type": "text", "text": p.text}
                         for p in m.parts if p.type != "text" or p.text]
         out.append(d)
