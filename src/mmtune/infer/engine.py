@@ -138,7 +138,7 @@ class Engine:
         sizes: MediaSizes = NO_LIMITS,
         strict_sizes: bool = True,
     ):
-        from mmtune.models.registry import DEFAULT_MODEL
+        from mmtune.models.registry import DEFAULT_MODEL, find_spec
 
         model = model or DEFAULT_MODEL
         self.defaults = defaults or GenOptions()
@@ -153,6 +153,8 @@ class Engine:
             first_adapter, model = (name or model_name(model), model), adapter_base(model)
             name = None
         self.base = model
+        spec = find_spec(model)
+        self._tool_format = spec.tool_format if spec else "auto"  # as training wrote tools (train/dataset.py)
         self.name = name or model_name(model)
         self.model, self._tokenizers[BASE], self._processors[BASE] = _load(model, dtype, device)
         if self._processors[BASE] is None and sizes.is_set and strict_sizes:
@@ -264,7 +266,7 @@ class Engine:
             return len(self.prompt_ids(messages, model))
         from mmtune.infer.vision import render_text
 
-        text = render_text(to_sample(messages), processor)
+        text = render_text(to_sample(messages), processor, self._tool_format)
         return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prepare(
@@ -295,10 +297,11 @@ class Engine:
         if processor is None:
             from mmtune.train.render import render_prompt
 
-            return [render_prompt(s, self._tokenizers[key], add_generation_prompt=True) for s in samples], None
+            tokenizer, fmt = self._tokenizers[key], self._tool_format
+            return [render_prompt(s, tokenizer, add_generation_prompt=True, tool_format=fmt) for s in samples], None
         from mmtune.infer.vision import Prefill, encode
 
-        batch = encode(samples, processor, media or self.media, self.sizes)
+        batch = encode(samples, processor, media or self.media, self.sizes, self._tool_format)
         mask = batch["attention_mask"].bool()
         rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
         return rows, Prefill(self.model, batch)

@@ -109,19 +109,25 @@ def check_media_fits(sample: Sample, model_name: str, processor) -> None:
         )
 
 
-def render_text(sample: Sample, processor) -> str:
-    """The prompt text (with the model's media placeholders and the generation header)."""
+def render_text(sample: Sample, processor, tool_format: str = "auto") -> str:
+    """The prompt text (with the model's media placeholders and the generation header), tools
+    written in the model's tool format as training writes them."""
+    from mmtune.chat.conversation import check_tool_definitions
     from mmtune.train.render import _render
-    from mmtune.train.render_vision import template_view, vision_messages
+    from mmtune.train.render_vision import template_view, vision_conversation
 
     view = template_view(processor)
     if not view.chat_template:
         raise UserError("the processor has no chat template: use the model's -Instruct checkpoint")
-    return _render(view, vision_messages(sample), sample.tools or None, gen=True, sample=sample)
+    conv = vision_conversation(sample, view, tool_format)
+    text = _render(view, conv.messages, conv.tools, gen=True, sample=sample)
+    if conv.tool_format:
+        check_tool_definitions(sample, conv, text)
+    return text
 
 
-def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL, sizes: MediaSizes = NO_LIMITS
-           ) -> dict[str, Any]:
+def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL, sizes: MediaSizes = NO_LIMITS,
+           tool_format: str = "auto") -> dict[str, Any]:
     """The processor's left-padded batch for `samples`: input_ids, attention_mask, media tensors
     (videos sampled as `sizes` says; the processor carries the pixel bounds)."""
     from mmtune.infer.media import check_refs
@@ -130,7 +136,7 @@ def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL, sizes:
         check_refs(sample, policy)
     texts, images, videos = [], [], []
     for sample in samples:
-        texts.append(render_text(sample, processor))
+        texts.append(render_text(sample, processor, tool_format))
         imgs, vids = load_media(sample, policy, video_fps=sizes.video_fps, video_frames=sizes.video_frames)
         images.append(imgs)  # per prompt: processors that batch by sample (Gemma 3, Mllama) need it
         videos += vids

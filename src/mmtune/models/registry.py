@@ -18,6 +18,7 @@ from mmtune.models.spec import (  # noqa: F401  (re-exported: the registry's pub
     LLAMA_LIKE_TARGETS,
     MINICPM3_TARGETS,
     PHI3_TARGETS,
+    TOOL_FORMATS,
     Kind,
     ModelSpec,
     _arch,
@@ -416,6 +417,8 @@ def _check(spec: ModelSpec) -> None:
         raise ValueError(f"model registry entry {spec.name!r}: family {spec.family!r} not in FAMILIES")
     if not spec.lora_targets:
         raise ValueError(f"model registry entry {spec.name!r}: no lora_targets")
+    if spec.tool_format not in TOOL_FORMATS:
+        raise ValueError(f"model registry entry {spec.name!r}: tool_format must be one of {TOOL_FORMATS}")
     numbers = (
         spec.params_b,
         spec.hidden_size,

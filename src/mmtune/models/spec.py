@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 Kind = Literal["text", "vision"]
+TOOL_FORMATS = ("auto", "template", "hermes")  # ModelSpec.tool_format; mmtune.chat.tools writes them
 
 # LoRA targets shared by every Llama-shaped decoder (Llama, Qwen, Mistral, Gemma, SmolLM2, MiniCPM).
 LLAMA_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -59,6 +60,10 @@ class ModelSpec:
     tie_embeddings: bool = False
     trust_remote_code: bool = False  # the hub checkpoint needs its own modeling code
     chat_template_source: str = "tokenizer"  # "tokenizer": the model's tokenizer_config / chat_template.jinja
+    # How tool definitions, calls and results enter the prompt (mmtune.chat.tools, docs/tools.md):
+    # "auto": the chat template's own where a probe render shows it renders all three, else the
+    # Hermes-style fallback; "template": the template's own or an error; "hermes": the fallback always.
+    tool_format: str = "auto"
     # Multi-head latent attention (MiniCPM3): q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim.
     mla: tuple[int, int, int, int, int] | None = None
     # A local file the model is built from instead of the hub: "package:resource" (a GGUF file).

@@ -86,7 +86,8 @@ def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats,
     rows: list[Row] = []
     for sample in samples:
         check_media_limits(sample, spec)
-        r = render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length)
+        r = render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length,
+                          tool_format=spec.tool_format if spec else "auto")
         if r.truncated:
             if cfg.drop_long:
                 stats.dropped_long_rows += 1

@@ -20,6 +20,13 @@ Where a turn is in the text:
   is then not a prefix of the full text, and the turn is located in the full text instead;
   where that cannot be done safely a UserError names the problem.
 
+Tools: a row with tool definitions, calls or results is written in the model's tool format
+(mmtune.chat.tools, docs/tools.md): the template's own where it renders all three, else the
+Hermes-style fallback written into the messages before the template runs. Either way each
+trained call's name and arguments must be inside its turn's trained span and each tool
+definition in the prompt, or a UserError names the row: a call is never trained as an empty
+turn. Rows without tools render exactly as before (no probe, no change).
+
 Labels follow the Hugging Face convention: `labels[j] = input_ids[j]` where trained and -100
 elsewhere, unshifted (the model shifts them). A sample left without any trained token (no
 trainable assistant turn, or all of it cut by `max_length`) is returned as it is, all -100:
@@ -28,13 +35,18 @@ counting and reporting such samples is the caller's job.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-from mmtune.data.schema import Message, Sample
+from mmtune.chat.conversation import (  # noqa: F401  (to_template_messages: re-exported for callers)
+    check_tool_definitions,
+    check_tool_turns,
+    conversation,
+    to_template_messages,
+)
+from mmtune.chat.conversation import where as _where
+from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 
 IGNORE_INDEX = -100
@@ -57,64 +69,6 @@ class Rendered:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-# ----------------------------------------------------------------------------- messages
-
-
-def _where(sample: Sample) -> str:
-    src = sample.source
-    return f"{src}: " if src.file else ""
-
-
-def _tool_call_dict(call, sample: Sample) -> dict:
-    """OpenAI tool-call shape with `arguments` parsed to a dict: what the templates index into."""
-    try:
-        args = json.loads(call.arguments) if call.arguments.strip() else {}
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{_where(sample)}tool call {call.name!r} has arguments that are not valid JSON ({e}); "
-            'write them as a JSON object string, e.g. \'{"city": "Paris"}\''
-        ) from None
-    if not isinstance(args, dict):
-        raise UserError(
-            f"{_where(sample)}tool call {call.name!r} has arguments {call.arguments!r}, not a JSON object; "
-            'write them as a JSON object string, e.g. \'{"city": "Paris"}\''
-        )
-    out: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": args}}
-    if call.id:
-        out["id"] = call.id
-    return out
-
-
-def _message_dict(m: Message, sample: Sample) -> dict:
-    d: dict[str, Any] = {"role": m.role, "content": m.text}
-    if m.role == "assistant" and m.tool_calls:
-        d["tool_calls"] = [_tool_call_dict(c, sample) for c in m.tool_calls]
-    if m.role == "tool":
-        if m.tool_call_id:
-            d["tool_call_id"] = m.tool_call_id
-        if m.name:
-            d["name"] = m.name
-    return d
-
-
-def to_template_messages(sample: Sample) -> tuple[list[dict], list[dict] | None]:
-    """The sample as OpenAI-style message dicts for `apply_chat_template`, and its tools.
-
-    Keys are only set when they have a value (some templates test `'tool_calls' in message`);
-    `content` is always a string. Media parts are refused: rendering is text-only for now.
-    """
-    media = sample.media()
-    if media:
-        kinds = sorted({p.type for p in media})
-        raise UserError(
-            f"{_where(sample)}this sample has {len(media)} {'/'.join(kinds)} part(s), but rendering "
-            "here is text-only: the model is treated as a text model. Train a vision-language "
-            "model for media, or remove the media from the data."
-        )
-    messages = [_message_dict(m, sample) for m in sample.messages]
-    return messages, (sample.tools or None)
 
 
 # ----------------------------------------------------------------------------- template access
@@ -283,8 +237,10 @@ def _trim_after_special(text: str, start: int, end: int, specials: list[str]) ->
     return end
 
 
-def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
-    """Assistant-turn spans by prefix differences (see the module docstring)."""
+def _prefix_turns(tokenizer, sample, messages, tools, full: str, index: list[int] | None = None) -> list[_Turn]:
+    """Assistant-turn spans by prefix differences (see the module docstring). `index` maps a
+    sample message to its template message where they differ (Conversation.index)."""
+    index = index or list(range(len(messages)))
     specials = _special_tokens(tokenizer)
     eot = _end_of_turn(tokenizer)
     turns: list[_Turn] = []
@@ -297,7 +253,7 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
                 f"{_where(sample)}the conversation starts with an assistant turn; add the user "
                 "turn it answers before it"
             )
-        before = _render(tokenizer, messages[:i], tools, gen=True, sample=sample)
+        before = _render(tokenizer, messages[: index[i]], tools, gen=True, sample=sample)
         if full.startswith(before) and len(before) >= cursor:
             start, exact = len(before), True
         else:
@@ -307,7 +263,7 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
                     sample, i, "renders earlier turns differently once later turns exist"
                 )
             start, exact = found, False
-        upto = _render(tokenizer, messages[: i + 1], tools, gen=False, sample=sample)
+        upto = _render(tokenizer, messages[: index[i] + 1], tools, gen=False, sample=sample)
         exact = exact and full.startswith(upto) and len(upto) > start
         end = len(upto) if exact else None
         pos = full.find(eot, start, end if exact else len(full)) if eot else -1
@@ -324,14 +280,19 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str) -> list[_Turn]:
     return turns
 
 
-def assistant_turn_spans(sample: Sample, tokenizer) -> tuple[str, list[_Turn]]:
+def assistant_turn_spans(sample: Sample, tokenizer, tool_format: str = "auto") -> tuple[str, list[_Turn]]:
     """The full rendered text and, per assistant turn, its trained character span."""
     _require_template(tokenizer)
-    messages, tools = to_template_messages(sample)
+    conv = conversation(sample, tokenizer, tool_format)
+    messages, tools = conv.messages, conv.tools
     full = _render(tokenizer, messages, tools, gen=False, sample=sample)
     if _GENERATION_TAG.search(tokenizer.get_chat_template(None, tools)):
-        return full, _marker_turns(tokenizer, sample, messages, tools, full)
-    return full, _prefix_turns(tokenizer, sample, messages, tools, full)
+        turns = _marker_turns(tokenizer, sample, messages, tools, full)
+    else:
+        turns = _prefix_turns(tokenizer, sample, messages, tools, full, conv.index)
+    if conv.tool_format:
+        check_tool_turns(sample, conv, full, turns)
+    return full, turns
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -366,7 +327,12 @@ def _token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) ->
 
 
 def render_sample(
-    sample: Sample, tokenizer, *, train_on: str = "assistant", max_length: int | None = None
+    sample: Sample,
+    tokenizer,
+    *,
+    train_on: str = "assistant",
+    max_length: int | None = None,
+    tool_format: str = "auto",
 ) -> Rendered:
     """Token ids and labels for one conversation (see the module docstring).
 
@@ -374,16 +340,20 @@ def render_sample(
     calls and end-of-turn token); "last" — only the last assistant turn (none if its weight
     is 0); "all" — every token except the first (which no token predicts).
     max_length: cut longer renderings on the right; `Rendered.truncated` says how many tokens.
+    tool_format: how tools are written (mmtune.chat.tools: "auto", "template", "hermes").
     """
     if train_on not in TRAIN_ON:
         raise UserError(f"train_on must be one of {', '.join(TRAIN_ON)}, not {train_on!r}")
     if train_on == "all":  # no turn boundaries needed: every template works
         _require_template(tokenizer)
-        messages, tools = to_template_messages(sample)
-        ids, _ = _encode(tokenizer, _render(tokenizer, messages, tools, gen=False, sample=sample))
+        conv = conversation(sample, tokenizer, tool_format)
+        full = _render(tokenizer, conv.messages, conv.tools, gen=False, sample=sample)
+        if conv.tool_format:
+            check_tool_turns(sample, conv, full, None)
+        ids, _ = _encode(tokenizer, full)
         mask = [j > 0 for j in range(len(ids))]
     else:
-        full, turns = assistant_turn_spans(sample, tokenizer)
+        full, turns = assistant_turn_spans(sample, tokenizer, tool_format)
         ids, offsets = _encode(tokenizer, full)
         if train_on == "last":
             if any(t.index is None for t in turns):
@@ -403,11 +373,15 @@ def render_sample(
     return Rendered(ids, labels, truncated)
 
 
-def render_prompt(sample: Sample, tokenizer, *, add_generation_prompt: bool = True) -> list[int]:
-    """Token ids for inference: the same template and tokenization as training."""
+def render_prompt(
+    sample: Sample, tokenizer, *, add_generation_prompt: bool = True, tool_format: str = "auto"
+) -> list[int]:
+    """Token ids for inference: the same template, tool format and tokenization as training."""
     _require_template(tokenizer)
-    messages, tools = to_template_messages(sample)
-    text = _render(tokenizer, messages, tools, gen=add_generation_prompt, sample=sample)
+    conv = conversation(sample, tokenizer, tool_format)
+    text = _render(tokenizer, conv.messages, conv.tools, gen=add_generation_prompt, sample=sample)
+    if conv.tool_format:
+        check_tool_definitions(sample, conv, text)
     return _encode(tokenizer, text)[0]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from mmtune.chat.conversation import Conversation, check_tool_turns, conversation, message_dict
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 from mmtune.models.registry import ModelSpec
@@ -30,7 +31,6 @@ from mmtune.train.render import (
     IGNORE_INDEX,
     TRAIN_ON,
     _marker_turns,
-    _message_dict,
     _prefix_turns,
     _render,
     _token_mask,
@@ -90,11 +90,17 @@ def vision_messages(sample: Sample) -> list[dict]:
         if m.media and m.role == "assistant":
             raise UserError(f"{_where(sample)}an assistant turn holds an image or video; media can only be in "
                             "user (or system) turns: move it to the user turn before")
-        d = _message_dict(m, sample)
+        d = message_dict(m, sample)
         d["content"] = [{"type": p.type} if p.type != "text" else {"type": "text", "text": p.text}
                         for p in m.parts if p.type != "text" or p.text]
         out.append(d)
     return out
+
+
+def vision_conversation(sample: Sample, view: TemplateView, tool_format: str = "auto") -> Conversation:
+    """`vision_messages` with tools written in the model's tool format (chat/conversation.py):
+    what both training and inference render."""
+    return conversation(sample, view, tool_format, messages=vision_messages(sample))
 
 
 def check_media_limits(sample: Sample, spec: ModelSpec | None) -> None:
@@ -113,14 +119,18 @@ def check_media_limits(sample: Sample, spec: ModelSpec | None) -> None:
                         f"and this row has {n_img}: split the row into several, or drop images")
 
 
-def _spans(view: TemplateView, sample: Sample, messages: list[dict], train_on: str, full: str) -> list[tuple]:
-    tools = sample.tools or None
+def _spans(view: TemplateView, sample: Sample, conv: Conversation, train_on: str, full: str) -> list[tuple]:
+    messages, tools = conv.messages, conv.tools
     if train_on == "all":
+        if conv.tool_format:
+            check_tool_turns(sample, conv, full, None)
         return [(0, len(full))]
     if _GENERATION_TAG.search(view.get_chat_template(None, tools)):
         turns = _marker_turns(view, sample, messages, tools, full)
     else:
-        turns = _prefix_turns(view, sample, messages, tools, full)
+        turns = _prefix_turns(view, sample, messages, tools, full, conv.index)
+    if conv.tool_format:
+        check_tool_turns(sample, conv, full, turns)
     if train_on == "last":
         last = max((t.index for t in turns if t.index is not None), default=None)
         turns = [t for t in turns if t.index == last]
@@ -227,9 +237,9 @@ def render_vision_sample(
     if not view.chat_template:
         raise UserError("the processor has no chat template: use the model's -Instruct checkpoint, or set "
                         "`chat_template` in the config")
-    messages = vision_messages(sample)
-    full = _render(view, messages, sample.tools or None, gen=False, sample=sample)
-    spans = _spans(view, sample, messages, train_on, full)
+    conv = vision_conversation(sample, view, spec.tool_format if spec else "auto")
+    full = _render(view, conv.messages, conv.tools, gen=False, sample=sample)
+    spans = _spans(view, sample, conv, train_on, full)
     images, videos, metadata = media_inputs(sample, video_fps=video_fps, video_frames=video_frames)
     media_kw = {"video_metadata": metadata, "do_sample_frames": False} if videos else {}
     out = processor(text=[full], images=images or None, videos=videos or None, add_special_tokens=False, **media_kw,

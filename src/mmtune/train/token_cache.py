@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmtune.chat import conversation, tools
 from mmtune.config import TrainConfig
+from mmtune.models.registry import find_spec
 from mmtune.train import dataset, render
 from mmtune.train.dataset import Datasets, DataStats, Row
 
@@ -61,7 +63,9 @@ def tokenizer_digest(tokenizer) -> str:
 def cache_key(cfg: TrainConfig, tokenizer) -> str:
     parts = {
         "format": FORMAT,
-        "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (render, dataset)],
+        "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
+                 for m in (render, dataset, conversation, tools)],
+        "tool_format": getattr(find_spec(cfg.model), "tool_format", "auto"),
         "data": [_file_digest(p) for p in cfg.data],
         "val_data": [_file_digest(p) for p in cfg.val_data],
         "tokenizer": tokenizer_digest(tokenizer),

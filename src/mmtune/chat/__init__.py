@@ -1,0 +1,1 @@
+"""Chat rendering pieces that training and inference share (no torch, no transformers at import)."""
