@@ -197,3 +197,15 @@ def test_a_second_service_on_the_same_data_dir_is_one_line(tmp_path):
             assert "Traceback" not in out.stderr
     finally:
         first.close()
+
+
+def test_the_jobs_apps_schema_and_docs_need_the_key(serve):
+    s = serve(api_key="k", concurrency=0)
+    root = s.base_url.removesuffix("/v1")
+    assert httpx.get(f"{root}/health").json() == {"status": "ok"}
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        r = httpx.get(f"{root}{path}")
+        assert r.status_code in (401, 404) and "error" in r.json(), (path, r.status_code)
+    keyed = {"Authorization": "Bearer k"}
+    assert "/v1/fine_tuning/jobs" in httpx.get(f"{root}/openapi.json", headers=keyed).json()["paths"]
+    assert httpx.get(f"{root}/docs", headers=keyed).status_code == 200

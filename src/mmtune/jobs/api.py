@@ -369,12 +369,26 @@ def create_jobs_app(service: JobService, api_key: str | None = None, manage: boo
             if manage:
                 await run_in_threadpool(service.close)
 
-    app = FastAPI(title="mmtune fine-tuning jobs", lifespan=lifespan)
+    app = FastAPI(title="mmtune fine-tuning jobs", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     openai_error_handlers(app)
     app.include_router(create_jobs_router(service, api_key))
+    guard = _guard(api_key)
 
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    @guard
+    async def openapi(request: Request):
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    @guard
+    async def docs(request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     return app
