@@ -154,7 +154,10 @@ MEASURE = textwrap.dedent("""
     from mmtune.jobs.service import JobService, Settings
     from mmtune.jobs.validate import check_upload
     service = JobService(sys.argv[1], Settings(concurrency=0))
-    def peak():
+    def peak():  # this process's high-water RSS (VmHWM: unlike ru_maxrss, not inherited across fork + exec)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open(sys.argv[2], "rb") as f:
         row = service.upload_file("big.jsonl", "fine-tune", f)

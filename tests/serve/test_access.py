@@ -80,6 +80,7 @@ def test_a_checkpoint_name_the_api_advertises_answers_a_chat(tmp_path):
                            "suffix": "ck", "seed": 1, "params": {}})
     output = service.layout.output(job_id)
     shutil.copytree(tiny_adapter("qwen2", 5), output / "checkpoint-2")
+    (output / "checkpoint-2" / "mmtune.json").unlink()  # a Trainer checkpoint: PEFT's files only
     service.store.sync_checkpoints(job_id, {2: ("checkpoint-2", {"step": 2})})
     job = service.store.get_job(job_id)
     service.store.update_job(job_id, status="running", started_at=now())
@@ -130,6 +131,11 @@ def test_image_limits_are_user_errors_from_the_header():
         load_media(sample((12000, 12000)), policy)
     assert time.perf_counter() - t < 1.0  # nothing was decoded
     with pytest.raises(UserError, match="too large to decode safely"):
-        load_media(sample((30000, 30000)), MediaPolicy.server())  # Pillow's own bomb check, as a UserError
+        load_media(sample((30000, 30000)), MediaPolicy.server(max_image_pixels=None))  # Pillow's own bomb check
+    from mmtune.commands.serve import DEFAULT_MAX_IMAGE_MEGAPIXELS, DEFAULT_MAX_IMAGES
+    from mmtune.infer.media import SERVER_MAX_IMAGE_PIXELS, SERVER_MAX_IMAGES
+
+    assert (DEFAULT_MAX_IMAGES, DEFAULT_MAX_IMAGE_MEGAPIXELS * 1e6) == (SERVER_MAX_IMAGES, SERVER_MAX_IMAGE_PIXELS)
+    assert MediaPolicy.server().max_images == SERVER_MAX_IMAGES  # a library user's server gets them too
     with pytest.raises(UserError, match="3 images.*at most 2.*--max-images"):
         load_media(sample((4, 4), (4, 4), (4, 4)), policy)

@@ -8,8 +8,8 @@ import os
 
 from mmtune.errors import UserError
 
-DEFAULT_MAX_IMAGES = 8
-DEFAULT_MAX_IMAGE_MEGAPIXELS = 40.0  # a 40 MP camera's photo; 120 MB decoded
+DEFAULT_MAX_IMAGES = 8  # = infer.media.SERVER_MAX_IMAGES (not imported: `mmtune --help` stays light)
+DEFAULT_MAX_IMAGE_MEGAPIXELS = 40.0  # = infer.media.SERVER_MAX_IMAGE_PIXELS / 1e6
 DEFAULT_DRAIN_S = 5.0
 
 EPILOG = """\

@@ -34,6 +34,8 @@ MAX_REMOTE_BYTES = 64 * 1024 * 1024
 REMOTE_TIMEOUT_S = 30.0
 MAX_IMAGES_FLAG = "--max-images"
 MAX_PIXELS_FLAG = "--max-image-megapixels"
+SERVER_MAX_IMAGES = 8  # a server's default images per request
+SERVER_MAX_IMAGE_PIXELS = 40_000_000  # and pixels per image: a 40 MP photo, 120 MB decoded
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class MediaPolicy:
 
     @classmethod
     def server(cls, media_root: str | None = None, allow_remote: bool = False, *,
-               max_images: int | None = None, max_image_pixels: int | None = None) -> MediaPolicy:
-        """The server's rule: local files only inside `media_root`, when one is given."""
+               max_images: int | None = SERVER_MAX_IMAGES,
+               max_image_pixels: int | None = SERVER_MAX_IMAGE_PIXELS) -> MediaPolicy:
+        """The server's rule: local files only inside `media_root`, when one is given; at most
+        `max_images` images per prompt and `max_image_pixels` per image (None: no bound of ours)."""
         root = os.path.realpath(os.path.expanduser(media_root)) if media_root else None
         if root and not os.path.isdir(root):
             raise UserError(f"--media-root {media_root} is not a folder: give an existing folder")
