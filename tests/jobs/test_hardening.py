@@ -24,9 +24,9 @@ from mmtune.models.registry import DEFAULT_MODEL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _multipart(boundary: bytes, size: int, chunk: int = 1 << 16):
+def _multipart(boundary: bytes, size: int, chunk: int = 1 << 16, name: bytes = b"big.jsonl"):
     head = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--'
-            + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+            + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="' + name + b'"\r\n'
             b"Content-Type: application/octet-stream\r\n\r\n")
     yield head
     line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
@@ -79,6 +79,9 @@ def test_an_upload_stops_being_read_past_the_limit(tmp_path):
                                  {"content-type": "multipart/form-data; boundary=XyZ"})
     assert status == 200 and body["bytes"] > 300 << 10, body
     assert len(os.listdir(service.layout.files)) == 1
+    status, body, pulled = _asgi_post(app, "/v1/files", _multipart(b"XyZ", 200 << 20, name=b"setup.exe"),
+                                      {"content-type": "multipart/form-data; boundary=XyZ"})
+    assert status == 400 and body["error"]["code"] == "invalid_file_format" and pulled < 256 << 10, (body, pulled)
 
 
 def test_a_full_disk_on_upload_is_a_507_and_leaves_no_file(serve, chat_file, monkeypatch):

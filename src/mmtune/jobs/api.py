@@ -10,6 +10,7 @@ app-level exception handlers, so it behaves the same in any app that mounts it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -26,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmtune.jobs.errors import APIError, bad_request
-from mmtune.jobs.service import JobService, storage_errors, upload_too_large
+from mmtune.jobs.service import JobService, storage_errors, upload_name, upload_too_large
 from mmtune.jobs.store import valid_id
 
 MAX_LIMIT = 10_000
@@ -182,16 +183,17 @@ async def receive_upload(request: Request, service: JobService) -> dict[str, Any
         purpose = parts.fields.get("purpose")
         if purpose is None:
             raise bad_request("purpose is required: use 'fine-tune'", "purpose")
-        if out is None:
-            out = open(target, "wb")
         with storage_errors("the file"):
+            if out is None:  # an empty file
+                out = await run_in_threadpool(open, target, "wb")
             await run_in_threadpool(out.close)
         out = None
         return await run_in_threadpool(lambda: service.upload_file(parts.filename, purpose, stored=target,
                                                                    size=parts.size))
     finally:
         if out is not None:
-            out.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush again: already answered
+                out.close()
         target.unlink(missing_ok=True)
 
 
@@ -251,6 +253,10 @@ class _Parts:
                 self._fail(bad_request("send one file per upload", "file"))
             self.filename = options[b"filename"].decode("utf-8", "replace")
             self._is_file = True
+            try:
+                upload_name(self.filename)  # a wrong file type is refused before its bytes are read
+            except APIError as e:
+                self._fail(e)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.error:
