@@ -22,6 +22,12 @@ examples:
   mmtune serve support=runs/a runs/a-merged      NAME=PATH picks the name clients send as `model`
   mmtune serve runs/a --api-key secret --max-concurrency 8
   mmtune serve qwen2-vl-2b-instruct --media-root ~/pictures   image_url parts may name files in ~/pictures
+  mmtune serve runs/a --host 0.0.0.0 --api-key "$KEY" --max-tokens-cap 1024 --model-root ~/models
+                                                 other machines may reach it: a key is required
+
+Limits are checked before any work (400s naming the field): the prompt and max_tokens must fit the
+model's context, images are bounded by --max-images / --max-image-megapixels, bodies by --max-request-mb.
+A generation stops when its client disconnects; SIGTERM drains for --drain-seconds, then exits.
 
 Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret").chat.completions.create(model="a", ...)
 """
