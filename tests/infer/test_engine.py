@@ -133,3 +133,43 @@ def test_unknown_model_and_bad_messages(engine):
         engine.chat(messages(), model="nope")
     with pytest.raises(UserError, match="role"):
         engine.chat([{"role": "wizard", "content": "hi"}])
+
+
+def test_context_length_and_prompts_that_do_not_fit(engine):
+    from mmtune.infer.engine import PromptTooLong
+
+    assert engine.context_length == 1024  # the tiny config's max_position_embeddings
+    fits = "hello " * 900
+    assert len(engine.prepare(messages(fits)).ids) < 1024
+    with pytest.raises(PromptTooLong) as e:
+        engine.prepare(messages("hello " * 1100))  # refused only once the whole prompt is tokenized
+    assert e.value.context == 1024 and e.value.tokens > 1024 and "are at least" not in str(e.value)
+    with pytest.raises(PromptTooLong, match="are at least") as e:
+        engine.prepare(messages(" ".join(f"w{i}" for i in range(9000))))  # refused from a prefix
+    assert e.value.tokens >= 1024
+    with pytest.raises(PromptTooLong, match="are at least"):
+        engine.prepare(messages("x" * (5 * 2**20)))  # refused from its size alone
+    assert isinstance(e.value, UserError)  # the CLI prints it as one line
+
+
+def test_cancel_stops_a_generation_after_the_step_under_way(engine):
+    import threading
+
+    calls = []
+    handle = engine.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        generation = engine.stream(messages(), temperature=0, max_new_tokens=200)
+        first = next(iter(generation))
+        assert first and not generation.cancelled
+        stepped = len(calls)
+        threading.Thread(target=generation.cancel).start()  # from another thread, as the server does
+        rest = list(generation)
+        assert generation.cancelled and len(calls) - stepped <= 1, (len(calls), stepped)
+        assert len(first + "".join(rest)) < len(engine.chat(messages(), temperature=0, max_new_tokens=200))
+        idle = engine.stream(messages(), temperature=0, max_new_tokens=5)
+        idle.cancel()
+        count = len(calls)
+        assert list(idle) == [] and len(calls) == count  # cancelled before it started: no step at all
+    finally:
+        handle.remove()
+    assert engine.chat(messages(), **GREEDY)  # the adapter gate was released

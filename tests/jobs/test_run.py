@@ -46,7 +46,7 @@ def _wait(predicate, timeout: float, what: str):
 
 
 def test_cancel_stops_the_training_process(serve, tiny_llama, chat_file):
-    s = serve(concurrency=1, kill_grace_s=5)
+    s = serve(concurrency=1, kill_grace_s=5, model_roots=(str(tiny_llama.parent),))
     job = s.client.fine_tuning.jobs.create(model=str(tiny_llama), training_file=s.upload(chat_file),
                                            extra_body={"max_steps": 1000})
     pid = _wait(lambda: s.service.store.get_job(job.id)["pid"], 60, "the training process")
@@ -63,10 +63,11 @@ def test_cancel_stops_the_training_process(serve, tiny_llama, chat_file):
         s.client.fine_tuning.jobs.cancel("ftjob-" + "x" * 24)
 
 
-def _start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def _start_server(data_dir: Path, port: int, log: Path, model_root: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mmtune.cli", "jobs", "serve", "--data-dir", str(data_dir),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+                                 "--port", str(port), "--model-root", str(model_root)], stdout=out,
+                                stderr=subprocess.STDOUT)
 
     def up() -> bool:
         assert proc.poll() is None, log.read_text()
@@ -81,7 +82,7 @@ def _start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
 
 def test_sigkilled_service_resumes_job_from_checkpoint(tmp_path, tiny_llama):
     data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
-    server = _start_server(data, port, log)
+    server = _start_server(data, port, log, tiny_llama.parent)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     try:
         with open(EXAMPLES / "persona.jsonl", "rb") as f:
@@ -98,7 +99,7 @@ def test_sigkilled_service_resumes_job_from_checkpoint(tmp_path, tiny_llama):
         assert db.execute("SELECT status FROM jobs WHERE id = ?", (job.id,)).fetchone()[0] == "running"
         db.close()
 
-        server = _start_server(data, port, log)
+        server = _start_server(data, port, log, tiny_llama.parent)
         deadline = time.monotonic() + 150
         while (done := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed"):
             assert time.monotonic() < deadline, "the resumed job did not finish"

@@ -144,7 +144,7 @@ def test_twenty_concurrent_streams_all_complete(url, pool):
     async def health_while_busy(done: asyncio.Event):
         """/health polled all through the run: what it saw, and its slowest answer."""
         seen, slowest = [], 0.0
-        async with httpx.AsyncClient() as h:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as h:
             while not done.is_set():
                 t = time.perf_counter()
                 seen.append((await h.get(f"{url}/health")).json())

@@ -139,11 +139,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     add_service_arguments(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    s.add_argument(
-        "--api-key",
-        default=os.environ.get("MMTUNE_API_KEY"),
-        help="require this Bearer key (default: $MMTUNE_API_KEY; none = no key needed)",
-    )
+    from mmtune.commands.serve import add_key_arguments
+
+    add_key_arguments(s)
     s.set_defaults(func=run_serve, _parser=s)
 
 
@@ -342,6 +340,20 @@ def add_service_arguments(s: argparse.ArgumentParser) -> None:
         default=4096,
         help="largest max_length a job may ask for (default: %(default)s)",
     )
+    s.add_argument(
+        "--model-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a job's `model` may be a model folder or .gguf file inside DIR (repeatable; default: none, so "
+        "jobs name registry models and this server's fine-tuned models only)",
+    )
+    s.add_argument(
+        "--allow-hub-models",
+        action="store_true",
+        help="a job's `model` may be a Hugging Face hub id (org/name), which its training run downloads "
+        "(default: off)",
+    )
 
 
 def make_service(args: argparse.Namespace):
@@ -349,10 +361,18 @@ def make_service(args: argparse.Namespace):
     from mmtune.jobs.params import Limits
     from mmtune.jobs.service import JobService, Settings
 
+    roots = []
+    for root in args.model_root:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"--model-root {root} is not a folder: give an existing folder of models")
+        roots.append(str(folder.resolve()))
     settings = Settings(
         concurrency=args.concurrency,
         price_per_million_tokens=args.price_per_million,
         limits=Limits(max_length=args.max_length_limit),
+        model_roots=tuple(roots),
+        allow_hub_models=args.allow_hub_models,
     )
     return JobService(args.data_dir, settings)
 
@@ -360,13 +380,19 @@ def make_service(args: argparse.Namespace):
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from mmtune.commands.serve import check_exposure
     from mmtune.jobs.api import create_jobs_app
 
+    check_exposure(args.host, args.api_key, args.insecure_no_key)
     service = make_service(args)
-    app = create_jobs_app(service, api_key=args.api_key)
-    print(
-        f"mmtune jobs service: http://{args.host}:{args.port}/v1 (data: {service.layout.root})",
-        file=sys.stderr,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    service.lock()  # another service on this data dir: one line, before the server starts
+    try:
+        app = create_jobs_app(service, api_key=args.api_key)
+        print(
+            f"mmtune jobs service: http://{args.host}:{args.port}/v1 (data: {service.layout.root})",
+            file=sys.stderr,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        service.close()
     return 0

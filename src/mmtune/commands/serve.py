@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 
 from mmtune.errors import UserError
+
+DEFAULT_MAX_IMAGES = 8  # = infer.media.SERVER_MAX_IMAGES (not imported: `mmtune --help` stays light)
+DEFAULT_MAX_IMAGE_MEGAPIXELS = 40.0  # = infer.media.SERVER_MAX_IMAGE_PIXELS / 1e6
+DEFAULT_DRAIN_S = 5.0
 
 EPILOG = """\
 The same server runs the fine-tuning jobs API (/v1/files, /v1/fine_tuning/jobs; see
@@ -17,6 +22,12 @@ examples:
   mmtune serve support=runs/a runs/a-merged      NAME=PATH picks the name clients send as `model`
   mmtune serve runs/a --api-key secret --max-concurrency 8
   mmtune serve qwen2-vl-2b-instruct --media-root ~/pictures   image_url parts may name files in ~/pictures
+  mmtune serve runs/a --host 0.0.0.0 --api-key "$KEY" --max-tokens-cap 1024 --model-root ~/models
+                                                 other machines may reach it: a key is required
+
+Limits are checked before any work (400s naming the field): the prompt and max_tokens must fit the
+model's context, images are bounded by --max-images / --max-image-megapixels, bodies by --max-request-mb.
+A generation stops when its client disconnects; SIGTERM drains for --drain-seconds, then exits.
 
 Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret").chat.completions.create(model="a", ...)
 """
@@ -40,11 +51,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("MMTUNE_API_KEY"),
-        help="require `Authorization: Bearer KEY` (default: $MMTUNE_API_KEY, else no key)",
-    )
+    add_key_arguments(p)
     p.add_argument(
         "--max-concurrency",
         type=int,
@@ -52,6 +59,22 @@ def add_parser(subparsers) -> None:
         help="requests generating at once; more wait in a queue (default: 4)",
     )
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most tokens one request may generate; a larger max_tokens is a 400 (default: what the model's "
+        "context leaves after the prompt, which is also the default max_tokens)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        metavar="S",
+        help="on SIGTERM/Ctrl-C, let running requests finish for up to S seconds, then stop them and exit "
+        f"(default: {DEFAULT_DRAIN_S:g})",
+    )
     p.add_argument(
         "--max-request-mb",
         type=float,
@@ -71,6 +94,21 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="vision models: let image_url parts be http(s) URLs, which the server downloads (default: off)",
     )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        metavar="N",
+        help=f"vision models: most images in one request (default: {DEFAULT_MAX_IMAGES})",
+    )
+    p.add_argument(
+        "--max-image-megapixels",
+        type=float,
+        default=DEFAULT_MAX_IMAGE_MEGAPIXELS,
+        metavar="MP",
+        help="vision models: largest image, width x height in millions, read from its header before it is "
+        f"decoded; larger ones are a 400 (default: {DEFAULT_MAX_IMAGE_MEGAPIXELS:g})",
+    )
     from mmtune.commands.chat import add_media_size_arguments
 
     add_media_size_arguments(p, server=True)
@@ -89,17 +127,70 @@ def run(args: argparse.Namespace) -> int:
     from mmtune.serve.app import create_app
     from mmtune.serve.pool import build_pool
 
-    media = MediaPolicy.server(args.media_root, args.allow_remote_media)  # bad flags fail before models load
+    # every flag is checked, and the data dir taken, before any model loads
+    check_exposure(args.host, args.api_key, args.insecure_no_key)
+    media = MediaPolicy.server(args.media_root, args.allow_remote_media, max_images=args.max_images,
+                               max_image_pixels=megapixels(args.max_image_megapixels))
     limit = body_limit(args.max_request_mb)
-    pool = build_pool(args.models, dtype=args.dtype, sizes=media_sizes(args))
-    extra = {} if args.no_jobs else jobs_extension(args, pool)
-    app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media,
-                     max_body_bytes=limit, **extra)
-    print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
-    if not args.no_jobs:
-        print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    if args.max_tokens_cap is not None and args.max_tokens_cap < 1:
+        raise UserError(f"--max-tokens-cap must be at least 1 (got {args.max_tokens_cap})")
+    if not args.drain_seconds >= 0:
+        raise UserError(f"--drain-seconds must be >= 0 (got {args.drain_seconds:g})")
+    service = None if args.no_jobs else _locked_service(args)
+    try:
+        pool = build_pool(args.models, dtype=args.dtype, sizes=media_sizes(args))
+        extra = {} if service is None else jobs_extension(service, pool)
+        app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media,
+                         max_body_bytes=limit, max_tokens_cap=args.max_tokens_cap, **extra)
+        print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
+        if service is not None:
+            print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=args.drain_seconds)
+    finally:
+        if service is not None:
+            service.close()
     return 0
+
+
+def add_key_arguments(p) -> None:
+    """--api-key and --insecure-no-key (serve and jobs serve)."""
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MMTUNE_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $MMTUNE_API_KEY; on "
+        "127.0.0.1 no key is needed, on any other address a key is required)",
+    )
+    p.add_argument(
+        "--insecure-no-key",
+        action="store_true",
+        help="listen on a non-loopback --host without an API key (anyone who can reach it can use it)",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    """A server other machines can reach must have a key, unless the operator says otherwise."""
+    if api_key or insecure or is_loopback(host):
+        return
+    raise UserError(f"--host {host} lets other machines reach this server, and it has no API key: give "
+                    "--api-key KEY (or set $MMTUNE_API_KEY), or --insecure-no-key to serve without one")
+
+
+def megapixels(mp: float | None) -> int | None:
+    if mp is None:
+        return None
+    if not mp > 0:
+        raise UserError(f"--max-image-megapixels must be > 0 (got {mp:g})")
+    return int(mp * 1_000_000)
 
 
 def body_limit(mb: float | None) -> int:
@@ -113,17 +204,26 @@ def body_limit(mb: float | None) -> int:
     return int(mb * 1024 * 1024)
 
 
-def jobs_extension(args: argparse.Namespace, pool) -> dict:
-    """create_app arguments that add the jobs API; its fine-tuned models join `pool` live."""
+def _locked_service(args: argparse.Namespace):
+    """The job service of the flags, holding its data dir (one clear line if another service has it)."""
+    from mmtune.commands.jobs import make_service
+
+    service = make_service(args)
+    service.lock()
+    return service
+
+
+def jobs_extension(service, pool) -> dict:
+    """create_app arguments that add the jobs API; its fine-tuned models and their checkpoints (under
+    the names the checkpoints API gives them) join `pool` live."""
     import contextlib
 
     from starlette.concurrency import run_in_threadpool
 
-    from mmtune.commands.jobs import make_service
     from mmtune.jobs.api import create_jobs_router
 
-    service = make_service(args)
     pool.sources.append(service.fine_tuned_models)
+    pool.sources.append(service.checkpoint_models)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -41,6 +41,18 @@ from mmtune.infer.media import LOCAL, NO_LIMITS, MediaPolicy, MediaSizes
 from mmtune.infer.options import GenOptions, make_options
 
 BASE = None  # adapter key of the bare base model
+PREFIX_WINDOW = 6  # characters per context token tried before a long prompt is tokenized whole
+
+
+class PromptTooLong(UserError):
+    """A prompt that leaves no room in the model's context: `tokens` (a lower bound when it was
+    refused without tokenizing) against `context`."""
+
+    def __init__(self, tokens: int, context: int, *, at_least: bool = False):
+        self.tokens, self.context = tokens, context
+        size = f"at least {tokens}" if at_least else str(tokens)
+        super().__init__(f"this model's context is {context} tokens and the messages are {size} tokens: send a "
+                         f"shorter conversation (the prompt must leave room for at least one new token)")
 
 
 def to_sample(messages: Sample | Sequence[Mapping[str, Any]], tools: list[dict] | None = None) -> Sample:
@@ -148,6 +160,8 @@ class Engine:
         self._adapters: dict[str, Any] = {}  # name -> adapter key in the PEFT model
         self._tokenizers: dict[Any, Any] = {}
         self._processors: dict[Any, Any] = {}  # vision models: adapter key -> processor
+        self._longest_token: dict[Any, int] = {}  # adapter key -> bytes of its tokenizer's longest token
+        self._context: int | None = None
         first_adapter = None
         if is_adapter_dir(model):
             first_adapter, model = (name or model_name(model), model), adapter_base(model)
@@ -283,9 +297,50 @@ class Engine:
         if isinstance(messages, Prompt):
             return messages
         key = self._key(model)
-        rows, prefill = self._prepare([to_sample(messages, tools)], key, media)
+        sample = to_sample(messages, tools)
+        self._refuse_unfitting_text(sample, key)
+        rows, prefill = self._prepare([sample], key, media)
+        if len(rows[0]) >= self.context_length:
+            raise PromptTooLong(len(rows[0]), self.context_length)
         return Prompt(key, rows[0], prefill)
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens (prompt + answer) the model takes: its configured positions."""
+        if self._context is None:
+            self._context = _context_length(self.model, self._tokenizers[BASE])
+        return self._context
+
+    def _refuse_unfitting_text(self, sample: Sample, key: Any) -> None:
+        """PromptTooLong, before rendering and tokenizing the whole prompt, for text that cannot fit.
+
+        1. By size alone: no token covers more bytes than the vocabulary's longest one, so N bytes
+           are at least N / longest tokens (a 19 MiB message is refused in microseconds instead of
+           being tokenized into millions of tokens).
+        2. By a prefix: the tokens of a text part's opening (cut where a word ends, which is where
+           the tokenizers' pre-tokenization splits) are part of the prompt's tokens, so a prefix of
+           a few context-lengths' worth of bytes that alone overflows the context proves the prompt
+           does (a 9,000-word message is refused in milliseconds)."""
+        texts = [p.text for m in sample.messages for p in m.parts if p.type == "text"]
+        context = self.context_length
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        if key not in self._longest_token:
+            self._longest_token[key] = _longest_token_bytes(self._tokenizers[key])
+        at_least = size // self._longest_token[key]
+        if at_least >= context:
+            raise PromptTooLong(at_least, context, at_least=True)
+        window = PREFIX_WINDOW * context  # characters; a prompt this short is cheap to tokenize whole anyway
+        if size <= window:
+            return
+        tokenizer = self._tokenizers[key]
+        for text in sorted(texts, key=len, reverse=True)[:2]:
+            if len(text) <= window:
+                break
+            cut = text.rfind(" ", 0, window)
+            prefix = text[: cut if cut > 0 else window]
+            count = len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) - 2  # the first word may merge
+            if count >= context:
+                raise PromptTooLong(count, context, at_least=True)
     def _prepare(self, samples: list[Sample], key: Any, media: MediaPolicy | None):
         """Token rows for `samples`, and for a vision model the media inputs of the prefill."""
         from mmtune.infer.vision import check_media_fits
@@ -376,7 +431,9 @@ class Generation:
     """An answer being generated: iterate for text pieces (row 0); afterwards `.completion`.
 
     Holds the adapter gate while it runs and releases it when exhausted or closed, so a
-    stream dropped half-way (client gone) frees the model for other adapters.
+    stream dropped half-way (client gone) frees the model for other adapters. `cancel()`, from
+    any thread, stops it after the decode step under way (a client that left, a server that
+    stops): the iteration then ends and `cancelled` is true.
     """
 
     def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None):
@@ -385,7 +442,16 @@ class Generation:
         self.trackers = [TextTracker(tokenizer, opts, eos, len(r)) for r in rows]
         self._engine, self._key, self._rows, self._opts = engine, key, rows, opts
         self._prefill = prefill  # vision models: media inputs of the first forward (infer/vision.py)
+        self._cancel = threading.Event()
         self._iter = self._run()
+
+    def cancel(self) -> None:
+        """Stop after the current decode step (thread-safe; the consumer's iteration then ends)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -398,10 +464,14 @@ class Generation:
 
     def _run(self) -> Iterator[str]:
         engine = self._engine
+        if self._cancel.is_set():
+            return
         engine._gate.acquire(self._key)
         try:
             pad = engine._tokenizers[self._key].pad_token_id or 0
             for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad, self._prefill):
+                if self._cancel.is_set():
+                    return
                 piece = self.trackers[0].take()
                 if piece:
                     yield piece
@@ -450,6 +520,27 @@ def _load(model: str, dtype: Any, device: str | None):
     return net, tokenizer, None
 
 
+def _context_length(model, tokenizer) -> int:
+    """max_position_embeddings of the (text) config, else the tokenizer's model_max_length."""
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None), getattr(config, "llm_config", None)):
+        n = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
+        if isinstance(n, int) and n > 0:
+            return n
+    n = getattr(tokenizer, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 10**8:
+        return n
+    raise UserError("cannot tell this model's context length (no max_position_embeddings in its config): "
+                    "set it in the model's config.json")
+
+
+def _longest_token_bytes(tokenizer) -> int:
+    """UTF-8 bytes of the vocabulary's longest token string (byte-level and SentencePiece token strings
+    take at least as many bytes as the text they stand for), added tokens included."""
+    vocab = tokenizer.get_vocab()
+    return max(1, max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1))
+
+
 def _adapter_tokenizer(path: str):
     """The tokenizer saved beside an adapter (training saves it with the chat template), if any."""
     folder = Path(path).expanduser()
@@ -463,4 +554,4 @@ def _adapter_tokenizer(path: str):
     return tok
 
 
-__all__ = ["Engine", "Generation", "Prompt", "Completion", "GenOptions", "MediaPolicy", "Message"]
+__all__ = ["Engine", "Generation", "Prompt", "PromptTooLong", "Completion", "GenOptions", "MediaPolicy", "Message"]

@@ -10,7 +10,11 @@ states it with a `MediaPolicy`:
   outside it, symlinks included); URLs only with `--allow-remote-media`.
 
 Every refusal is a UserError naming the flag that allows it (the server answers 400 with
-it). Decoding is media_io's: Pillow for images, PyAV for videos. No torch here.
+it). A policy may also bound how many images a prompt carries (`max_images`) and how many
+pixels one image may decode to (`max_image_pixels`); the size is read from the image's header
+before anything is decoded, so a 30000x30000 PNG of 100 KB is refused, not decompressed
+(Pillow's own decompression-bomb refusal is a UserError too). Decoding is Pillow's for images
+and media_io's (PyAV) for videos. No torch here.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ REMOTE_FLAG = "--allow-remote-media"
 ROOT_FLAG = "--media-root DIR"
 MAX_REMOTE_BYTES = 64 * 1024 * 1024
 REMOTE_TIMEOUT_S = 30.0
+MAX_IMAGES_FLAG = "--max-images"
+MAX_PIXELS_FLAG = "--max-image-megapixels"
+SERVER_MAX_IMAGES = 8  # a server's default images per request
+SERVER_MAX_IMAGE_PIXELS = 40_000_000  # and pixels per image: a 40 MP photo, 120 MB decoded
 
 
 @dataclass(frozen=True)
@@ -43,14 +51,24 @@ class MediaPolicy:
     allow_local: bool = True
     root: str | None = None
     confine: bool = False
+    max_images: int | None = None  # images per prompt (None: any number)
+    max_image_pixels: int | None = None  # width x height of one image, from its header (None: Pillow's own bound)
 
     @classmethod
-    def server(cls, media_root: str | None = None, allow_remote: bool = False) -> MediaPolicy:
-        """The server's rule: local files only inside `media_root`, when one is given."""
+    def server(cls, media_root: str | None = None, allow_remote: bool = False, *,
+               max_images: int | None = SERVER_MAX_IMAGES,
+               max_image_pixels: int | None = SERVER_MAX_IMAGE_PIXELS) -> MediaPolicy:
+        """The server's rule: local files only inside `media_root`, when one is given; at most
+        `max_images` images per prompt and `max_image_pixels` per image (None: no bound of ours)."""
         root = os.path.realpath(os.path.expanduser(media_root)) if media_root else None
         if root and not os.path.isdir(root):
             raise UserError(f"--media-root {media_root} is not a folder: give an existing folder")
-        return cls(allow_remote=allow_remote, allow_local=root is not None, root=root, confine=True)
+        if max_images is not None and max_images < 0:
+            raise UserError(f"{MAX_IMAGES_FLAG} must be >= 0 (got {max_images})")
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise UserError(f"{MAX_PIXELS_FLAG} must be > 0")
+        return cls(allow_remote=allow_remote, allow_local=root is not None, root=root, confine=True,
+                   max_images=max_images, max_image_pixels=max_image_pixels)
 
 
 LOCAL = MediaPolicy()  # chat / infer default: local files yes, remote no
@@ -162,9 +180,11 @@ def load_media(
     video_frames: int | None = None,
 ) -> tuple[list, list]:
     """(images as RGB PIL images, videos as uint8 frames (T, H, W, 3)), in conversation order."""
-    from mmtune.train.media_io import load_image, load_video
+    from mmtune.train.media_io import load_video
 
-    images = [load_image(_loadable(check_ref(p.ref, "image", policy, sample.media_root))) for p in sample.images]
+    check_refs(sample, policy)
+    images = [open_image(_loadable(check_ref(p.ref, "image", policy, sample.media_root)), policy.max_image_pixels)
+              for p in sample.images]
     videos = [
         load_video(_loadable(check_ref(p.ref, "video", policy, sample.media_root)), fps=video_fps,
                    frames=video_frames)
@@ -175,5 +195,35 @@ def load_media(
 
 def check_refs(sample: Sample, policy: MediaPolicy) -> None:
     """Refuse what the policy refuses, before any decoding or downloading."""
+    if policy.max_images is not None and len(sample.images) > policy.max_images:
+        raise UserError(f"this conversation has {len(sample.images)} images and this server takes at most "
+                        f"{policy.max_images} per request ({MAX_IMAGES_FLAG}): send fewer images")
     for p in sample.media():
         check_ref(p.ref, p.type, policy, sample.media_root)
+
+
+def open_image(ref: str, max_pixels: int | None = None):
+    """The image at a checked reference (a data: URL or a local path) as RGB, its size read from the
+    header and refused over `max_pixels` before any pixel is decoded."""
+    import io
+
+    from PIL import Image
+
+    from mmtune.data.media import decode_data_url
+
+    shown = _short(ref)
+    try:
+        source = io.BytesIO(decode_data_url(ref)) if classify(ref) == "data" else ref
+        with Image.open(source) as im:  # reads the header only
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise UserError(f"image {shown} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over "
+                                f"this server's limit of {max_pixels / 1e6:g} megapixels per image "
+                                f"({MAX_PIXELS_FLAG}): send a smaller image")
+            return im.convert("RGB")
+    except Image.DecompressionBombError as e:  # Pillow refuses before we see the size
+        over = (f", over this server's limit of {max_pixels / 1e6:g} megapixels per image ({MAX_PIXELS_FLAG})"
+                if max_pixels is not None else "")
+        raise UserError(f"image {shown} is too large to decode safely{over} ({e}): send a smaller image") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {shown}: {e}; send a PNG, JPEG, WebP or GIF image") from None

@@ -10,9 +10,13 @@ app-level exception handlers, so it behaves the same in any app that mounts it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import secrets
+import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,14 +24,17 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmtune.jobs.errors import APIError, bad_request
-from mmtune.jobs.service import JobService
+from mmtune.jobs.service import JobService, storage_errors, upload_name, upload_too_large
 from mmtune.jobs.store import valid_id
 
 MAX_LIMIT = 10_000
+MAX_JSON_DEPTH = 64
+MAX_JSON_BYTES = 1 << 20  # a job request
+MAX_FIELD_BYTES = 1024  # `purpose` and any other small form field
+MAX_PARTS = 16
 
 
 Endpoint = Callable[..., Awaitable[Any]]
@@ -44,6 +51,11 @@ def _guard(api_key: str | None) -> Callable[[Endpoint], Endpoint]:
                 return await fn(**kwargs)
             except APIError as e:
                 return JSONResponse(e.to_dict(), status_code=e.status)
+            except Exception:  # a bug of ours: logged with its traceback, answered as an OpenAI error
+                traceback.print_exc(file=sys.stderr)
+                err = APIError(500, "the job service failed to answer this request (its log has the details)",
+                               code="internal_error")
+                return JSONResponse(err.to_dict(), status_code=500)
 
         return wrapper
 
@@ -83,10 +95,187 @@ def _after(request: Request, kind: str) -> str | None:
 
 
 async def _json_body(request: Request) -> Any:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BYTES:
+            raise APIError(413, f"the request body is larger than {MAX_JSON_BYTES} bytes: a job request is a small "
+                           "JSON object (upload data with POST /v1/files)", code="request_too_large")
     try:
-        return json.loads(await request.body() or b"{}")
+        value = json.loads(bytes(raw) or b"{}")
+    except RecursionError:
+        raise bad_request(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep", code="invalid_json"
+                          ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    problem = _json_problem(value)
+    if problem:
+        raise bad_request(problem, code="invalid_json")
+    return value
+
+
+def _json_problem(value: Any) -> str | None:
+    """Too deep, a lone surrogate in a string, or a non-finite number (iterative: no stack to overflow)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"the request body is nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and not _valid_unicode(item):
+            return f"{item[:40]!r} holds a lone UTF-16 surrogate (half of an escaped character pair): send valid Unicode"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{item} is not a JSON number: send a finite number"
+    return None
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def receive_upload(request: Request, service: JobService) -> dict[str, Any]:
+    """Parse a multipart upload as it arrives: the `file` part is written straight to a temporary file in
+    the data dir, and reading stops as soon as it passes the size limit (a 413); small fields are capped."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary", b"")
+    if kind != b"multipart/form-data" or not 0 < len(boundary) <= 200:
+        raise bad_request("send the file as multipart/form-data with a field 'file' (with a filename) and "
+                          "'purpose' (the openai client's files.create does)", "file")
+    limit = service.settings.max_upload_bytes
+    target = service.upload_target()
+    parts = _Parts(limit)
+    out = None
+    try:
+        parser = MultipartParser(boundary, parts.callbacks())
+        async for chunk in request.stream():
+            try:
+                parser.write(chunk)
+            except MultipartParseError as e:
+                raise bad_request(f"the multipart body is malformed: {e}", "file") from None
+            if parts.error:
+                raise parts.error
+            if parts.pending:
+                if out is None:
+                    with storage_errors("the file"):
+                        out = await run_in_threadpool(open, target, "wb")
+                data, parts.pending = b"".join(parts.pending), []
+                with storage_errors("the file"):
+                    await run_in_threadpool(out.write, data)
+        try:
+            parser.finalize()
+        except MultipartParseError as e:
+            raise bad_request(f"the multipart body is malformed: {e}", "file") from None
+        if parts.error:
+            raise parts.error
+        if parts.filename is None:
+            raise bad_request("send the file as multipart/form-data field 'file' (with a filename)", "file")
+        purpose = parts.fields.get("purpose")
+        if purpose is None:
+            raise bad_request("purpose is required: use 'fine-tune'", "purpose")
+        with storage_errors("the file"):
+            if out is None:  # an empty file
+                out = await run_in_threadpool(open, target, "wb")
+            await run_in_threadpool(out.close)
+        out = None
+        return await run_in_threadpool(lambda: service.upload_file(parts.filename, purpose, stored=target,
+                                                                   size=parts.size))
+    finally:
+        if out is not None:
+            with contextlib.suppress(OSError):  # a full disk fails the flush again: already answered
+                out.close()
+        target.unlink(missing_ok=True)
+
+
+class _Parts:
+    """python-multipart callbacks: the `file` part's bytes queued in `pending`, small fields kept."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.size = 0
+        self.pending: list[bytes] = []
+        self.error: APIError | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._field, self._value = b"", b""
+        self._name: str | None = None
+        self._is_file = False
+        self._data = bytearray()
+        self._count = 0
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_part_begin": self._begin, "on_part_data": self._part_data, "on_part_end": self._end,
+                "on_header_field": self._header_field, "on_header_value": self._header_value,
+                "on_header_end": self._header_end, "on_headers_finished": self._headers_done}
+
+    def _fail(self, error: APIError) -> None:
+        self.error = self.error or error
+
+    def _begin(self) -> None:
+        self._headers, self._name, self._is_file, self._data = {}, None, False, bytearray()
+        self._count += 1
+        if self._count > MAX_PARTS:
+            self._fail(bad_request(f"the upload has more than {MAX_PARTS} form fields: send 'file' and 'purpose'",
+                                   "file"))
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+        if len(self._value) > MAX_FIELD_BYTES:
+            self._fail(bad_request("a multipart header is too long", "file"))
+            self._value = b""
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _headers_done(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._name = name
+        if name == "file" and b"filename" in options:
+            if self.filename is not None:
+                self._fail(bad_request("send one file per upload", "file"))
+            self.filename = options[b"filename"].decode("utf-8", "replace")
+            self._is_file = True
+            try:
+                upload_name(self.filename)  # a wrong file type is refused before its bytes are read
+            except APIError as e:
+                self._fail(e)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error:
+            return
+        if self._is_file:
+            self.size += end - start
+            if self.size > self.limit:
+                self._fail(upload_too_large(self.limit))
+                return
+            self.pending.append(data[start:end])
+        else:
+            self._data += data[start:end]
+            if len(self._data) > MAX_FIELD_BYTES:
+                self._fail(bad_request(f"form field {str(self._name)[:40]!r} is longer than {MAX_FIELD_BYTES} bytes",
+                                       str(self._name)[:40]))
+
+    def _end(self) -> None:
+        if not self._is_file and self._name is not None:
+            self.fields[self._name] = self._data.decode("utf-8", "replace")
 
 
 def create_jobs_router(service: JobService, api_key: str | None = None, prefix: str = "/v1") -> APIRouter:
@@ -102,16 +291,7 @@ def create_jobs_router(service: JobService, api_key: str | None = None, prefix: 
     @router.post("/files")
     @guard
     async def upload_file(request: Request):
-        form = await request.form()
-        upload, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            raise bad_request("send the file as multipart/form-data field 'file' (with a filename)", "file")
-        if not isinstance(purpose, str):
-            raise bad_request("purpose is required: use 'fine-tune'", "purpose")
-        try:
-            return await call(service.upload_file, upload.filename, purpose, upload.file)
-        finally:
-            await upload.close()
+        return await receive_upload(request, service)
 
     @router.get("/files")
     @guard
@@ -195,12 +375,26 @@ def create_jobs_app(service: JobService, api_key: str | None = None, manage: boo
             if manage:
                 await run_in_threadpool(service.close)
 
-    app = FastAPI(title="mmtune fine-tuning jobs", lifespan=lifespan)
+    app = FastAPI(title="mmtune fine-tuning jobs", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     openai_error_handlers(app)
     app.include_router(create_jobs_router(service, api_key))
+    guard = _guard(api_key)
 
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    @guard
+    async def openapi(request: Request):
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    @guard
+    async def docs(request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     return app

@@ -42,6 +42,18 @@ class Limits:
     max_learning_rate: float = 0.1
 
 
+@dataclass(frozen=True)
+class ModelRules:
+    """Which base models a job may name, besides the registry's: local model folders or .gguf files
+    inside `roots` (the operator's --model-root folders; realpaths, so no symlink leads out), hub ids
+    with `allow_hub` (--allow-hub-models: the server may download them), and the full fine-tunes of
+    this service's own succeeded jobs by their fine-tuned model name (`fine_tuned(name)` -> folder)."""
+
+    roots: tuple[str, ...] = ()
+    allow_hub: bool = False
+    fine_tuned: Callable[[str], Path | None] = lambda name: None
+
+
 def _int(lo: int, hi: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int):
@@ -79,7 +91,8 @@ def mmtune_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
     }
 
 
-def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | None]) -> dict[str, Any]:
+def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | None],
+                 models: ModelRules | None = None) -> dict[str, Any]:
     """The job row for a create request, or APIError(400/404) naming the field at fault."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_request")
@@ -94,7 +107,7 @@ def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | 
     settings = _merge(extras, nested_own)
     for name, value in settings.items():
         _check(name, value, own[name])
-    model = check_model(body.get("model"))
+    model = check_model(body.get("model"), models or ModelRules())
     training = _file_param(body, "training_file", file_exists, required=True)
     validation = _file_param(body, "validation_file", file_exists, required=False)
     if validation is not None and validation == training:
@@ -219,26 +232,64 @@ def _check(name: str, value: Any, check: Callable[[Any], str | None]) -> None:
         raise bad_request(f"{name} {problem} (got {value!r})", name)
 
 
-def check_model(model: Any) -> str:
-    """A registry name or alias, an existing local model folder / .gguf file, or a hub id ("org/name")."""
+def check_model(model: Any, rules: ModelRules) -> str:
+    """A registry name or alias; a fine-tuned model of this service; a model folder or .gguf file inside
+    an operator-allowed root; or a hub id when hub models are allowed. A path outside the roots gets
+    the same answer whether it exists or not, so the API is no file-existence oracle."""
     if model is None:
         return DEFAULT_MODEL
     if not isinstance(model, str) or not model.strip():
-        raise bad_request("model must be a model name: a registry name (`mmtune models`), a local folder or a "
-                          "hub id", "model")
+        raise bad_request("model must be a model name: a registry name (`mmtune models`), a fine-tuned model "
+                          "of this server, or a local folder or hub id the server allows", "model")
     model = model.strip()
     if model in REGISTRY or any(model in s.aliases for s in REGISTRY.values()):
         return model
-    path = Path(model).expanduser()
-    if path.is_absolute() and path.exists():
-        return str(path.resolve())
-    if HUB_ID_RE.fullmatch(model) and not path.exists():
+    if model.startswith("ft:"):
+        return _fine_tuned_base(model, rules)
+    if model.startswith(("/", "~", ".")) or "\\" in model or model.count("/") > 1:
+        return _local_model(model, rules)
+    if HUB_ID_RE.fullmatch(model):
+        if not rules.allow_hub:
+            raise bad_request(f"model {model[:100]!r} looks like a hub id, and this server does not download hub "
+                              "models: use a registry name (`mmtune models` lists them), or start the server with "
+                              "--allow-hub-models", "model", "model_not_allowed")
         return model
     close = difflib.get_close_matches(model.lower(), list(REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise APIError(404, f"model {model!r} was not found: {hint}give a registry name (`mmtune models` lists them), "
-                   "an absolute path to a local model folder or .gguf file, or a hub id like org/name",
-                   param="model", code="model_not_found")
+    raise APIError(404, f"model {model[:100]!r} was not found: {hint}give a registry name (`mmtune models` lists "
+                   "them), a fine-tuned model of this server (ft:...), a model folder under the server's "
+                   "--model-root, or a hub id (with --allow-hub-models)", param="model", code="model_not_found")
+
+
+def _local_model(model: str, rules: ModelRules) -> str:
+    import os
+
+    refused = APIError(400, f"model {model[:200]!r} is not a model folder or .gguf file inside a folder this "
+                       "server allows: give a path inside one of the server's --model-root folders"
+                       + ("" if rules.roots else " (it has none: start it with --model-root DIR)"),
+                       param="model", code="model_not_allowed")
+    path = os.path.realpath(os.path.expanduser(model))
+    roots = [os.path.realpath(r) for r in rules.roots]
+    if not any(os.path.commonpath([path, r]) == r for r in roots):
+        raise refused  # the same answer for what exists and what does not
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+            or os.path.isfile(path) and path.lower().endswith(".gguf")):
+        raise APIError(404, f"model {model[:200]!r} is not a model folder (with config.json) or a .gguf file: "
+                       "check the path", param="model", code="model_not_found")
+    return path
+
+
+def _fine_tuned_base(model: str, rules: ModelRules) -> str:
+    folder = rules.fine_tuned(model)
+    if folder is None:
+        raise APIError(404, f"model {model[:200]!r} is not a fine-tuned model of this server: GET "
+                       "/v1/fine_tuning/jobs lists them (fine_tuned_model of a succeeded job)", param="model",
+                       code="model_not_found")
+    if not (Path(folder) / "config.json").is_file():
+        raise bad_request(f"model {model[:200]!r} is a LoRA adapter, and a job trains a full model or a base: "
+                          "merge it (`mmtune merge --adapter DIR --out DIR`) into a folder under the server's --model-root and give "
+                          "that folder", "model", "model_not_allowed")
+    return str(Path(folder).resolve())
 
 
 def model_base_name(model: str) -> str:

@@ -19,8 +19,11 @@ checkpoint (`mmtune train --resume`). Events and files already recorded stay as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -33,7 +36,7 @@ from typing import Any, BinaryIO
 from mmtune.errors import UserError
 from mmtune.jobs.errors import APIError, bad_request, not_found
 from mmtune.jobs.layout import Layout, default_data_dir
-from mmtune.jobs.params import Limits, parse_create
+from mmtune.jobs.params import Limits, ModelRules, parse_create
 from mmtune.jobs.store import ACTIVE, FINAL, Store, new_id, now, valid_id
 from mmtune.jobs.validate import check_upload, describe, failure_message
 from mmtune.jobs.worker import (
@@ -61,6 +64,8 @@ class Settings:
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL delay when a job is cancelled
     max_upload_bytes: int = 4 << 30
     python: str = sys.executable  # the interpreter that runs `-m mmtune.cli train`
+    model_roots: tuple[str, ...] = ()  # folders whose models a job may name by path (--model-root)
+    allow_hub_models: bool = False  # whether a job may name a hub id (the training run downloads it)
 
 
 class JobService:
@@ -80,7 +85,7 @@ class JobService:
     # ================================================================ life cycle
     def start(self) -> JobService:
         """Take the data dir, re-queue jobs cut off by the last stop, start the threads."""
-        self._take_lock()
+        self.lock()
         self.recover()
         self._spawn("mmtune-jobs-validator", self._validate_loop)
         for i in range(self.settings.concurrency):
@@ -132,8 +137,11 @@ class JobService:
         t.start()
         self._threads.append(t)
 
-    def _take_lock(self) -> None:
-        """One service per data dir: two would both 'recover' the same running job."""
+    def lock(self) -> None:
+        """Take the data dir (one service per data dir: two would both 'recover' the same running job);
+        a UserError, one line, when another service holds it. `start` takes it if this was not called."""
+        if self._lock_fd is not None:
+            return
         try:
             import fcntl
         except ImportError:  # Windows: no advisory lock
@@ -187,31 +195,47 @@ class JobService:
         return out
 
     # ================================================================ files
-    def upload_file(self, filename: str | None, purpose: str | None, source: BinaryIO) -> dict[str, Any]:
-        if purpose != "fine-tune":
-            raise bad_request(f"purpose {purpose!r} is not supported here: upload training data with purpose "
-                              "'fine-tune'", "purpose")
-        name = clean_filename(filename)
-        ext = next((e for e in UPLOAD_EXTENSIONS if name.lower().endswith(e)), None)
-        if ext is None:
-            raise bad_request(f"file {name!r} must be a .jsonl file (one JSON object per line) or a .json array",
-                              "file", "invalid_file_format")
-        file_id = new_id("file")
-        size = self._store_bytes(source, f"{file_id}{ext}")
-        return file_object(self.store.add_file(file_id, name, purpose, size, f"{file_id}{ext}"))
+    def upload_file(self, filename: str | None, purpose: str | None, source: BinaryIO | None = None, *,
+                    stored: Path | None = None, size: int | None = None) -> dict[str, Any]:
+        """Store an upload: copied from `source`, or (the HTTP API, which streams the body to disk itself)
+        a file already written at `stored` (from `upload_target`), renamed into place. The file row is
+        added after the file is in place, and a failure to add it removes the file: no file without a row."""
+        try:
+            if purpose != "fine-tune":
+                raise bad_request(f"purpose {str(purpose)[:40]!r} is not supported here: upload training data with "
+                                  "purpose 'fine-tune'", "purpose")
+            name, ext = upload_name(filename)
+            file_id = new_id("file")
+            final = self.layout.file_path(f"{file_id}{ext}")
+            with storage_errors("the file"):
+                if stored is None:
+                    size = self._store_bytes(source, final)
+                else:
+                    os.replace(stored, final)
+                try:
+                    row = self.store.add_file(file_id, name, purpose, size, final.name)
+                except BaseException:
+                    final.unlink(missing_ok=True)
+                    raise
+        finally:
+            if stored is not None:
+                stored.unlink(missing_ok=True)
+        return file_object(row)
 
-    def _store_bytes(self, source: BinaryIO, stored_name: str) -> int:
+    def upload_target(self) -> Path:
+        """A fresh temporary path in the files folder for an upload being received (see upload_file)."""
+        return self.layout.files / f".upload-{new_id('file')}.part"
+
+    def _store_bytes(self, source: BinaryIO, final: Path) -> int:
         """Copy an upload to its server-made name; it appears whole (temp file + rename) or not at all."""
-        final = self.layout.file_path(stored_name)
-        tmp = final.with_name(f".{stored_name}.part")
+        tmp = final.with_name(f".{final.name}.part")
         size = 0
         try:
             with open(tmp, "wb") as out:
                 while chunk := source.read(COPY_CHUNK):
                     size += len(chunk)
                     if size > self.settings.max_upload_bytes:
-                        raise APIError(413, f"the file is larger than {self.settings.max_upload_bytes} bytes",
-                                       param="file", code="file_too_large")
+                        raise upload_too_large(self.settings.max_upload_bytes)
                     out.write(chunk)
             os.replace(tmp, final)
         finally:
@@ -220,9 +244,13 @@ class JobService:
 
     def add_result_file(self, job_id: str, content: bytes) -> str:
         file_id = new_id("file")
-        stored = f"{file_id}.csv"
-        self.layout.file_path(stored).write_bytes(content)
-        self.store.add_file(file_id, "step_metrics.csv", "fine-tune-results", len(content), stored)
+        path = self.layout.file_path(f"{file_id}.csv")
+        path.write_bytes(content)
+        try:
+            self.store.add_file(file_id, "step_metrics.csv", "fine-tune-results", len(content), path.name)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no file without its row
+            raise
         return file_id
 
     def list_files(self, after: str | None = None, limit: int = 10_000, order: str = "desc",
@@ -255,8 +283,11 @@ class JobService:
 
     # ================================================================ jobs
     def create_job(self, body: Any) -> dict[str, Any]:
-        job = parse_create(body, self.settings.limits, self.store.get_file)
-        row = self.store.add_job(job)
+        rules = ModelRules(self.settings.model_roots, self.settings.allow_hub_models,
+                           lambda name: self.fine_tuned_models().get(name))
+        job = parse_create(body, self.settings.limits, self.store.get_file, rules)
+        with storage_errors("the job"):
+            row = self.store.add_job(job)
         self.wake()
         return job_object(row)
 
@@ -385,10 +416,43 @@ class JobService:
 # ==================================================================== OpenAI objects
 
 
+def upload_name(filename: str | None) -> tuple[str, str]:
+    """(display name, stored extension) of an upload, or a 400 naming the rule."""
+    name = clean_filename(filename)
+    ext = next((e for e in UPLOAD_EXTENSIONS if name.lower().endswith(e)), None)
+    if ext is None:
+        raise bad_request(f"file {name!r} must be a .jsonl file (one JSON object per line) or a .json array",
+                          "file", "invalid_file_format")
+    return name, ext
+
+
+def upload_too_large(limit: int) -> APIError:
+    return APIError(413, f"the file is larger than this server's upload limit of {limit} bytes: split it, or "
+                    "raise the limit", param="file", code="file_too_large")
+
+
+@contextlib.contextmanager
+def storage_errors(what: str):
+    """A full disk (or database) while storing `what` as a 507 that says so; other OS errors as a 500
+    with their reason. The caller cleans up what it wrote."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if "full" in str(e).lower():
+            raise APIError(507, f"the server's disk is full: {what} was not stored (nothing was kept); free space "
+                           "on the server and try again", code="insufficient_storage") from None
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise APIError(507, f"the server's disk is full: {what} was not stored (nothing was kept); free space "
+                           "on the server and try again", code="insufficient_storage") from None
+        raise APIError(500, f"the server could not store {what}: {e.strerror or e}", code="storage_error") from None
+
+
 def clean_filename(filename: str | None) -> str:
     """The display name of an upload: its last path part, printable, at most 255 characters."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    name = "".join(ch for ch in name if ch.isprintable() and not "\ud800" <= ch <= "\udfff").strip()
     if not name or name in (".", ".."):
         raise bad_request("the upload has no file name: send the file as multipart field 'file' with a filename",
                           "file")

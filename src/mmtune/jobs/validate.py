@@ -21,19 +21,35 @@ SHOWN_IN_ERROR = 3  # errors quoted in a failed job's error.message
 
 
 def check_upload(path: Path) -> dict[str, Any]:
-    """{rules, format, rows, errors, warnings, findings[:KEEP_FINDINGS]} of one stored upload."""
+    """{rules, format, rows, errors, warnings, findings[:KEEP_FINDINGS]} of one stored upload, in constant
+    memory: findings stream past (the CLI's `data check` path) and only the first KEEP_FINDINGS errors and
+    warnings are kept (errors first in the result); the counts are exact."""
     try:
-        report = check_file(str(path), ReadOptions(rules="default"))
+        report, kept = _check(path, "default")
         rules = "default"
         if report.format == "openai" and path.suffix == ".jsonl":
-            report = check_file(str(path), ReadOptions(rules="strict"))
+            report, kept = _check(path, "strict")
             rules = "strict"
     except UserError as e:
         return {"rules": "default", "format": "", "rows": 0, "errors": 1, "warnings": 0,
                 "findings": [{"severity": ERROR, "line": 0, "field": "", "rule": "unreadable", "message": str(e)}]}
-    findings = sorted(report.findings, key=lambda f: (f.severity != ERROR, f.line))
+    errors, warnings = kept
+    findings = [*sorted(errors, key=lambda f: f.line), *sorted(warnings, key=lambda f: f.line)][:KEEP_FINDINGS]
     return {"rules": rules, "format": report.format, "rows": report.rows, "errors": report.errors,
-            "warnings": report.warnings, "findings": [f.to_dict() for f in findings[:KEEP_FINDINGS]]}
+            "warnings": report.warnings, "findings": [f.to_dict() for f in findings]}
+
+
+def _check(path: Path, rules: str):
+    errors: list = []
+    warnings: list = []
+
+    def keep(finding) -> None:
+        bucket = errors if finding.is_error else warnings
+        if len(bucket) < KEEP_FINDINGS:
+            bucket.append(finding)
+
+    report = check_file(str(path), ReadOptions(rules=rules), on_finding=keep)
+    return report, (errors, warnings)
 
 
 def describe(finding: dict[str, Any]) -> str:

@@ -11,8 +11,18 @@ Why it is shaped this way:
   order, and none is dropped. `/health` reports running and waiting counts.
 - A stream is pumped from its worker thread into an asyncio queue; when the client goes
   away the worker stops at the next token and frees its slot.
+- Work per request is bounded before any is done, each refusal a 400 naming the field and the
+  limit: the prompt must fit the model's context, `prompt + max_tokens` too (no `max_tokens`:
+  what the context leaves, up to `max_tokens_cap`), and `max_tokens` at most `max_tokens_cap`.
+- A generation stops within one decode step when its client goes away (streaming or not), and
+  a request whose client left while it waited for a slot is never run. On shutdown every
+  generation still running is stopped (uvicorn first waits `--drain-seconds` for them).
 - Every error is OpenAI's error object (`{"error": {"message", "type", "param", "code"}}`),
-  which the official clients turn into their typed exceptions.
+  which the official clients turn into their typed exceptions; a client's mistake is a 4xx
+  (bad JSON, nesting over MAX_JSON_DEPTH, lone surrogates, integers out of range), and an
+  internal failure a 500 object without internals.
+- With an API key, only `/health` answers without it, and only `{"status": "ok"}`; `/docs`,
+  `/redoc` and `/openapi.json` need the key like every other route.
 - Vision models take OpenAI `image_url` content parts. Which references a request may use
   is the server's `MediaPolicy` (infer/media.py): `data:` URLs always; local paths and
   `file://` only inside `--media-root`; http(s) only with `--allow-remote-media`. Each
@@ -26,8 +36,10 @@ import asyncio
 import contextlib
 import hmac
 import json
-import threading
+import math
+import sys
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +47,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmtune import __version__
 from mmtune.errors import UserError
+from mmtune.infer.engine import PromptTooLong
 from mmtune.infer.media import MediaPolicy
 from mmtune.serve.pool import ModelPool
 from mmtune.serve.schemas import ChatCompletionRequest, error_body
@@ -48,6 +62,8 @@ from mmtune.serve.schemas import ChatCompletionRequest, error_body
 MAX_BODY_MB = 20  # a phone photo as a base64 data: URL fits (OpenAI takes images up to 20 MB)
 MAX_BODY_BYTES = MAX_BODY_MB * 1024 * 1024
 MAX_N = 8
+MAX_JSON_DEPTH = 64  # OpenAI's shapes nest a few levels; deeper is a mistake or an attack
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's seed is an int64
 _END = object()
 
 
@@ -72,8 +88,14 @@ class ApiError(Exception):
         )
 
 
+class ClientGone(Exception):
+    """The client closed its connection: nothing more is sent, no more work is done for it."""
+
+
 class Limiter:
-    """At most `size` generations at once; the rest wait, first come first served."""
+    """At most `size` generations at once; the rest wait, first come first served.
+
+    Every generation under way is known here, so a stopping server cancels them all (`stop`)."""
 
     def __init__(self, size: int):
         if size < 1:
@@ -82,12 +104,15 @@ class Limiter:
         self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mmtune-gen")
         self._sem = asyncio.Semaphore(size)
         self.running = self.waiting = 0
+        self.active: set[Any] = set()  # Generations being produced
+        self.stopping = False
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, gone: asyncio.Future | None = None) -> AsyncIterator[None]:
+        """A generation slot; with `gone` (done when the client leaves), ClientGone instead of waiting on."""
         self.waiting += 1
         try:
-            await self._sem.acquire()
+            await _acquire(self._sem, gone)
         finally:
             self.waiting -= 1
         self.running += 1
@@ -97,8 +122,56 @@ class Limiter:
             self.running -= 1
             self._sem.release()
 
+    def track(self, generation) -> Any:
+        if self.stopping:
+            generation.cancel()
+        self.active.add(generation)
+        return generation
+
+    def stop(self) -> None:
+        """Cancel every generation (the server is shutting down): each ends after its current step."""
+        self.stopping = True
+        for generation in list(self.active):
+            generation.cancel()
+
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+async def _acquire(sem: asyncio.Semaphore, gone: asyncio.Future | None) -> None:
+    """`sem.acquire()`, or ClientGone as soon as `gone` is done (then no permit is held)."""
+    if gone is None:
+        await sem.acquire()
+        return
+    task = asyncio.ensure_future(sem.acquire())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not gone.done():
+            return
+    except BaseException:  # cancelled (the server stops): fall through to giving up, then re-raise
+        await _drop(task, sem)
+        raise
+    await _drop(task, sem)
+    raise ClientGone
+
+
+async def _drop(task: asyncio.Future, sem: asyncio.Semaphore) -> None:
+    """Give up a pending acquire; a permit it got after all goes back."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if not task.cancelled():
+        sem.release()
+
+
+def watch_disconnect(request: Request) -> asyncio.Task:
+    """A task that ends when the client closes its connection (call after the body is read)."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return asyncio.ensure_future(wait())
 
 
 def create_app(
@@ -107,6 +180,7 @@ def create_app(
     api_key: str | None = None,
     max_concurrency: int = 4,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_tokens_cap: int | None = None,
     routers: Iterable[APIRouter] = (),
     unlimited_paths: tuple[str, ...] = (),
     lifespan: Any = None,
@@ -114,20 +188,38 @@ def create_app(
 ) -> FastAPI:
     """The server app for the models in `pool`; `routers` are added behind the same key check.
 
-    `unlimited_paths`: path prefixes exempt from the body limit (file uploads, which their
+    `max_tokens_cap`: the most tokens one request may generate (None: what the model's context
+    leaves); `unlimited_paths`: path prefixes exempt from the body limit (file uploads, which their
     router limits itself); `lifespan`: FastAPI's start-up/shut-down context (a job service);
     `media`: which image/video references requests may use (default: data: URLs only)."""
-    app = FastAPI(title="mmtune", version=__version__, lifespan=lifespan)
+    if max_tokens_cap is not None and max_tokens_cap < 1:
+        raise UserError(f"--max-tokens-cap must be at least 1 (got {max_tokens_cap})")
+
+    @contextlib.asynccontextmanager
+    async def life(app: FastAPI):
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            app.state.limiter.stop()  # what the drain left running stops now, and the threads with it
+
+    app = FastAPI(title="mmtune", version=__version__, lifespan=life, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.media = media or MediaPolicy.server()
     app.state.unlimited_paths = unlimited_paths
     app.state.pool = pool
     app.state.api_key = api_key or None
     app.state.limiter = Limiter(max_concurrency)
     app.state.max_body_bytes = max_body_bytes
+    app.state.max_tokens_cap = max_tokens_cap
     _install_errors(app)
-    app.middleware("http")(_limit_body)
+    app.add_middleware(BodyLimit)
     app.include_router(health_router())
     guarded = [Depends(require_api_key)]
+    app.include_router(docs_router(app), dependencies=guarded)
     app.include_router(models_router(), dependencies=guarded)
     app.include_router(chat_router(), dependencies=guarded)
     for router in routers:
@@ -155,6 +247,15 @@ def _install_errors(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         return ApiError(exc.status_code, str(exc.detail)).response()
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):  # a bug of ours: logged, answered without internals
+        return internal_error().response()
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "the server failed to answer this request (its log has the details); try again, and "
+                    "report it if it keeps happening", type_="server_error", code="internal_error")
+
 
 def _validation_message(errors: list[dict]) -> str:
     return "; ".join(
@@ -162,15 +263,22 @@ def _validation_message(errors: list[dict]) -> str:
     )
 
 
-async def _limit_body(request: Request, call_next):
-    """413 before reading a body whose Content-Length is over the limit."""
-    if request.url.path.startswith(request.app.state.unlimited_paths or ("\0",)):
-        return await call_next(request)
-    limit = request.app.state.max_body_bytes
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        return _too_large(limit).response()
-    return await call_next(request)
+class BodyLimit:
+    """413 before reading a body whose Content-Length is over the limit (a plain ASGI middleware, so
+    a request's `receive` still reports the client leaving)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            state = scope["app"].state
+            exempt = scope["path"].startswith(state.unlimited_paths or ("\0",))
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if not exempt and length.isdigit() and int(length) > state.max_body_bytes:
+                await _too_large(state.max_body_bytes).response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -187,7 +295,8 @@ def _size(n: int) -> str:
 
 
 async def read_json_body(request: Request) -> Any:
-    """The JSON body, read up to the size limit (chunked bodies have no Content-Length)."""
+    """The JSON body, read up to the size limit (chunked bodies have no Content-Length), and checked:
+    valid UTF-8 and JSON, at most MAX_JSON_DEPTH deep, no lone surrogates (`"\\ud800"`) in any string."""
     limit = request.app.state.max_body_bytes
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -195,20 +304,72 @@ async def read_json_body(request: Request) -> Any:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+def parse_json(raw: bytes) -> Any:
+    """`raw` as JSON that the rest of the server can take, or a 400 naming what is wrong."""
     try:
-        return json.loads(b"".join(chunks) or b"null")
+        value = json.loads(raw or b"null")
+    except RecursionError:
+        raise _too_deep() from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    problem = json_problem(value)
+    if problem:
+        raise ApiError(400, problem, code="invalid_json")
+    return value
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep: send OpenAI's "
+                    "request shape", code="invalid_json")
+
+
+def json_problem(value: Any) -> str | None:
+    """What makes parsed JSON unusable (too deep, a lone surrogate, a number out of range), or None.
+    Iterative, so a deep value cannot overflow the stack here."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return _too_deep().message
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if _has_surrogate(k):
+                    return f"a key at {where or 'the top level'} holds a lone UTF-16 surrogate: send valid Unicode"
+                stack.append((v, f"{where}.{k}" if where else k, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+        elif isinstance(item, str) and _has_surrogate(item):
+            return (f"{where or 'the body'} holds a lone UTF-16 surrogate (such as \\ud800, half of an escaped "
+                    "character pair): send valid Unicode")
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{where or 'the body'} is {item}, which is not a JSON number: send a finite number"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def authorized(request: Request) -> bool:
+    """Whether the request carries the server's key (always, when the server has none)."""
+    key = request.app.state.api_key
+    if key is None:
+        return True
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return bool(given) and hmac.compare_digest(given.encode(), key.encode())
 
 
 def require_api_key(request: Request) -> None:
     """401 unless the request carries `Authorization: Bearer KEY` (when the server has a key)."""
-    key = request.app.state.api_key
-    if key is None:
-        return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    if not given or not hmac.compare_digest(given.encode(), key.encode()):
+    if not authorized(request):
         raise ApiError(
             401,
             "missing or incorrect API key: send `Authorization: Bearer KEY` with the key "
@@ -226,6 +387,9 @@ def health_router() -> APIRouter:
 
     @router.get("/health")
     async def health(request: Request):
+        """Liveness for anyone; the models and the load only for a caller with the key."""
+        if not authorized(request):
+            return {"status": "ok"}
         limiter: Limiter = request.app.state.limiter
         return {
             "status": "ok",
@@ -234,6 +398,25 @@ def health_router() -> APIRouter:
             "waiting": limiter.waiting,
             "max_concurrency": limiter.size,
         }
+
+    return router
+
+
+def docs_router(app: FastAPI) -> APIRouter:
+    """The OpenAPI schema and its two viewers, behind the key like the API they describe."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/openapi.json")
+    async def openapi():
+        return JSONResponse(app.openapi())
+
+    @router.get("/docs")
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @router.get("/redoc")
+    async def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
     return router
 
@@ -264,22 +447,31 @@ def chat_router() -> APIRouter:
     async def chat_completions(request: Request):
         req = _parse_chat(await read_json_body(request))
         engine = await _engine(request, req.model)
-        options = _choice_options(engine, req)
+        cap = request.app.state.max_tokens_cap
+        options = _choice_options(engine, req, cap)
         # rendered, tokenized, media decoded (off the event loop): bad messages are a 400 before any work
         prompt = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: engine.prepare(req.messages, model=req.model, tools=req.tools, media=request.app.state.media)
+            None, lambda: _prepare(engine, req, request.app.state.media)
         )
+        options = _fit(options, req, len(prompt.ids), engine.context_length, cap)
         limiter: Limiter = request.app.state.limiter
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
-        if req.stream:
+        if req.stream:  # Starlette cancels the stream when the client leaves; _pump then stops the generation
             events = _stream_events(engine, prompt, options, limiter, meta, req.include_usage)
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        async with limiter.slot():
-            completions = await limiter.run(_complete_all, engine, prompt, options)
+        gone = watch_disconnect(request)
+        try:
+            async with limiter.slot(gone):
+                completions = await _complete_all(limiter, engine, prompt, options, gone)
+        except ClientGone:
+            return JSONResponse(error_body("the client closed the connection", code="client_closed"),
+                                status_code=499)  # nobody reads it; for the access log
+        finally:
+            gone.cancel()
         return _completion_body(meta, completions)
 
     return router
@@ -294,6 +486,12 @@ def _parse_chat(body: Any) -> ChatCompletionRequest:
         raise ApiError(400, _validation_message(e.errors())) from None
     if not 1 <= req.n <= MAX_N:
         raise ApiError(400, f"n must be between 1 and {MAX_N}", param="n")
+    for i, tool in enumerate(req.tools or []):
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict) \
+                or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
+                           "\"parameters\": {...}}}", param=f"tools[{i}]")
     return req
 
 
@@ -306,24 +504,93 @@ async def _engine(request: Request, name: str):
         served = ", ".join(request.app.state.pool.names)
         raise ApiError(
             404,
-            f"the model {name!r} does not exist on this server; served models: {served}",
+            f"the model {name[:200]!r} does not exist on this server; served models: {served}",
             param="model",
             code="model_not_found",
         )
     return engine
 
 
-def _choice_options(engine, req: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Validated generation options per choice; with a seed, choice i samples with seed + i."""
+def _prepare(engine, req: ChatCompletionRequest, media: MediaPolicy):
+    try:
+        return engine.prepare(req.messages, model=req.model, tools=req.tools, media=media)
+    except PromptTooLong as e:
+        raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
+
+
+def _max_tokens_field(req: ChatCompletionRequest) -> str:
+    return "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+
+
+def _choice_options(engine, req: ChatCompletionRequest, cap: int | None) -> list[dict[str, Any]]:
+    """Validated generation options per choice (before the prompt is even rendered, so an absurd
+    max_tokens costs nothing); with a seed, choice i samples with seed + i."""
     base = req.gen_options()
-    engine.options(**base)  # raises UserError → 400
+    requested, field, context = base["max_new_tokens"], _max_tokens_field(req), engine.context_length
+    if requested is not None and requested >= 1:
+        if cap is not None and requested > cap:
+            raise ApiError(400, f"{field} is {requested}, over this server's limit of {cap} tokens per request "
+                           f"(--max-tokens-cap): ask for at most {cap}", param=field, code="max_tokens_exceeded")
+        if requested >= context:
+            raise ApiError(400, f"{field} is {requested} and this model's context is {context} tokens, the messages "
+                           f"and the answer together: ask for at most {context - 1} (fewer with a longer prompt)",
+                           param=field, code="context_length_exceeded")
+    if req.seed is not None:
+        lo, hi = SEED_RANGE
+        if not (lo <= req.seed and req.seed + req.n - 1 <= hi):
+            raise ApiError(400, f"seed must be a 64-bit integer, from {lo} to {hi - req.n + 1} with n={req.n} "
+                           f"(got {str(req.seed)[:40]})", param="seed", code="integer_out_of_range")
+    engine.options(**{**base, "max_new_tokens": requested or 1})  # raises UserError -> 400
     if req.seed is None:
         return [base] * req.n
     return [{**base, "seed": req.seed + i} for i in range(req.n)]
 
 
-def _complete_all(engine, prompt, options: list[dict[str, Any]]):
-    return [engine.complete(prompt, **o) for o in options]
+def _fit(options: list[dict[str, Any]], req: ChatCompletionRequest, prompt_tokens: int, context: int,
+         cap: int | None) -> list[dict[str, Any]]:
+    """max_new_tokens that fits the context beside the prompt: the request's (400 if it does not fit),
+    else what the context leaves (at most `cap`)."""
+    left = context - prompt_tokens  # >= 1: prepare refuses prompts that fill the context
+    requested = options[0]["max_new_tokens"]
+    if requested is None:
+        return [{**o, "max_new_tokens": min(left, cap or left)} for o in options]
+    if requested > left:
+        field = _max_tokens_field(req)
+        raise ApiError(400, f"this model's context is {context} tokens and the messages take {prompt_tokens} of them, "
+                       f"so {field} can be at most {left} (got {requested}): ask for fewer tokens or send a shorter "
+                       "conversation", param=field, code="context_length_exceeded")
+    return options
+
+
+async def _complete_all(limiter: Limiter, engine, prompt, options: list[dict[str, Any]], gone: asyncio.Future):
+    """Every choice's Completion, generated in a worker thread; ClientGone (and the generation stopped
+    within one decode step) when the client leaves first."""
+    generations = [limiter.track(engine.stream(prompt, **o)) for o in options]
+
+    def work():
+        out = []
+        for generation in generations:
+            for _ in generation:
+                pass
+            if generation.cancelled:
+                return None
+            out.append(generation.completion)
+        return out
+
+    future = asyncio.get_running_loop().run_in_executor(limiter.executor, work)
+    try:
+        await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not future.done():  # the client left, or the server stops: stop, and wait out the step under way
+            for generation in generations:
+                generation.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)
+        limiter.active.difference_update(generations)
+    result = future.result()
+    if result is None:
+        raise ClientGone
+    return result
 
 
 def _completion_body(meta: dict, completions: list) -> dict:
@@ -369,15 +636,18 @@ async def _stream_events(
     try:
         async with limiter.slot():
             for i, opts in enumerate(options):
-                generation = engine.stream(prompt, **opts)
+                generation = limiter.track(engine.stream(prompt, **opts))
                 yield _chunk(meta, i, {"role": "assistant", "content": ""})
                 async for piece in _pump(generation, limiter):
                     yield _chunk(meta, i, {"content": piece})
+                if generation.cancelled:  # the server stops
+                    return
                 done = generation.completion
                 prompt_tokens, generated = done.prompt_tokens, generated + done.completion_tokens
                 yield _chunk(meta, i, {}, done.finish_reason)
-    except Exception as e:  # headers are sent: report in-band, as OpenAI does
-        yield _sse(error_body(f"generation failed: {e}", "server_error"))
+    except Exception:  # headers are sent: report in-band, as OpenAI does
+        traceback.print_exc(file=sys.stderr)
+        yield _sse(internal_error().response().body.decode())
         return
     if include_usage:
         usage = {
@@ -390,17 +660,16 @@ async def _stream_events(
 
 
 async def _pump(generation, limiter: Limiter) -> AsyncIterator[str]:
-    """Text pieces of `generation`, produced in a worker thread, delivered in the event loop."""
+    """Text pieces of `generation`, produced in a worker thread, delivered in the event loop. When the
+    consumer stops (the client left: Starlette cancels the stream), the generation is cancelled and
+    stops after the decode step under way."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
 
     def work() -> None:
         try:
             for piece in generation:
                 loop.call_soon_threadsafe(queue.put_nowait, piece)
-                if cancelled.is_set():
-                    break
             loop.call_soon_threadsafe(queue.put_nowait, _END)
         except BaseException as e:  # handed to the event loop, raised there
             loop.call_soon_threadsafe(queue.put_nowait, e)
@@ -408,12 +677,16 @@ async def _pump(generation, limiter: Limiter) -> AsyncIterator[str]:
             generation.close()
 
     future = loop.run_in_executor(limiter.executor, work)
+    finished = False
     try:
         while (item := await queue.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
             yield item
+        finished = True
     finally:
-        cancelled.set()
-        with contextlib.suppress(Exception):
+        if not finished:
+            generation.cancel()
+        limiter.active.discard(generation)
+        with contextlib.suppress(Exception):  # (under a cancelled stream this await is cut short at once)
             await asyncio.shield(future)
