@@ -135,6 +135,8 @@ def cases(tmp: Path, home: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "data check missing": (["data", "check", missing], ("missing.jsonl",)),
         "data convert missing": (["data", "convert", missing, str(tmp / "c.jsonl"), "--to", "openai"],
                                  ("missing.jsonl",)),
+        "serve missing folder": (["serve", str(tmp / "no-run"), "--no-jobs"], ("no-run",)),
+        "serve uncached model": (["serve", f"tuned={UNCACHED}", "--no-jobs"], (UNCACHED,)),
         "data stats uncached tokenizer": (["data", "stats", PERSONA, "--tokenizer", UNCACHED], (UNCACHED,)),
         "train preference data": (["train", "--data", str(PEERS / "openai_preference.jsonl"), "--output", o1],
                                   ("preference", "--stage dpo")),

@@ -123,12 +123,15 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mmtune.commands.chat import media_sizes
+    from mmtune.commands.preflight import check_model_arg
     from mmtune.infer.media import MediaPolicy
     from mmtune.serve.app import create_app
-    from mmtune.serve.pool import build_pool
+    from mmtune.serve.pool import build_pool, parse_model_arg
 
     # every flag is checked, and the data dir taken, before any model loads
     check_exposure(args.host, args.api_key, args.insecure_no_key)
+    for arg in args.models:  # a missing folder or an unknown model: one line now, not after the others load
+        check_model_arg(parse_model_arg(arg)[1])
     media = MediaPolicy.server(args.media_root, args.allow_remote_media, max_images=args.max_images,
                                max_image_pixels=megapixels(args.max_image_megapixels))
     limit = body_limit(args.max_request_mb)
