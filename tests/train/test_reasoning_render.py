@@ -241,3 +241,71 @@ def test_mmtune_train_trains_the_reasoning_tokens(tiny_llama, tmp_path, capsys, 
         assert lines == ["note: --reasoning drop: 2 of 2 rows carry reasoning; their answers are trained, the "
                          "reasoning is not (--reasoning keep trains it)"]
         assert stats["train_supervised_tokens"] == 2 * render_sample(sample, t, reasoning="drop").n_supervised
+
+
+def test_the_template_leaving_reasoning_out_is_said_once(tok, tmp_path):
+    """Qwen3 on a two-question row: the first answer trains without its reasoning, and the data
+    step says so in one line (the reader's "not rendered" warning is gone: it is rendered)."""
+    from mmtune.train.dataset import render_datasets
+
+    row = {"messages": [{"role": "user", "content": "What is 2+2?"},
+                        {"role": "assistant", "content": "4", "reasoning_content": THOUGHT},
+                        {"role": "user", "content": "And 3+3?"},
+                        {"role": "assistant", "content": "6", "reasoning_content": THOUGHT2}]}
+    data = tmp_path / "two.jsonl"
+    data.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    said: list[str] = []
+    cfg = TrainConfig.from_dict({"data": [str(data)], "output": str(tmp_path / "out")})
+    stats = render_datasets(cfg, tok("qwen3"), said.append).stats
+    assert said == ["note: the chat template leaves the reasoning out of 1 assistant turn(s) in 1 of 1 rows, so those "
+                    "answers train without it, as the model sees them at inference (Qwen3's template shows reasoning "
+                    "only after the last user message); 1 rows train theirs"]
+    assert (stats.reasoning_rows, stats.reasoning_dropped_rows, stats.reasoning_dropped_turns) == (1, 1, 1)
+    assert stats.reasoning_tokens == render_sample(two_turns(), tok("qwen3")).reasoning_tokens > 0
+    said.clear()
+    render_datasets(TrainConfig.from_dict({"data": [str(data)], "reasoning": "drop"}), tok("chatml"), said.append)
+    assert said == ["note: --reasoning drop: 1 of 1 rows carry reasoning; their answers are trained, the reasoning "
+                    "is not (--reasoning keep trains it)"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_vision_rows_train_their_reasoning(family):
+    """Vision-language templates go through the same step (neither Qwen2-VL's nor Qwen3-VL-Instruct's
+    template renders reasoning: the fallback), and drop is honoured there too."""
+    from pathlib import Path
+
+    from helpers.tiny_vlms import tiny_vlm_dir
+
+    from mmtune.data.schema import Part
+    from mmtune.models.vision import load_processor
+    from mmtune.train.render import Rendered
+    from mmtune.train.render_vision import render_vision_sample, template_view
+
+    processor = load_processor(tiny_vlm_dir(family))
+    assert reasoningfmt.template_key(template_view(processor)) is None
+    media = Path(__file__).resolve().parents[2] / "examples" / "data" / "media" / "red_circle.png"
+    row = one_turn()
+    row.messages[0] = Message("user", [Part.image(str(media)), Part.of_text("What is 2+2?")])
+    t = processor.tokenizer
+    keep = render_vision_sample(row, processor)
+    said = trained_text(Rendered(keep["input_ids"], keep["labels"]), t)
+    assert f"<think>\n{THOUGHT}\n</think>\n\n4" in said
+    drop = render_vision_sample(row, processor, reasoning="drop")
+    assert "make four" not in t.decode(drop["input_ids"])
+
+
+def test_engine_renders_history_reasoning_as_training_did(tiny_llama, tmp_path):
+    from test_tool_render import with_template
+
+    from mmtune.infer.engine import Engine
+
+    engine = Engine(str(with_template(tiny_llama, tmp_path / "model", "chatml")), device="cpu")
+    wire = [{"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": THOUGHT},
+            {"role": "user", "content": "And 3+3?"}]
+    ids = engine.prompt_ids(wire)
+    t = engine.tokenizer()
+    assert ids == render_prompt(Sample(two_turns().messages[:3]), t)
+    assert f"<think>\n{THOUGHT}\n</think>\n\n4<|im_end|>" in t.decode(ids)
+    r = render_sample(two_turns(), t)  # the training row starts with the prompt: the model answers where it learnt
+    assert r.input_ids[: len(ids)] == ids and r.labels[len(ids)] != IGNORE_INDEX

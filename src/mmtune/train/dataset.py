@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mmtune.chat.conversation import has_reasoning
 from mmtune.config import TrainConfig
 from mmtune.data.reader import ReadOptions, load_samples
 from mmtune.data.schema import Sample
@@ -148,6 +149,11 @@ def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, *, processo
         train_s, val_s = samples, read_files(cfg.val_data, cfg, warn)
     else:
         train_s, val_s = split_samples(samples, cfg.val_ratio, cfg.seed)
+    if cfg.reasoning == "drop":  # said from the samples: text and vision models alike
+        thinking = sum(1 for s in (*train_s, *val_s) if has_reasoning(s))
+        if thinking:
+            warn(f"note: --reasoning drop: {thinking} of {len(train_s) + len(val_s)} rows carry reasoning; their "
+                 "answers are trained, the reasoning is not (--reasoning keep trains it)")
     stats = DataStats()
     if processor is None:
         train = encode(train_s, tokenizer, cfg, stats, spec)
@@ -180,10 +186,7 @@ def report_losses(stats: DataStats, total: int, cfg: TrainConfig, warn: Warn) ->
     if stats.dropped_long_rows:
         warn(f"warning: dropped {stats.dropped_long_rows} of {total} rows longer than max_length "
              f"{cfg.max_length} (--drop-long); raise --max-length to keep them")
-    if stats.reasoning_dropped_rows and cfg.reasoning == "drop":
-        warn(f"note: --reasoning drop: {stats.reasoning_dropped_rows} of {total} rows carry reasoning; their answers "
-             "are trained, the reasoning is not (--reasoning keep trains it)")
-    elif stats.reasoning_dropped_rows:
+    if stats.reasoning_dropped_rows and cfg.reasoning == "keep":
         warn(f"note: the chat template leaves the reasoning out of {stats.reasoning_dropped_turns} assistant turn(s) in "
              f"{stats.reasoning_dropped_rows} of {total} rows, so those answers train without it, as the model sees "
              f"them at inference (Qwen3's template shows reasoning only after the last user message); "
