@@ -309,3 +309,14 @@ def test_engine_renders_history_reasoning_as_training_did(tiny_llama, tmp_path):
     assert f"<think>\n{THOUGHT}\n</think>\n\n4<|im_end|>" in t.decode(ids)
     r = render_sample(two_turns(), t)  # the training row starts with the prompt: the model answers where it learnt
     assert r.input_ids[: len(ids)] == ids and r.labels[len(ids)] != IGNORE_INDEX
+
+
+def test_the_token_cache_tells_the_modes_apart(tok, tmp_path):
+    """A run with --reasoning drop never reuses rows an earlier keep run rendered (and back)."""
+    from mmtune.train import token_cache
+
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps(reasoning_row()) + "\n", encoding="utf-8")
+    keep = TrainConfig.from_dict({"data": [str(data)]})
+    drop = TrainConfig.from_dict({"data": [str(data)], "reasoning": "drop"})
+    assert token_cache.cache_key(keep, tok("chatml")) != token_cache.cache_key(drop, tok("chatml"))
