@@ -31,6 +31,7 @@ METHODS = ("lora", "qlora", "full", "frozen")  # frozen: vision-language models 
 TRAIN_VISION = ("none", "lora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TRAIN_ON = ("assistant", "all", "last")
+REASONING = ("keep", "drop")  # == mmtune.chat.reasoning.REASONING_MODES (a test checks)
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr")
@@ -100,6 +101,10 @@ class TrainConfig:
     drop_long: bool = _opt(False, "drop rows longer than --max-length instead of truncating them")
     train_on: str = _opt("assistant", "which tokens the loss is computed on: assistant turns, all tokens, or "
                          "only the last assistant turn", choices=TRAIN_ON)
+    reasoning: str = _opt("keep", "assistant turns' reasoning (reasoning_content, reasoning parts): keep = trained "
+                          "with the answer, through the chat template where it renders reasoning (Qwen3's <think>), "
+                          "else as a <think> block before the answer; drop = the answers train alone "
+                          "(docs/reasoning.md)", choices=REASONING)
     seed: int = _opt(42, "random seed: data order, validation split, adapter initialisation")
     precision: str = _opt("auto", "number format: auto = bf16 on a GPU that supports it, else fp32",
                           choices=PRECISIONS)

@@ -3,8 +3,9 @@
 Training (train/render.py, train/render_vision.py) and inference (infer/) build what goes into
 `apply_chat_template` here, so a prompt at inference is the prompt training rendered: the
 OpenAI-style dicts (`to_template_messages`), the tool format written in (`conversation`,
-formats in chat/tools.py), and the checks that no call, argument or definition is lost on
-the way (`check_tool_turns`, `check_tool_definitions`). Imports nothing heavy.
+formats in chat/tools.py), the reasoning written in (chat/reasoning.py), and the checks that
+no call, argument or definition is lost on the way (`check_tool_turns`,
+`check_tool_definitions`). Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from mmtune.chat import reasoning as reasoningfmt
 from mmtune.chat import tools as toolfmt
 from mmtune.data.schema import Message, Sample
 from mmtune.errors import UserError
@@ -81,30 +83,54 @@ class Conversation:
     tools: list[dict] | None
     index: list[int]  # sample.messages[i] is (or was merged into) messages[index[i]]
     tool_format: str | None  # "template" | "hermes"; None: the row has nothing of tools
+    # "template" (under the template's own key) | "fallback" (a <think> block in the text) | "drop";
+    # None: the row has no reasoning
+    reasoning: str | None = None
+
+
+def has_reasoning(sample: Sample) -> bool:
+    return any(m.reasoning for m in sample.messages if m.role == "assistant")
+
+
+def reasoning_format(tokenizer, mode: str = "keep") -> str:
+    """How a row's reasoning is written for this template under `mode` (chat/reasoning.py)."""
+    reasoningfmt.check_mode(mode)
+    if mode == "drop":
+        return "drop"
+    return "template" if reasoningfmt.template_key(tokenizer) else "fallback"
 
 
 def uses_tools(sample: Sample) -> bool:
     return bool(sample.tools) or any(m.tool_calls or m.role == "tool" for m in sample.messages)
 
 
-def conversation(sample: Sample, tokenizer, tool_format: str = "auto", messages: list[dict] | None = None
-                 ) -> Conversation:
+def conversation(sample: Sample, tokenizer, tool_format: str = "auto", messages: list[dict] | None = None,
+                 reasoning: str = "keep") -> Conversation:
     """The sample's template messages, with tools written in the format `tool_format` resolves to
-    for this template ("auto": the template's own if it renders tools, else the fallback).
+    for this template ("auto": the template's own if it renders tools, else the fallback), and
+    the assistant turns' reasoning as `reasoning` ("keep" | "drop") says (chat/reasoning.py).
     `messages`: the sample's message dicts where the caller builds them (vision templates take
-    content as part lists); default `to_template_messages(sample)`."""
+    content as part lists); default `to_template_messages(sample)`. A row without reasoning
+    (or tools) gets no probe and no change."""
     if messages is None:
         messages, tools = to_template_messages(sample)
     else:
         tools = sample.tools or None
-    identity = list(range(len(messages)))
-    if not uses_tools(sample):
-        return Conversation(messages, tools, identity, None)
-    fmt = toolfmt.resolve_format(tokenizer, tool_format)
-    if fmt == "template":
-        return Conversation(messages, tools, identity, fmt)
-    messages, index = toolfmt.hermes_messages(messages, tools, toolfmt.template_support(tokenizer))
-    return Conversation(messages, None, index, fmt)
+    conv = Conversation(messages, tools, list(range(len(messages))), None)
+    if uses_tools(sample):
+        conv.tool_format = toolfmt.resolve_format(tokenizer, tool_format)
+        if conv.tool_format == "hermes":
+            conv.messages, conv.index = toolfmt.hermes_messages(messages, tools, toolfmt.template_support(tokenizer))
+            conv.tools = None
+    if has_reasoning(sample):  # after the tools: the fallback's <think> block goes before the answer and its calls
+        conv.reasoning = reasoning_format(tokenizer, reasoning)
+        key = reasoningfmt.template_key(tokenizer) if conv.reasoning == "template" else None
+        held: list[str | None] = [None] * len(conv.messages)
+        for i, m in enumerate(sample.messages):
+            if m.role == "assistant":  # never merged with another message
+                held[conv.index[i]] = m.reasoning
+        conv.messages = reasoningfmt.with_reasoning(conv.messages, held, reasoning, key)
+    return conv
 
 
 # ----------------------------------------------------------------------------- tool checks

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mmtune.chat.conversation import has_reasoning
 from mmtune.config import TrainConfig
 from mmtune.data.reader import ReadOptions, load_samples
 from mmtune.data.schema import Sample
@@ -43,6 +44,11 @@ class DataStats:
     dropped_empty_rows: int = 0  # no trained token left (answer cut off, or no trainable turn)
     train_tokens: int = 0  # tokens of one pass over the training rows
     train_supervised_tokens: int = 0  # of which are trained targets (labels[1:] != -100)
+    reasoning_rows: int = 0  # rows (train and validation) whose reasoning is trained
+    reasoning_tokens: int = 0  # trained tokens of reasoning text, train and validation rows
+    reasoning_dropped_rows: int = 0  # rows with a trained turn whose reasoning is not (--reasoning drop, or the
+    # template shows reasoning only after the last user message)
+    reasoning_dropped_turns: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -60,7 +66,9 @@ def read_files(paths: list[str], cfg: TrainConfig, warn: Warn) -> list[Sample]:
     options = ReadOptions(media_root=cfg.media_root, enforce_root=cfg.media_root is not None)
     samples: list[Sample] = []
     for path in paths:
-        samples.extend(load_samples(path, options, skip_bad_rows=cfg.skip_bad_rows, warn=warn))
+        # reasoning is rendered (or dropped, with its own notice) by encode: no reader warning
+        samples.extend(load_samples(path, options, skip_bad_rows=cfg.skip_bad_rows, warn=warn,
+                                    reasoning_rendered=True))
     return samples
 
 
@@ -87,7 +95,7 @@ def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats,
     for sample in samples:
         check_media_limits(sample, spec)
         r = render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length,
-                          tool_format=spec.tool_format if spec else "auto")
+                          tool_format=spec.tool_format if spec else "auto", reasoning=cfg.reasoning)
         if r.truncated:
             if cfg.drop_long:
                 stats.dropped_long_rows += 1
@@ -97,6 +105,10 @@ def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats,
         if r.n_supervised == 0:
             stats.dropped_empty_rows += 1
             continue
+        stats.reasoning_rows += r.reasoning_turns > 0
+        stats.reasoning_tokens += r.reasoning_tokens
+        stats.reasoning_dropped_rows += r.reasoning_dropped > 0
+        stats.reasoning_dropped_turns += r.reasoning_dropped
         rows.append({"input_ids": r.input_ids, "labels": r.labels})
     return rows
 
@@ -137,6 +149,11 @@ def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, *, processo
         train_s, val_s = samples, read_files(cfg.val_data, cfg, warn)
     else:
         train_s, val_s = split_samples(samples, cfg.val_ratio, cfg.seed)
+    if cfg.reasoning == "drop":  # said from the samples: text and vision models alike
+        thinking = sum(1 for s in (*train_s, *val_s) if has_reasoning(s))
+        if thinking:
+            warn(f"note: --reasoning drop: {thinking} of {len(train_s) + len(val_s)} rows carry reasoning; their "
+                 "answers are trained, the reasoning is not (--reasoning keep trains it)")
     stats = DataStats()
     if processor is None:
         train = encode(train_s, tokenizer, cfg, stats, spec)
@@ -169,6 +186,11 @@ def report_losses(stats: DataStats, total: int, cfg: TrainConfig, warn: Warn) ->
     if stats.dropped_long_rows:
         warn(f"warning: dropped {stats.dropped_long_rows} of {total} rows longer than max_length "
              f"{cfg.max_length} (--drop-long); raise --max-length to keep them")
+    if stats.reasoning_dropped_rows and cfg.reasoning == "keep":
+        warn(f"note: the chat template leaves the reasoning out of {stats.reasoning_dropped_turns} assistant turn(s) in "
+             f"{stats.reasoning_dropped_rows} of {total} rows, so those answers train without it, as the model sees "
+             f"them at inference (Qwen3's template shows reasoning only after the last user message); "
+             f"{stats.reasoning_rows} rows train theirs")
     if stats.dropped_empty_rows:
         warn(f"warning: skipped {stats.dropped_empty_rows} of {total} rows with no token to train on (the answer "
              f"was cut by max_length {cfg.max_length}, or no assistant turn is trainable with train_on="

@@ -72,7 +72,7 @@ def render_options(cfg: TrainConfig, spec: ModelSpec | None) -> dict[str, Any]:
     """render_vision_sample's keyword arguments for this run. Pixel bounds are already set on the
     processor (models/vision.load_processor), so they are not repeated here."""
     return {"train_on": cfg.train_on, "max_length": cfg.max_length, "video_fps": cfg.video_fps,
-            "video_frames": cfg.video_frames, "spec": spec}
+            "video_frames": cfg.video_frames, "spec": spec, "reasoning": cfg.reasoning}
 
 
 def encode_vision(samples: list[Sample], processor, cfg: TrainConfig, spec: ModelSpec | None,

@@ -27,6 +27,14 @@ trained call's name and arguments must be inside its turn's trained span and eac
 definition in the prompt, or a UserError names the row: a call is never trained as an empty
 turn. Rows without tools render exactly as before (no probe, no change).
 
+Reasoning (an assistant turn's `reasoning`, mmtune.chat.reasoning, docs/reasoning.md): with
+`reasoning="keep"` it is given to a template that renders it under its own key (Qwen3's
+`reasoning_content`, LFM2.5's `thinking`), else written into the answer's text as a
+`<think>...</think>` block; either way it is part of the assistant turn, so trained with it.
+Templates that show reasoning only after the last user message drop it from earlier turns, as
+at inference: those turns train their answer alone, and `Rendered` counts them. With "drop"
+the answers train alone. Rows without reasoning render exactly as before.
+
 Labels follow the Hugging Face convention: `labels[j] = input_ids[j]` where trained and -100
 elsewhere, unshifted (the model shifts them). A sample left without any trained token (no
 trainable assistant turn, or all of it cut by `max_length`) is returned as it is, all -100:
@@ -40,12 +48,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from mmtune.chat.conversation import (  # noqa: F401  (to_template_messages: re-exported for callers)
+    Conversation,
     check_tool_definitions,
     check_tool_turns,
     conversation,
     to_template_messages,
 )
 from mmtune.chat.conversation import where as _where
+from mmtune.chat.reasoning import rendered_form
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 
@@ -62,6 +72,9 @@ class Rendered:
     input_ids: list[int]
     labels: list[int]
     truncated: int = 0  # tokens cut by max_length (0 if none)
+    reasoning_tokens: int = 0  # trained tokens of reasoning text (inside `<think>`, tags excluded)
+    reasoning_turns: int = 0  # trained assistant turns whose reasoning is trained with them
+    reasoning_dropped: int = 0  # trained assistant turns whose reasoning is not (template or "drop")
 
     @property
     def n_supervised(self) -> int:
@@ -280,10 +293,11 @@ def _prefix_turns(tokenizer, sample, messages, tools, full: str, index: list[int
     return turns
 
 
-def assistant_turn_spans(sample: Sample, tokenizer, tool_format: str = "auto") -> tuple[str, list[_Turn]]:
+def assistant_turn_spans(sample: Sample, tokenizer, tool_format: str = "auto", reasoning: str = "keep",
+                         conv: Conversation | None = None) -> tuple[str, list[_Turn]]:
     """The full rendered text and, per assistant turn, its trained character span."""
     _require_template(tokenizer)
-    conv = conversation(sample, tokenizer, tool_format)
+    conv = conv or conversation(sample, tokenizer, tool_format, reasoning=reasoning)
     messages, tools = conv.messages, conv.tools
     full = _render(tokenizer, messages, tools, gen=False, sample=sample)
     if _GENERATION_TAG.search(tokenizer.get_chat_template(None, tools)):
@@ -326,6 +340,35 @@ def _token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) ->
     return mask.tolist()
 
 
+def _reasoning_spans(sample: Sample, conv: Conversation, full: str, turns: list[_Turn] | None
+                     ) -> tuple[list[tuple[int, int]], int]:
+    """Character spans of the reasoning text inside the trained `turns` (None: everything is
+    trained), and how many of those turns carry reasoning that is not in their span."""
+    if conv.reasoning is None:
+        return [], 0
+    if turns is None:
+        selected = [(i, 0, len(full)) for i, m in enumerate(sample.messages) if m.role == "assistant"]
+    else:
+        selected = [(t.index, t.start, t.end) for t in turns if t.index is not None]
+        if any(t.index is None for t in turns):  # marker blocks tied to no one turn: look in all of them
+            tied = {t.index for t in turns}
+            selected += [(i, min(t.start for t in turns), max(t.end for t in turns))
+                         for i, m in enumerate(sample.messages) if m.role == "assistant" and i not in tied]
+    spans, dropped, cursor = [], 0, 0
+    for i, start, end in sorted(selected, key=lambda x: x[1]):
+        text = sample.messages[i].reasoning
+        if not text:
+            continue
+        body = rendered_form(text)
+        pos = full.find(body, max(start, cursor), end) if conv.reasoning != "drop" and body else -1
+        if pos < 0:
+            dropped += 1
+            continue
+        spans.append((pos, pos + len(body)))
+        cursor = pos + len(body)
+    return spans, dropped
+
+
 def render_sample(
     sample: Sample,
     tokenizer,
@@ -333,6 +376,7 @@ def render_sample(
     train_on: str = "assistant",
     max_length: int | None = None,
     tool_format: str = "auto",
+    reasoning: str = "keep",
 ) -> Rendered:
     """Token ids and labels for one conversation (see the module docstring).
 
@@ -341,19 +385,22 @@ def render_sample(
     is 0); "all" — every token except the first (which no token predicts).
     max_length: cut longer renderings on the right; `Rendered.truncated` says how many tokens.
     tool_format: how tools are written (mmtune.chat.tools: "auto", "template", "hermes").
+    reasoning: "keep" — each assistant turn's reasoning is rendered and trained with it, where
+    the template shows it (see the module docstring); "drop" — left out.
     """
     if train_on not in TRAIN_ON:
         raise UserError(f"train_on must be one of {', '.join(TRAIN_ON)}, not {train_on!r}")
+    _require_template(tokenizer)
+    conv = conversation(sample, tokenizer, tool_format, reasoning=reasoning)
     if train_on == "all":  # no turn boundaries needed: every template works
-        _require_template(tokenizer)
-        conv = conversation(sample, tokenizer, tool_format)
         full = _render(tokenizer, conv.messages, conv.tools, gen=False, sample=sample)
         if conv.tool_format:
             check_tool_turns(sample, conv, full, None)
-        ids, _ = _encode(tokenizer, full)
+        ids, offsets = _encode(tokenizer, full)
         mask = [j > 0 for j in range(len(ids))]
+        thought, dropped = _reasoning_spans(sample, conv, full, None)
     else:
-        full, turns = assistant_turn_spans(sample, tokenizer, tool_format)
+        full, turns = assistant_turn_spans(sample, tokenizer, tool_format, conv=conv)
         ids, offsets = _encode(tokenizer, full)
         if train_on == "last":
             if any(t.index is None for t in turns):
@@ -363,22 +410,26 @@ def render_sample(
                 )
             last = max((t.index for t in turns), default=None)
             turns = [t for t in turns if t.index == last]
-        chosen = [(t.start, t.end) for t in turns if t.index is None or sample.messages[t.index].trainable]
-        mask = _token_mask(offsets, chosen)
+        trained = [t for t in turns if t.index is None or sample.messages[t.index].trainable]
+        mask = _token_mask(offsets, [(t.start, t.end) for t in trained])
+        thought, dropped = _reasoning_spans(sample, conv, full, trained)
     labels = [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
         ids, labels = ids[:max_length], labels[:max_length]
-    return Rendered(ids, labels, truncated)
+    in_thought = _token_mask(offsets, thought) if thought else []
+    n_thought = sum(1 for x, t in zip(labels, in_thought) if t and x != IGNORE_INDEX)
+    return Rendered(ids, labels, truncated, n_thought, len(thought), dropped)
 
 
 def render_prompt(
-    sample: Sample, tokenizer, *, add_generation_prompt: bool = True, tool_format: str = "auto"
+    sample: Sample, tokenizer, *, add_generation_prompt: bool = True, tool_format: str = "auto",
+    reasoning: str = "keep",
 ) -> list[int]:
-    """Token ids for inference: the same template, tool format and tokenization as training."""
+    """Token ids for inference: the same template, tool format, reasoning and tokenization as training."""
     _require_template(tokenizer)
-    conv = conversation(sample, tokenizer, tool_format)
+    conv = conversation(sample, tokenizer, tool_format, reasoning=reasoning)
     text = _render(tokenizer, conv.messages, conv.tools, gen=add_generation_prompt, sample=sample)
     if conv.tool_format:
         check_tool_definitions(sample, conv, text)

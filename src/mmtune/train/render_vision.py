@@ -97,10 +97,11 @@ def vision_messages(sample: Sample) -> list[dict]:
     return out
 
 
-def vision_conversation(sample: Sample, view: TemplateView, tool_format: str = "auto") -> Conversation:
-    """`vision_messages` with tools written in the model's tool format (chat/conversation.py):
-    what both training and inference render."""
-    return conversation(sample, view, tool_format, messages=vision_messages(sample))
+def vision_conversation(sample: Sample, view: TemplateView, tool_format: str = "auto", reasoning: str = "keep"
+                        ) -> Conversation:
+    """`vision_messages` with tools written in the model's tool format and the reasoning as
+    `reasoning` says (chat/conversation.py): what both training and inference render."""
+    return conversation(sample, view, tool_format, messages=vision_messages(sample), reasoning=reasoning)
 
 
 def check_media_limits(sample: Sample, spec: ModelSpec | None) -> None:
@@ -225,6 +226,7 @@ def render_vision_sample(
     video_frames: int | None = None,
     video_fps: float | None = None,
     spec: ModelSpec | None = None,
+    reasoning: str = "keep",
 ) -> dict[str, Any]:
     """One training row: input_ids and labels (lists), mm_token_type_ids where the processor makes
     them, the processor's media tensors (pixel_values, image_grid_thw, ...), and `truncated`
@@ -237,7 +239,7 @@ def render_vision_sample(
     if not view.chat_template:
         raise UserError("the processor has no chat template: use the model's -Instruct checkpoint, or set "
                         "`chat_template` in the config")
-    conv = vision_conversation(sample, view, spec.tool_format if spec else "auto")
+    conv = vision_conversation(sample, view, spec.tool_format if spec else "auto", reasoning)
     full = _render(view, conv.messages, conv.tools, gen=False, sample=sample)
     spans = _spans(view, sample, conv, train_on, full)
     images, videos, metadata = media_inputs(sample, video_fps=video_fps, video_frames=video_frames)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmtune.chat import conversation, tools
+from mmtune.chat import conversation, reasoning, tools
 from mmtune.config import TrainConfig
 from mmtune.models.registry import find_spec
 from mmtune.train import dataset, render
@@ -33,7 +33,7 @@ FORMAT = 1
 DEFAULT_MAX_GB = 5.0
 _STALE_TMP_S = 3600
 # config fields that change which rows exist or what their tokens and labels are
-KEY_FIELDS = ("train_on", "max_length", "drop_long", "val_ratio", "seed", "skip_bad_rows", "media_root")
+KEY_FIELDS = ("train_on", "reasoning", "max_length", "drop_long", "val_ratio", "seed", "skip_bad_rows", "media_root")
 
 
 def default_dir() -> Path:
@@ -64,7 +64,7 @@ def cache_key(cfg: TrainConfig, tokenizer) -> str:
     parts = {
         "format": FORMAT,
         "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
-                 for m in (render, dataset, conversation, tools)],
+                 for m in (render, dataset, conversation, reasoning, tools)],
         "tool_format": getattr(find_spec(cfg.model), "tool_format", "auto"),
         "data": [_file_digest(p) for p in cfg.data],
         "val_data": [_file_digest(p) for p in cfg.val_data],
