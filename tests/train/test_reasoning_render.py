@@ -14,7 +14,7 @@ import json
 import re
 
 import pytest
-from helpers.tokenizers import FAMILIES, make_tokenizer
+from helpers.tokenizers import FAMILIES
 from test_render import ANSWER_RE, _char_overlap_mask
 
 from mmtune.chat import reasoning as reasoningfmt
@@ -28,17 +28,6 @@ M = Message.simple
 THOUGHT = "The user wants a sum.\nTwo and two make four."
 THOUGHT2 = "Three and three make six."
 
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    root, cache = tmp_path_factory.mktemp("tokenizers"), {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = make_tokenizer(family, root)
-        return cache[family]
-
-    return get
 
 
 def one_turn(reasoning: str | None = THOUGHT) -> Sample:

@@ -12,7 +12,7 @@ import importlib.util
 import re
 
 import pytest
-from helpers.tokenizers import FAMILIES, make_tokenizer
+from helpers.tokenizers import FAMILIES
 
 from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
 from mmtune.errors import UserError
@@ -147,18 +147,6 @@ def case_samples(family: str) -> dict[str, Sample]:
 
 ALL_CASES = [(f, c) for f in FAMILIES for c in case_samples(f)]
 
-
-@pytest.fixture(scope="session")
-def tok(tmp_path_factory):
-    cache: dict = {}
-    root = tmp_path_factory.mktemp("tokenizers")
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = make_tokenizer(family, root)
-        return cache[family]
-
-    return get
 
 
 # ----------------------------------------------------------------------------- references

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers.tokenizers import make_tokenizer
 from test_render import FAMILIES, case_samples
 
 from mmtune.data.reader import load_samples
@@ -62,17 +61,6 @@ def digest(family: str, tokenizer) -> str:
             h.update(type(e).__name__.encode())
     return h.hexdigest()[:24]
 
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    root, cache = tmp_path_factory.mktemp("tokenizers"), {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = make_tokenizer(family, root)
-        return cache[family]
-
-    return get
 
 
 def test_pins_cover_every_family():

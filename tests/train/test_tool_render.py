@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.tokenizers import FAMILIES, make_tokenizer
+from helpers.tokenizers import FAMILIES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_render import ANSWER_RE, WEATHER_TOOL, _char_overlap_mask
@@ -25,17 +25,6 @@ from mmtune.train.render import IGNORE_INDEX, Rendered, render_prompt, render_sa
 
 M = Message.simple
 
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    root, cache = tmp_path_factory.mktemp("tokenizers"), {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = make_tokenizer(family, root)
-        return cache[family]
-
-    return get
 
 
 def tool_row(content: str = "", *, calls=None, tools=(WEATHER_TOOL,), system: bool = False) -> Sample:
