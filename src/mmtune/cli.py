@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "data",
     "models",
     "train",
+    "generate",
     "demo",
     "merge",
     "serve",
