@@ -50,14 +50,30 @@ def load_for_generation(run_or_model: str, precision: str = "auto") -> Loaded:
         pipe = load_pipeline(base, dtype)
         load_lora(pipe, folder)
         spec = find_image_spec(base)
-        return Loaded(pipe.to(device()), spec, meta["base_model"], folder, meta.get("trigger_word"))
+        return Loaded(on_device(pipe, spec), spec, meta["base_model"], folder, meta.get("trigger_word"))
     if (Path(run_or_model) / ADAPTER_FILE).is_file() and (Path(run_or_model).parent / META_FILE).is_file():
         return _checkpoint(Path(run_or_model), dtype)
     spec = find_image_spec(run_or_model)
     if spec is None:
         raise UserError(f"{run_or_model!r} is neither a picture run (mmtune.json of kind image-generation) nor an "
                         "image-generation model (`mmtune models`)")
-    return Loaded(load_pipeline(run_or_model, dtype).to(device()), spec, run_or_model, None)
+    return Loaded(on_device(load_pipeline(run_or_model, dtype), spec), spec, run_or_model, None)
+
+
+def on_device(pipe, spec: ImageGenSpec):
+    """The whole pipeline on the GPU when it fits there (the registry's all-resident estimate), else with
+    diffusers' model CPU offload (each part on the GPU only while it runs); on a CPU machine, the CPU."""
+    dev = device()
+    if dev.type != "cuda":
+        return pipe
+    from mmtune.models.imagegen_registry import image_memory_gib
+
+    big = sum(p.numel() for p in pipe.transformer.parameters()) > 0.5 * spec.params_b * 1e9
+    need = image_memory_gib(spec, spec.default_resolution)["generate_all_resident"] * 1024**3
+    if big and need > 0.9 * torch.cuda.get_device_properties(0).total_memory:
+        pipe.enable_model_cpu_offload()
+        return pipe
+    return pipe.to(dev)
 
 
 def load_lora(pipe, folder: Path) -> None:
@@ -79,8 +95,8 @@ def _checkpoint(folder: Path, dtype: torch.dtype) -> Loaded:
         raise UserError(f"{folder.parent} is not a picture run")
     pipe = load_pipeline(meta.get("base_model_path") or meta["base_model"], dtype)
     load_lora(pipe, folder)
-    return Loaded(pipe.to(device()), find_image_spec(meta["base_model"]), meta["base_model"], folder,
-                  meta.get("trigger_word"))
+    spec = find_image_spec(meta["base_model"])
+    return Loaded(on_device(pipe, spec), spec, meta["base_model"], folder, meta.get("trigger_word"))
 
 
 def sample_pipeline(pipe, dev: torch.device):

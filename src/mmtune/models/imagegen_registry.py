@@ -59,7 +59,7 @@ _ENTRIES: tuple[ImageGenSpec, ...] = (
     ImageGenSpec(
         name="flux.1-dev",
         hf_path="black-forest-labs/FLUX.1-dev",
-        description="FLUX.1 [dev]: 12B rectified-flow transformer, guidance-distilled (gated, non-commercial licence)",
+        description="FLUX.1-dev: 12B rectified-flow transformer, guidance-distilled (gated, non-commercial licence)",
         params_b=11.9, text_encoders_params_b=4.88, vae_params_b=0.084, hidden_size=3072, num_layers=19,
         num_single_layers=38, latent_channels=16, vae_scale=8, guidance_embeds=True, default_steps=28,
         default_guidance=3.5, max_sequence_length=512, license="flux-1-dev-non-commercial",
@@ -68,7 +68,7 @@ _ENTRIES: tuple[ImageGenSpec, ...] = (
     ImageGenSpec(
         name="flux.1-schnell",
         hf_path="black-forest-labs/FLUX.1-schnell",
-        description="FLUX.1 [schnell]: the 4-step distilled FLUX.1 (Apache-2.0)",
+        description="FLUX.1-schnell: the 4-step distilled FLUX.1 (Apache-2.0)",
         params_b=11.9, text_encoders_params_b=4.88, vae_params_b=0.084, hidden_size=3072, num_layers=19,
         num_single_layers=38, latent_channels=16, vae_scale=8, guidance_embeds=False, default_steps=4,
         default_guidance=0.0, max_sequence_length=256, license="apache-2.0",
