@@ -131,3 +131,23 @@ def test_data_check_and_stats_commands(folder):
     assert report["errors"] == 1 and report["files"][0]["format"] == "folder"
     r = _cli("data", "stats", str(folder), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["pictures"] == 4
+
+
+NO_TORCH = """
+import sys, runpy
+sys.argv = {argv!r}
+try:
+    runpy.run_module("mmtune.cli", run_name="__main__")
+except SystemExit:
+    pass
+heavy = [m for m in ("torch", "transformers", "peft", "diffusers", "matplotlib") if m in sys.modules]
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("argv", [["data", "check", "{folder}"], ["data", "stats", "{folder}"], ["generate", "--help"],
+                                  ["models"], ["train", "--help"]])
+def test_picture_light_paths_import_no_torch(argv, folder):
+    argv = ["mmtune"] + [a.format(folder=folder) for a in argv]
+    out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True)
+    assert "HEAVY:\n" in out.stdout, out.stdout + out.stderr
