@@ -205,3 +205,23 @@ def test_train_command_routes_and_refuses_text_flags(base, pictures, tmp_path, c
     assert main(["train", "--config", str(cfg_file), "--repeats", "3", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "repeats: 3" in printed and "learning_rate: 0.001" in printed and "lora_rank: 16" in printed
+
+
+def test_generate_and_merge_commands(run, tmp_path, capsys):
+    from mmtune.cli import main
+
+    out = run[0]
+    common = ["--steps", "2", "--width", "32", "--height", "32", "--max-sequence-length", str(MAX_T5_TOKENS)]
+    assert main(["generate", str(out), "--prompt", "sks, a flat colour", "--out", str(tmp_path / "g.png"),
+                 "--num", "2", *common]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / f"g-{i}.png")) for i in (0, 1))
+    assert a.shape == (32, 32, 3) and not np.array_equal(a, b)  # seeds 0 and 1
+    assert main(["generate", str(out), "--prompt", "sks", "--out", str(tmp_path / "grid.png"), "--num", "2",
+                 "--compare-base", *common]) == 0
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.height == 64 and grid.width > 64
+    assert main(["generate", str(out), "--prompt", "x", "--out", str(tmp_path / "x.png"), "--width", "33"]) == 2
+    assert "--width 33: must be a multiple of 2" in capsys.readouterr().err
+    assert main(["merge", "--adapter", str(out), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model_index.json").is_file()
+    assert json.loads((tmp_path / "merged" / "mmtune.json").read_text())["adapter"] is False
