@@ -225,3 +225,24 @@ def test_generate_and_merge_commands(run, tmp_path, capsys):
     assert main(["merge", "--adapter", str(out), "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model_index.json").is_file()
     assert json.loads((tmp_path / "merged" / "mmtune.json").read_text())["adapter"] is False
+
+
+def test_regularization_pictures_keep_their_captions(base, pictures, tmp_path, monkeypatch):
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(reg / "r.png")
+    (reg / "r.txt").write_text("a grey square", encoding="utf-8")
+    seen = {}
+
+    def stop(pipe, ps, captions, *a):
+        seen["captions"], seen["n"] = captions, len(ps.pictures)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(T, "encode_once", stop)
+    with pytest.raises(RuntimeError, match="stop here"):
+        T.train_pictures(_cfg(base, pictures, tmp_path / "out", reg_data=str(reg)))
+    assert seen["n"] == 4
+    assert seen["captions"] == [f"sks, a flat colour number {i}" for i in range(3)] + ["a grey square"]
+    (reg / "r.txt").unlink()
+    with pytest.raises(UserError, match="regularization picture has no caption"):
+        T.train_pictures(_cfg(base, pictures, tmp_path / "out", reg_data=str(reg)))

@@ -51,6 +51,9 @@ class PictureConfig:
     output: str = _opt("runs/mmtune", "output folder")
     overwrite: bool = _opt(False, "train into an output folder that already holds a run")
     preset: str = _opt("standard", "hyper-parameter preset", tuple(PICTURE_PRESETS))
+    reg_data: str | None = _opt(None, "regularization pictures (prior preservation): a folder or .jsonl like "
+                                "--data, trained with their own captions and no trigger word, so that what the "
+                                "model draws without the trigger word stays as it was")
     trigger_word: str | None = _opt(None, "word put in front of every caption (`TOK, a cat on a sofa`); the "
                                     "tuned model draws the new subject or style when a prompt has it")
     repeats: int = _opt(10, "times each picture is seen per epoch")
@@ -124,7 +127,7 @@ class PictureConfig:
             raise UserError("invalid picture training config:\n  " + "\n  ".join(problems))
 
 
-PICTURE_ONLY = ("trigger_word", "repeats", "resolution", "buckets", "optimizer", "guidance", "timestep_sampling",
+PICTURE_ONLY = ("reg_data", "trigger_word", "repeats", "resolution", "buckets", "optimizer", "guidance", "timestep_sampling",
                 "max_sequence_length", "sample_prompt", "sample_steps", "rules")
 
 

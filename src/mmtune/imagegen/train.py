@@ -81,6 +81,12 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     # ---- data
     pictures = load_pictures(cfg.data[0], cfg.rules)
     captions = caption_texts(pictures, cfg.trigger_word)
+    regular = 0
+    if cfg.reg_data:  # prior preservation: their own captions, no trigger word
+        reg = load_pictures(cfg.reg_data, cfg.rules)
+        captions += caption_texts(reg, None, what="regularization picture")
+        pictures = PictureSet(pictures.path, pictures.format, pictures.pictures + reg.pictures, pictures.report)
+        regular = len(reg.pictures)
     # ---- model and cache
     torch.manual_seed(cfg.seed)
     pipe = load_pipeline(cfg.model, dtype)
@@ -107,7 +113,8 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
     trainable = sum(p.numel() for p in params)
     total = sum(p.numel() for p in transformer.parameters())
-    print(f"LoRA on {cfg.model}: {len(pictures.pictures)} pictures x {cfg.repeats} repeats, "
+    print(f"LoRA on {cfg.model}: {len(pictures.pictures) - regular} pictures"
+          + (f" + {regular} regularization pictures" if regular else "") + f" x {cfg.repeats} repeats, "
           f"{len(set(cache.bucket))} bucket(s) {sorted(set(cache.bucket))}, {total_steps} steps; training "
           f"{trainable:,} of {total:,} parameters, {precision} on {dev.type}"
           + (", gradient checkpointing" if checkpointing else "")
@@ -150,7 +157,8 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     plot_loss(history, out / PLOT_FILE)
     summary = {
         "kind": IMAGE_KIND, "model": cfg.model, "method": "lora", "output": str(out),
-        "steps": total_steps, "epochs": round(total_steps / steps_per_epoch, 4), "pictures": len(pictures.pictures),
+        "steps": total_steps, "epochs": round(total_steps / steps_per_epoch, 4),
+        "pictures": len(pictures.pictures) - regular, "regularization_pictures": regular,
         "repeats": cfg.repeats, "trigger_word": cfg.trigger_word, "resolution": resolution,
         "buckets": {f"{w}x{h}": cache.bucket.count((w, h)) for w, h in sorted(set(cache.bucket))},
         "train_runtime_s": round(runtime, 2), "pictures_per_s": round(pictures_done / max(runtime, 1e-9), 3),
@@ -198,14 +206,15 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / STATE_FILE).is_file()]
 
 
-def caption_texts(pictures: PictureSet, trigger: str | None) -> list[str]:
+def caption_texts(pictures: PictureSet, trigger: str | None, what: str = "picture") -> list[str]:
     """Each picture's training caption: `TOK, caption` (the trigger word first unless the caption has it)."""
     out = []
     for pic in pictures.pictures:
         caption = (pic.caption or "").strip()
         if not caption and not trigger:
-            raise UserError(f"{pic.where}: the picture has no caption and there is no --trigger-word to train it "
-                            "on: write a caption or pass --trigger-word")
+            fix = "write a caption" + (" or pass --trigger-word" if what == "picture" else "")
+            raise UserError(f"{pictures.path}: {pic.where}: the {what} has no caption and there is no trigger word "
+                            f"to train it on: {fix}")
         if trigger and trigger not in caption.split():
             caption = f"{trigger}, {caption}" if caption else trigger
         out.append(caption)
