@@ -53,7 +53,8 @@ class PictureConfig:
     preset: str = _opt("standard", "hyper-parameter preset", tuple(PICTURE_PRESETS))
     reg_data: str | None = _opt(None, "regularization pictures (prior preservation): a folder or .jsonl like "
                                 "--data, trained with their own captions and no trigger word, so that what the "
-                                "model draws without the trigger word stays as it was")
+                                "model draws without the trigger word stays as it was; each is repeated so that, in all, they are seen "
+                                "as often as the --data pictures")
     trigger_word: str | None = _opt(None, "word put in front of every caption (`TOK, a cat on a sofa`); the "
                                     "tuned model draws the new subject or style when a prompt has it")
     repeats: int = _opt(10, "times each picture is seen per epoch")

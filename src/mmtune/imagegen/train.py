@@ -62,6 +62,7 @@ class Cache:
     latent_std: list[torch.Tensor] = field(default_factory=list)
     bucket: list[tuple[int, int]] = field(default_factory=list)  # (width, height) in pixels
     caption: list[int] = field(default_factory=list)  # picture -> index into the caption encodings
+    repeats: list[int] = field(default_factory=list)  # times each picture is seen per epoch
     prompt_embeds: list[torch.Tensor] = field(default_factory=list)
     pooled: list[torch.Tensor] = field(default_factory=list)
     text_ids: torch.Tensor | None = None
@@ -93,6 +94,9 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     resolution = cfg.resolution or spec.default_resolution
     max_seq = cfg.max_sequence_length or spec.max_sequence_length
     cache = encode_once(pipe, pictures, captions, cfg, resolution, max_seq, dev, dtype)
+    if regular:  # DreamBooth's balance: the regularization pictures are seen as often in all as the others
+        reg_repeats = max(1, round(cfg.repeats * (len(pictures.pictures) - regular) / regular))
+        cache.repeats[-regular:] = [reg_repeats] * regular
     transformer = pipe.transformer.to(dev)
     add_lora(transformer, cfg, spec)
     checkpointing = use_checkpointing(cfg, spec, transformer, resolution)
@@ -159,6 +163,7 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
         "kind": IMAGE_KIND, "model": cfg.model, "method": "lora", "output": str(out),
         "steps": total_steps, "epochs": round(total_steps / steps_per_epoch, 4),
         "pictures": len(pictures.pictures) - regular, "regularization_pictures": regular,
+        "regularization_repeats": cache.repeats[-1] if regular else None,
         "repeats": cfg.repeats, "trigger_word": cfg.trigger_word, "resolution": resolution,
         "buckets": {f"{w}x{h}": cache.bucket.count((w, h)) for w, h in sorted(set(cache.bucket))},
         "train_runtime_s": round(runtime, 2), "pictures_per_s": round(pictures_done / max(runtime, 1e-9), 3),
@@ -250,6 +255,7 @@ def encode_once(pipe, pictures: PictureSet, captions: list[str], cfg: PictureCon
             cache.latent_std.append(dist.std[0].float().cpu())
             cache.bucket.append(size)
             cache.caption.append(index[caption])
+            cache.repeats.append(cfg.repeats)
     pipe.text_encoder, pipe.text_encoder_2 = None, None  # not needed again: every caption is encoded
     pipe.vae.to("cpu")  # back on the GPU only to decode samples
     if dev.type == "cuda":
@@ -323,12 +329,12 @@ def make_schedule(optimizer, cfg: PictureConfig, total: int) -> torch.optim.lr_s
 
 # ---------------------------------------------------------------------------- train
 def epoch_chunks(cache: Cache, cfg: PictureConfig, epoch: int) -> list[list[int]]:
-    """This epoch's batches: every picture `repeats` times, batches within one bucket, order from (seed, epoch).
+    """This epoch's batches: every picture its repeats, batches within one bucket, order from (seed, epoch).
     A bucket's last batch may be smaller: no picture is dropped."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     by_bucket: dict[tuple[int, int], list[int]] = {}
     for i, b in enumerate(cache.bucket):
-        by_bucket.setdefault(b, []).extend([i] * cfg.repeats)
+        by_bucket.setdefault(b, []).extend([i] * cache.repeats[i])
     chunks = []
     for b in sorted(by_bucket):
         items = by_bucket[b]
