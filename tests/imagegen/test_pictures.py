@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -151,3 +152,17 @@ def test_picture_light_paths_import_no_torch(argv, folder):
     argv = ["mmtune"] + [a.format(folder=folder) for a in argv]
     out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True)
     assert "HEAVY:\n" in out.stdout, out.stdout + out.stderr
+
+
+def test_models_lists_image_generation_models():
+    r = _cli("models", "--json")
+    entries = {e["name"]: e for e in json.loads(r.stdout)["image_generation_models"]}
+    assert set(entries) == {"flux.1-dev", "flux.1-schnell"}
+    dev = entries["flux.1-dev"]
+    assert dev["kind"] == "image-generation" and dev["guidance_embeds"] and not entries["flux.1-schnell"]["guidance_embeds"]
+    assert 20 < dev["memory_gib"]["lora_train"] < dev["memory_gib"]["generate_all_resident"] < 40
+    r = subprocess.run([sys.executable, "-m", "mmtune.cli", "models"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "250"})
+    assert "image-generation models" in r.stdout and "black-forest-labs/FLUX.1-schnell" in r.stdout
+    r = _cli("models", "show", "flux-dev", "--json")
+    assert json.loads(r.stdout)["hf_path"] == "black-forest-labs/FLUX.1-dev"
