@@ -246,3 +246,18 @@ def test_regularization_pictures_keep_their_captions(base, pictures, tmp_path, m
     (reg / "r.txt").unlink()
     with pytest.raises(UserError, match="regularization picture has no caption"):
         T.train_pictures(_cfg(base, pictures, tmp_path / "out", reg_data=str(reg)))
+
+
+def test_resume_keeps_the_logging_window(base, pictures, tmp_path):
+    """Checkpoint at step 2, log every 3 steps: the resumed run's step-3 line averages steps 1-3 like the
+    uninterrupted run's."""
+    import shutil
+
+    full = T.train_pictures(_cfg(base, pictures, tmp_path / "full", logging_steps=3))
+    assert full["steps"] == 4
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "again" / "checkpoint-2")
+    T.train_pictures(_cfg(base, pictures, tmp_path / "again", logging_steps=3, resume=True))
+    lines = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("full", "again")]
+    assert [json.loads(x)["step"] for x in lines[0]] == [3, 4]
+    assert [json.loads(x)["loss"] for x in lines[1]] == pytest.approx([json.loads(x)["loss"] for x in lines[0]],
+                                                                     abs=1e-6)

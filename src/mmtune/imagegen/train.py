@@ -109,9 +109,10 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     schedule = make_schedule(optimizer, cfg, total_steps)
     history: list[dict[str, Any]] = []
+    window: list[float] = []  # losses since the last log line
     start = 0
     if resume_from is not None:
-        start, history = load_checkpoint(resume_from, transformer, optimizer, schedule)
+        start, history, window = load_checkpoint(resume_from, transformer, optimizer, schedule)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out)
     (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
@@ -128,7 +129,6 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     sigmas, timesteps = training_noise_levels(pipe)
     transformer.train()
     progress = Progress(total_steps, start)
-    window: list[float] = []
     started, pictures_done = time.monotonic(), 0
     for step in range(start, total_steps):
         loss, seen = train_step(transformer, cache, cfg, step, sigmas, timesteps, guidance, dev, dtype)
@@ -150,7 +150,7 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
             progress.log(rec)
         progress.advance(done)
         if done % cfg.save_steps == 0 and done < total_steps:
-            save_checkpoint(out, done, pipe, cache, cfg, optimizer, schedule, history, dev, dtype)
+            save_checkpoint(out, done, pipe, cache, cfg, optimizer, schedule, history, dev, dtype, window)
     progress.close()
     runtime = time.monotonic() - started
     # ---- save
@@ -422,7 +422,8 @@ def save_adapter(transformer, folder: Path) -> Path:
 
 
 def save_checkpoint(out: Path, step: int, pipe, cache: Cache, cfg: PictureConfig, optimizer, schedule,
-                    history: list[dict[str, Any]], dev: torch.device, dtype: torch.dtype) -> Path:
+                    history: list[dict[str, Any]], dev: torch.device, dtype: torch.dtype,
+                    window: list[float] | None = None) -> Path:
     """checkpoint-N/: adapter, optimizer and schedule state, samples; written aside, then renamed into place."""
     final = out / f"checkpoint-{step}"
     tmp = out / f".checkpoint-{step}.tmp"
@@ -434,7 +435,8 @@ def save_checkpoint(out: Path, step: int, pipe, cache: Cache, cfg: PictureConfig
     transformer.eval()
     write_samples(tmp / SAMPLES, pipe, cache, cfg, dev, dtype)
     transformer.train()
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, "history": history}) + "\n", encoding="utf-8")
+    state = {"step": step, "history": history, "window": list(window or [])}
+    (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     kept = sorted(checkpoint_dirs(out), key=lambda p: int(p.name.split("-")[1]))
@@ -443,7 +445,8 @@ def save_checkpoint(out: Path, step: int, pipe, cache: Cache, cfg: PictureConfig
     return final
 
 
-def load_checkpoint(folder: Path, transformer, optimizer, schedule) -> tuple[int, list[dict[str, Any]]]:
+def load_checkpoint(folder: Path, transformer, optimizer, schedule) -> tuple[int, list[dict[str, Any]], list[float]]:
+    """LoRA weights, optimizer and schedule state; returns (step, metrics so far, losses not yet logged)."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -456,7 +459,7 @@ def load_checkpoint(folder: Path, transformer, optimizer, schedule) -> tuple[int
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     meta = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    return int(meta["step"]), list(meta["history"])
+    return int(meta["step"]), list(meta["history"]), [float(x) for x in meta.get("window", [])]
 
 
 def write_samples(folder: Path, pipe, cache: Cache, cfg: PictureConfig, dev: torch.device,
