@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "data",
     "models",
     "train",
+    "generate",
     "demo",
     "merge",
     "serve",

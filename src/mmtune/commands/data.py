@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Check data files: every error and warning, with file, line, field and rule.",
     )
-    c.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .json or .txt data files")
+    c.add_argument("files", nargs="+", metavar="FILE",
+                   help=".jsonl, .json or .txt data files, or picture data (a folder of images with .txt captions)")
     c.add_argument("--format", choices=FORMAT_NAMES, help=fmt_help)
     c.add_argument(
         "--rules", choices=("default", "strict"), default="default", help="rule set (default: %(default)s)"
@@ -119,7 +120,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------- check
 def run_check(args) -> int:
-    from mmtune.data.check import FileReport, exit_status, iter_findings
+    from mmtune.data.check import FileReport, exit_status
     from mmtune.data.reader import ReadOptions
 
     count = _token_counter(args.tokenizer) if args.tokenizer else None
@@ -144,7 +145,7 @@ def run_check(args) -> int:
         for path in args.files:
             report = FileReport(path)
             out.file_start(path)
-            for f in iter_findings(path, opts, report):
+            for f in _findings(path, opts, report):
                 out.finding(path, f)
             out.file_end(report)
             reports.append(report)
@@ -156,7 +157,7 @@ def run_check(args) -> int:
 
 def _check_json(paths, opts, reports) -> None:
     """Streams the one JSON object: findings are written as they are found (constant memory)."""
-    from mmtune.data.check import FileReport, iter_findings
+    from mmtune.data.check import FileReport
 
     w = sys.stdout.write
     w('{"files": [')
@@ -164,13 +165,24 @@ def _check_json(paths, opts, reports) -> None:
         report = FileReport(path)
         w(", " if i else "")
         w(f'{{"path": {json.dumps(path)}, "findings": [')
-        for k, f in enumerate(iter_findings(path, opts, report)):
+        for k, f in enumerate(_findings(path, opts, report)):
             w((", " if k else "") + json.dumps(f.to_dict(), ensure_ascii=False))
         w(f'], "format": {json.dumps(report.format)}, "kind": {json.dumps(report.kind)}, "rows": {report.rows}}}')
         reports.append(report)
     errors = sum(r.errors for r in reports)
     warnings = sum(r.warnings for r in reports)
     w(f'], "errors": {errors}, "warnings": {warnings}}}\n')
+
+
+def _findings(path, opts, report):
+    """A picture folder (or .jsonl of {"image", "caption"}) is checked by data/pictures.py, text data by the reader."""
+    from mmtune.data.pictures import is_picture_data, iter_picture_findings
+
+    if is_picture_data(path):
+        return iter_picture_findings(path, opts.rules, opts.check_media, report)
+    from mmtune.data.check import iter_findings
+
+    return iter_findings(path, opts, report)
 
 
 class _Printer:
@@ -230,9 +242,12 @@ def run_convert(args) -> int:
 
 # ---------------------------------------------------------------------------------------- stats
 def run_stats(args) -> int:
+    from mmtune.data.pictures import is_picture_data
     from mmtune.data.reader import ReadOptions
     from mmtune.data.stats import collect_stats, plot_tokens
 
+    if is_picture_data(args.file):
+        return _picture_stats(args)
     if args.plot and not args.tokenizer:
         print("error: --plot needs --tokenizer (it plots tokens per row)", file=sys.stderr)
         return 2
@@ -289,6 +304,24 @@ def _print_stats(st: dict) -> None:
         for h in hist:
             bar = "█" * max(0, round(30 * h["count"] / top))
             con.print(f"  {h['lo']:>6}–{h['hi']:<6} {bar} {h['count']}")
+
+
+def _picture_stats(args) -> int:
+    from mmtune.data.pictures import picture_stats
+
+    st = picture_stats(args.file)
+    if args.json:
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+        return 0
+    w, h, c = st["width"], st["height"], st["captions"]
+    print(f"{st['path']} ({st['format']}): {st['pictures']} pictures, {st['total_mb']} MB, "
+          f"{st['errors']} error(s), {st['warnings']} warning(s) (`mmtune data check` lists them)")
+    print(f"  width  min {w['min']}  median {w['median']}  max {w['max']}")
+    print(f"  height min {h['min']}  median {h['median']}  max {h['max']}")
+    print("  aspect ratios: " + ", ".join(f"{k}: {v}" for k, v in st["aspect_ratios"].items()))
+    print(f"  captions: words min {c['words']['min']} median {c['words']['median']} max {c['words']['max']}; "
+          f"{c['missing']} missing, {c['empty']} empty")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- split

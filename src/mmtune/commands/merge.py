@@ -32,6 +32,14 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mmtune.imagegen.run import read_run
+
+    if read_run(args.adapter) is not None:  # a picture (FLUX LoRA) run: fused into a diffusers folder
+        from mmtune.imagegen.generate import merge_picture_run
+
+        out = merge_picture_run(args.adapter, args.out, overwrite=args.overwrite, dtype=args.dtype)
+        print(f"merged model saved in {out}\ntry it: mmtune generate {out} --prompt ... --out pic.png")
+        return 0
     from mmtune.commands.preflight import check_adapter, check_merge_output
     from mmtune.export.merge import default_merged_dir, merge_adapter  # light: torch is imported when merging
 

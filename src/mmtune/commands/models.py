@@ -80,6 +80,7 @@ def run_list(args: argparse.Namespace) -> int:
                     "seq_len": args.seq_len,
                     "batch_size": args.batch_size,
                     "models": entries,
+                    "image_generation_models": _image_entries(),
                 },
                 ensure_ascii=False,
                 indent=2,
@@ -90,7 +91,34 @@ def run_list(args: argparse.Namespace) -> int:
     console = _console()
     console.print(_text_table([e for e in entries if e["kind"] == "text"], args, DEFAULT_MODEL))
     console.print(_vision_table([e for e in entries if e["kind"] == "vision"], args))
+    console.print(_image_table(_image_entries()))
     return 0
+
+
+# ---- image-generation models (FLUX LoRA): their own registry, models/imagegen_registry.py
+def _image_entries() -> list[dict]:
+    from mmtune.models.imagegen_registry import IMAGE_REGISTRY, image_memory_gib
+
+    return [{**spec.to_dict(), "memory_gib": image_memory_gib(spec, spec.default_resolution)}
+            for spec in IMAGE_REGISTRY.values()]
+
+
+def _image_table(entries: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="image-generation models (GiB at 1024x1024, batch 1; `mmtune train --data pictures/`)",
+                  caption="LoRA on the transformer (rank 16, bf16 base, gradient checkpointing; captions and latents "
+                  "encoded once, text encoders and VAE off the GPU); generate: transformer + VAE, text encoders "
+                  "offloaded (all resident in brackets)")
+    for col in ("name", "kind", "params", "hub path", "steps", "guidance", "LoRA targets", "LoRA train", "generate"):
+        table.add_column(col, justify="right" if col in ("params", "steps", "guidance", "LoRA train", "generate")
+                         else "left")
+    for e in entries:
+        m = e["memory_gib"]
+        table.add_row(e["name"], e["kind"], f"{e['params_b']:g}B", e["hf_path"], str(e["default_steps"]),
+                      f"{e['default_guidance']:g}", ",".join(e["lora_targets"]), f"{m['lora_train']:.1f}",
+                      f"{m['generate']:.1f} ({m['generate_all_resident']:.1f})")
+    return table
 
 
 def _memory_cells(e: dict) -> list[str]:
@@ -153,6 +181,8 @@ def run_show(args: argparse.Namespace) -> int:
     from mmtune.models.registry import REGISTRY, find_spec
 
     spec = find_spec(args.name)
+    if spec is None and _show_image_model(args):
+        return 0
     if spec is None:
         import difflib
 
@@ -181,3 +211,23 @@ def run_show(args: argparse.Namespace) -> int:
         table.add_row(f"memory {method} (GiB)", f"{parts['total']:.2f}  ({detail})")
     _console().print(table)
     return 0
+
+
+def _show_image_model(args: argparse.Namespace) -> bool:
+    from mmtune.models.imagegen_registry import find_image_spec, image_memory_gib
+
+    spec = find_image_spec(args.name)
+    if spec is None:
+        return False
+    entry = {**spec.to_dict(), "memory_gib": image_memory_gib(spec, spec.default_resolution),
+             "lora_params_rank16": spec.lora_params(16)}
+    if args.json:
+        print(json.dumps(entry, ensure_ascii=False, indent=2))
+        return True
+    from rich.table import Table
+
+    table = Table(title=spec.name, show_header=False)
+    for key, value in entry.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    _console().print(table)
+    return True

@@ -23,6 +23,9 @@ examples:
   accelerate launch --config_file examples/accelerate/zero2.yaml -m mmtune.cli train --config my.yaml
   mmtune train --print-config > my.yaml             a commented config to start from
 
+image-generation models (`mmtune models`, third table): LoRA on FLUX.1 from a folder of pictures + .txt captions
+  mmtune train --model flux.1-dev --data pictures/ --trigger-word TOK --repeats 10 --output runs/tok
+
 vision-language models (`mmtune models`, second table): the same command on data with images/videos.
 What trains, per part (unset: the family's practice): the language model by --method (lora|qlora|
 full, or frozen), the vision tower by --train-vision none|lora|full, the projector by
@@ -56,6 +59,9 @@ def add_parser(subparsers) -> None:
         help="print the resolved config as commented YAML and exit (default: off)",
     )
     add_config_arguments(p)
+    from mmtune.imagegen.config import add_picture_arguments
+
+    add_picture_arguments(p)  # image-generation models (FLUX LoRA): their own flag group
     p.set_defaults(func=run, _parser=p)
 
 
@@ -100,6 +106,10 @@ def config_from_args(args: argparse.Namespace, validate: bool = True) -> TrainCo
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtune.imagegen.config import picture_model, run_train_command
+
+    if picture_model(args):  # an image-generation model: the picture LoRA trainer (imagegen/)
+        return run_train_command(args)
     cfg = config_from_args(args, validate=not args.print_config)
     if args.print_config:
         print(cfg.to_yaml(with_help=True), end="")

@@ -14,6 +14,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# ---- image-generation models (kind "image-generation": FLUX.1-dev, FLUX.1-schnell) --------------------------
+# Their own dataclass and table in models/imagegen_registry.py (a diffusion pipeline has no vocabulary or decoder
+# layers for ModelSpec's numbers); re-exported here so callers ask one module.
+from mmtune.models.imagegen_registry import (  # noqa: F401  (re-exported)
+    IMAGE_KIND,
+    IMAGE_REGISTRY,
+    ImageGenSpec,
+    find_image_spec,
+    is_image_model,
+)
 from mmtune.models.spec import (  # noqa: F401  (re-exported: the registry's public names)
     LLAMA_LIKE_TARGETS,
     MINICPM3_TARGETS,

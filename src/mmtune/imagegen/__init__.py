@@ -1,0 +1,1 @@
+"""Image-generation LoRA (FLUX) on diffusers + PEFT: picture data -> train -> generate / merge."""
