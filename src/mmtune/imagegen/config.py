@@ -172,11 +172,13 @@ def picture_model(args: argparse.Namespace) -> str | None:
     return str(model) if is_image_model(model) else None
 
 
+GENERAL_ARGS = ("func", "command", "config", "print_config", "debug")  # not training settings: never "alien"
+
+
 def picture_config_from_args(args: argparse.Namespace) -> PictureConfig:
     """defaults < preset < --config YAML < flags; a flag or key that means nothing for pictures is an error."""
     names = {f.name for f in picture_fields()}
-    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "command", "config",
-                                                                                           "print_config")}
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in GENERAL_ARGS}
     from_file = _read_yaml(args.config) if getattr(args, "config", None) else {}
     alien = sorted((set(given) | set(from_file)) - names)
     if alien:
