@@ -261,3 +261,19 @@ def test_resume_keeps_the_logging_window(base, pictures, tmp_path):
     assert [json.loads(x)["step"] for x in lines[0]] == [3, 4]
     assert [json.loads(x)["loss"] for x in lines[1]] == pytest.approx([json.loads(x)["loss"] for x in lines[0]],
                                                                      abs=1e-6)
+
+
+def test_output_folder_with_the_users_files_or_a_system_folder_is_refused(base, pictures, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    (mine / "loss.png").write_bytes(b"my plot")  # a name a run writes, but the folder is not a run's
+    (mine / "holiday.jpg").write_bytes(b"jpeg")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="holiday.jpg") as e:
+            T.train_pictures(_cfg(base, pictures, mine, overwrite=overwrite))
+        assert "README.md" in str(e.value)
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "holiday.jpg", "loss.png"]
+    assert (mine / "README.md").read_text() == "my notes" and (mine / "loss.png").read_bytes() == b"my plot"
+    with pytest.raises(UserError, match="system folder"):
+        T.train_pictures(_cfg(base, pictures, "/etc/mmtune-run"))

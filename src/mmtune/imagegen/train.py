@@ -183,7 +183,15 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- setup
 def prepare_output(cfg: PictureConfig) -> Path | None:
     """The checkpoint to resume from (--resume), after making sure no finished run or checkpoint is clobbered."""
+    from mmtune.train.output import check_location  # light: the text runs' rules for where output may go
+
     out = Path(cfg.output)
+    check_location(out, "--output")  # never /, home, or a system folder
+    foreign = sorted(p.name for p in out.iterdir() if not is_run_entry(p.name)) if out.is_dir() else []
+    if foreign:  # the user's own files: never written over, not even with --overwrite
+        raise UserError(f"--output {out} holds files a picture run does not write: {', '.join(foreign[:10])}"
+                        f"{' and more' if len(foreign) > 10 else ''}. They are never replaced: move them out, or "
+                        "choose another --output (a new or empty folder)")
     checkpoints = sorted(checkpoint_dirs(out), key=lambda p: int(p.name.split("-")[1]))
     finished = (out / META_FILE).is_file()
     if cfg.resume:
@@ -199,9 +207,20 @@ def prepare_output(cfg: PictureConfig) -> Path | None:
         for p in checkpoints:
             shutil.rmtree(p)
         shutil.rmtree(out / SAMPLES, ignore_errors=True)
-        for name in (ADAPTER_FILE, META_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE):
+        for name in RUN_FILES - {SAMPLES}:
             (out / name).unlink(missing_ok=True)
     return None
+
+
+RUN_FILES = frozenset({ADAPTER_FILE, META_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE, "config.yaml", SAMPLES})
+
+
+def is_run_entry(name: str) -> bool:
+    """What a picture run writes into its folder (files, samples/, checkpoint-N/ and their temporaries)."""
+    if name in RUN_FILES:
+        return True
+    stem = name.removeprefix(".").removesuffix(".tmp")
+    return stem.startswith("checkpoint-") and stem.split("-", 1)[1].isdigit()
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
