@@ -130,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
 
     # every flag is checked, and the data dir taken, before any model loads
     check_exposure(args.host, args.api_key, args.insecure_no_key)
-    for arg in args.models:  # a missing folder or an unknown model: one line now, not after the others load
-        check_model_arg(parse_model_arg(arg)[1])
     media = MediaPolicy.server(args.media_root, args.allow_remote_media, max_images=args.max_images,
                                max_image_pixels=megapixels(args.max_image_megapixels))
     limit = body_limit(args.max_request_mb)
@@ -141,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--drain-seconds must be >= 0 (got {args.drain_seconds:g})")
     service = None if args.no_jobs else _locked_service(args)
     try:
+        for arg in args.models:  # a missing folder or an unknown model: one line now, not after the others load
+            check_model_arg(parse_model_arg(arg)[1])
         pool = build_pool(args.models, dtype=args.dtype, sizes=media_sizes(args))
         extra = {} if service is None else jobs_extension(service, pool)
         app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media,
