@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "chat",
     "infer",
     "export",
+    "verify",
     "jobs",
 )
 
