@@ -146,8 +146,10 @@ def test_an_unknown_tokenizer_stops_the_export_with_the_fix(tmp_path):
     folder = tmp_path / "split"
     shutil.copytree(tiny_base("llama"), folder)
     tok = json.loads((folder / "tokenizer.json").read_text())
-    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Punctuation", "behavior": "isolated"}, tok["pre_tokenizer"]]}
+    tok["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Punctuation", "behavior": "isolated"}, tok["pre_tokenizer"]],
+    }
     (folder / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(UserError, match="llama.cpp does not know the tokenizer"):
         export_gguf(str(folder), tmp_path / "s.gguf")
@@ -206,3 +208,34 @@ def test_modelfile_keeps_the_default_system_prompt():
     assert system and "SmolLM" in system
     rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert f"<|im_start|>system\n{system}<|im_end|>" in rendered
+
+
+def test_the_check_uses_the_runs_own_validation_prompts(tmp_path):
+    """A run's val_data rows, cut before their last answer, are the prompts `export` checks with;
+    a merged folder finds them through the run it was merged from."""
+    from mmtune.export.verify import run_prompts
+
+    val = tmp_path / "val.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q2"},
+                {"role": "assistant", "content": "A2"},
+                {"role": "user", "content": "Q3"},
+                {"role": "assistant", "content": "A3"},
+            ]
+        },
+    ]
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"val_data: [{val}]\n")
+    prompts = run_prompts(str(run))
+    assert [[m.text for m in p.messages] for p in prompts] == [["Q1"], ["S", "Q2", "A2", "Q3"]]
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "mmtune.json").write_text(json.dumps({"merged_from": {"adapter_dir": str(run)}}))
+    assert len(run_prompts(str(merged))) == 2
+    assert run_prompts(str(tmp_path / "nothing")) is None

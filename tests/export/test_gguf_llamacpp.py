@@ -17,6 +17,7 @@ from infer.tiny import tiny_adapter
 
 from mmtune.cli import main
 from mmtune.export.gguf import export_gguf
+from mmtune.export.pretokenizers import PROBE_TEXT
 from mmtune.export.verify import chat_prompt_tokens, verify
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: run `make test`")
@@ -61,8 +62,9 @@ def exported(family: str, dtype: str, root: Path) -> Path:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_loads_and_answers_exactly_like_transformers(family, root):
-    report = verify(str(decisive(family, root)), str(exported(family, "f32", root)), prompts=PROMPTS,
-                    max_new_tokens=16)
+    report = verify(
+        str(decisive(family, root)), str(exported(family, "f32", root)), prompts=PROMPTS, max_new_tokens=16
+    )
     assert report.target_kind == "gguf F32"
     assert all(r.tokens_match for r in report.results)  # llama.cpp's tokenizer == the source's
     assert report.identical == len(PROMPTS), report.summary()
@@ -71,9 +73,12 @@ def test_every_family_loads_and_answers_exactly_like_transformers(family, root):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_f16_answers_identically(family, root):
-    report = verify(str(decisive(family, root)), str(exported(family, "f16", root)), prompts=PROMPTS,
-                    max_new_tokens=16)
-    assert report.exact_required and report.identical == len(PROMPTS), report.summary()
+    report = verify(
+        str(decisive(family, root)), str(exported(family, "f16", root)), prompts=PROMPTS, max_new_tokens=16
+    )
+    # f16 rounding may tip a coin toss of the source's own logits, nothing more
+    assert report.exact_required and report.matching == len(PROMPTS), report.summary()
+    assert all(r.identical or r.tie_margin < 0.05 for r in report.results)
 
 
 @pytest.fixture(scope="module")
@@ -85,34 +90,71 @@ def wide(root) -> Path:
     folder = root / "wide-llama"
     source = tiny_model_dir("llama", root)
     config = AutoConfig.from_pretrained(source)
-    config.hidden_size, config.intermediate_size, config.initializer_range = 256, 512, 0.1
+    config.hidden_size, config.intermediate_size, config.head_dim = 256, 512, 64
+    config.initializer_range = 0.2
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
 
 
+def dequantised(folder: Path, gguf_file: Path, out: Path) -> Path:
+    """`folder`'s model with every weight replaced by the file's tensor, dequantised by gguf-py
+    (and Q/K rows permuted back to Hugging Face's layout)."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    config = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    tensors = {t.name: t for t in gguf.GGUFReader(gguf_file).tensors}
+    state = {}
+    for hf_name, weight in model.state_dict().items():
+        if hf_name == "lm_head.weight":
+            continue  # tied
+        t = tensors[names.get_name(hf_name, try_suffixes=(".weight", ".bias"))]
+        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(weight.shape).astype(np.float32)
+        heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
+        if hf_name.endswith(("q_proj.weight", "k_proj.weight")):  # undo permute_qk
+            data = (
+                data.reshape(heads, data.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(weight.shape)
+            )
+        state[hf_name] = torch.from_numpy(np.ascontiguousarray(data))
+    model.load_state_dict(state, strict=False)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return out
+
+
 @pytest.mark.parametrize(
-    ("dtype", "tensor_type", "floor"),
+    ("dtype", "tensor_type"),
     [
-        ("bf16", "BF16", 0.9),
-        ("q8_0", "Q8_0", 0.9),
-        ("q5_0", "Q5_0", 0.6),
-        ("q4_0", "Q4_0", 0.5),
-        ("q6_k", "Q6_K", 0.8),
-        ("q5_k_m", "Q5_K", 0.6),
-        ("q4_k_m", "Q4_K", 0.5),
+        ("bf16", "BF16"),
+        ("q8_0", "Q8_0"),
+        ("q5_0", "Q5_0"),
+        ("q4_0", "Q4_0"),
+        ("q6_k", "Q6_K"),
+        ("q5_k_m", "Q5_K"),
+        ("q4_k_m", "Q4_K"),
     ],
 )
-def test_every_type_loads_in_llama_cpp_with_its_tensor_type(dtype, tensor_type, floor, wide, root):
+def test_every_type_loads_and_runs_the_weights_it_holds(dtype, tensor_type, wide, root):
+    """Each type loads in llama.cpp with its tensor types, and llama.cpp computes with exactly the
+    weights the file holds: the model with the file's weights dequantised by gguf-py answers like
+    llama.cpp running the file. (How close a quantised model stays to its source is a property of
+    real weights: the SmolLM2 tests below check that the taught fact survives q8_0 and Q4_K_M.)"""
     import gguf
 
     out = export_gguf(str(wide), root / f"wide-{dtype}.gguf", dtype=dtype)
     types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
     assert tensor_type in types and "F32" in types  # norms stay f32
-    report = verify(str(wide), str(out), prompts=PROMPTS, max_new_tokens=16, min_agreement=floor)
-    assert report.target_kind == f"gguf {dtype.upper()}" and not report.exact_required
-    assert report.agreement >= floor, report.summary()
+    twin = dequantised(wide, out, root / f"wide-{dtype}-dequantised")
+    report = verify(str(twin), str(out), prompts=PROMPTS, max_new_tokens=12, exact=True)
+    assert report.target_kind == f"gguf {dtype.upper()}"
+    assert all(r.tokens_match for r in report.results)
+    assert report.matching == len(PROMPTS) and report.agreement >= 0.9, report.summary()
 
 
 # ----------------------------------------------------------------------------- chat rendering
@@ -129,20 +171,36 @@ CONVERSATIONS = {
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            ],
         },
         {"role": "tool", "content": '{"temp": 21}'},
     ],
 }
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 @pytest.mark.parametrize(
     ("family", "conversation"),
-    [("llama", "plain"), ("qwen2", "plain"), ("qwen2", "tools"), ("qwen3", "tools"), ("gemma3", "plain"),
-     ("phi3", "plain"), ("mistral", "plain")],
+    [
+        ("llama", "plain"),
+        ("qwen2", "plain"),
+        ("qwen2", "tools"),
+        ("qwen3", "tools"),
+        ("gemma3", "plain"),
+        ("phi3", "plain"),
+        ("mistral", "plain"),
+    ],
 )
 def test_llama_cpp_chat_renders_the_training_prompt(family, conversation, root):
     """llama-cpp-python's create_chat_completion, from the file's own template and tokens, builds the
@@ -179,10 +237,16 @@ def test_llama_cpp_chat_renders_the_training_prompt(family, conversation, root):
 
 def test_export_checks_itself_and_writes_a_modelfile(root, tmp_path, capsys):
     out = tmp_path / "m-f16.gguf"
-    assert main(["export", str(decisive("llama", root)), "--out", str(out), "--ollama",
-                 "--max-new-tokens", "8"]) == 0
+    assert (
+        main(["export", str(decisive("llama", root)), "--out", str(out), "--ollama", "--max-new-tokens", "8"])
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "gguf F16" in printed and "4/4 identical" in printed and ": ok" in printed
+    assert (
+        "gguf F16" in printed
+        and "identical answers required" in printed
+        and printed.rstrip().endswith(": ok")
+    )
     modelfile = (tmp_path / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./m-f16.gguf") and 'PARAMETER stop "<|eot_id|>"' in modelfile
 
@@ -207,9 +271,10 @@ def test_a_user_named_pre_tokenizer_is_checked_against_the_source(root, tmp_path
     differently from the source's tokenizer and verification fails on it."""
     folder = decisive("qwen2", root)
     wrong = export_gguf(str(folder), tmp_path / "wrong.gguf", dtype="f32", pre_tokenizer="gpt-2")
-    text = ["Numbers 1234567 and   spaces\n\n\tand 'contractions' I'VE"]
-    assert not all(r.tokens_match for r in verify(str(folder), str(wrong), prompts=text,
-                                                  max_new_tokens=2).results)
+    text = [PROBE_TEXT]  # where split rules differ
+    assert not all(
+        r.tokens_match for r in verify(str(folder), str(wrong), prompts=text, max_new_tokens=2).results
+    )
     right = verify(str(folder), str(exported("qwen2", "f32", root)), prompts=text, max_new_tokens=2)
     assert all(r.tokens_match for r in right.results)
 

@@ -7,7 +7,10 @@ folder / adapter, run with transformers. For each prompt (the run's own validati
 when it has them, else a few fixed ones) both decode greedily and are compared:
 
 - identical: the whole greedy answer, token for token (required for f32 / f16 files and
-  transformers targets: a difference there is a conversion bug, not rounding);
+  transformers targets: a difference there is a conversion bug, not rounding). The one
+  allowance: where the answers part, the source itself was torn between the two tokens (its
+  logits for them within `TIE_MARGIN`), so f16 rounding may tip it either way; the report
+  says so (`≈`, with the margin), and that answer counts as matching;
 - agreement: with the source's answer fed in, the share of positions where the target picks
   the same next token (teacher forcing, so one early difference does not count for the rest);
   quantised files pass at `min_agreement`.
@@ -34,6 +37,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 EXACT_TYPES = ("F32", "F16")  # GGUF file types whose answers must be identical
 MIN_AGREEMENT = 0.75
+TIE_MARGIN = 0.05  # logits: the source's own preference between two tokens that is a coin toss
 
 
 @dataclass
@@ -45,6 +49,12 @@ class PromptResult:
     agreement: float  # teacher-forced next-token agreement, 0..1
     tokens_match: bool = True  # target tokenizer == source tokenizer on the rendered prompt
     chat_match: bool | None = None  # llama.cpp's chat rendering == training rendering (GGUF only)
+    tie_margin: float | None = None  # where the answers part: the source's logit gap between the two
+
+    @property
+    def matches(self) -> bool:
+        """Identical, or parting only at a near-tie of the source's own logits."""
+        return self.identical or (self.tie_margin is not None and self.tie_margin < TIE_MARGIN)
 
 
 @dataclass
@@ -61,6 +71,10 @@ class VerifyReport:
         return sum(r.identical for r in self.results)
 
     @property
+    def matching(self) -> int:
+        return sum(r.matches for r in self.results)
+
+    @property
     def agreement(self) -> float:
         return sum(r.agreement for r in self.results) / max(1, len(self.results))
 
@@ -71,9 +85,9 @@ class VerifyReport:
             out.append("the target's tokenizer splits the prompts differently from the source's")
         if any(r.chat_match is False for r in self.results):
             out.append("llama.cpp's chat handling renders the conversations differently from training")
-        if self.exact_required and self.identical < len(self.results):
+        if self.exact_required and self.matching < len(self.results):
             out.append(
-                f"only {self.identical}/{len(self.results)} greedy answers are identical ({self.target_kind})"
+                f"only {self.matching}/{len(self.results)} greedy answers are identical ({self.target_kind})"
             )
         if not self.exact_required and self.agreement < self.min_agreement:
             out.append(f"token agreement {self.agreement:.1%} is below {self.min_agreement:.0%}")
@@ -86,14 +100,20 @@ class VerifyReport:
     def summary(self) -> str:
         lines = [f"verify {self.target} ({self.target_kind}) against {self.source}:"]
         for r in self.results:
-            mark = "=" if r.identical else "~"
-            lines.append(f"  {mark} {r.agreement:6.1%}  {_short(r.prompt)!r}")
+            mark = "=" if r.identical else "≈" if r.matches else "~"
+            tie = (
+                f"  (parts at a near-tie of the source: logit gap {r.tie_margin:.3f})"
+                if r.matches and not r.identical
+                else ""
+            )
+            lines.append(f"  {mark} {r.agreement:6.1%}  {_short(r.prompt)!r}{tie}")
             lines.append(f"      source: {_short(r.source_text, 100)!r}")
             if not r.identical:
                 lines.append(f"      target: {_short(r.target_text, 100)!r}")
         verdict = "ok" if self.ok else "FAILED: " + "; ".join(self.problems)
+        ties = self.matching - self.identical
         lines.append(
-            f"  {self.identical}/{len(self.results)} identical, token agreement {self.agreement:.1%}"
+            f"  {self.identical}/{len(self.results)} identical{f' (+{ties} at near-ties)' if ties else ''}, token agreement {self.agreement:.1%}"
             f" ({'identical answers required' if self.exact_required else f'at least {self.min_agreement:.0%}'}"
             f"): {verdict}"
         )
@@ -196,14 +216,18 @@ class _HF:
             )
         return out[0, len(prompt) :].tolist()
 
-    def forced(self, prompt: list[int], answer: list[int]) -> list[int]:
+    def logits(self, prompt: list[int], answer: list[int]):
+        """Next-token logits at each answer position, the answer fed in (float64, [len(answer), V])."""
         import torch
 
         ids = torch.tensor([prompt + answer[:-1]]) if answer else torch.tensor([prompt])
         with torch.no_grad():
             logits = self.model(input_ids=ids).logits[0]
         start = len(prompt) - 1
-        return logits[start : start + len(answer)].argmax(-1).tolist()
+        return logits[start : start + len(answer)].double()
+
+    def forced(self, prompt: list[int], answer: list[int]) -> list[int]:
+        return self.logits(prompt, answer).argmax(-1).tolist()
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -284,6 +308,16 @@ def chat_prompt_tokens(llm, messages: list[dict], tools: list[dict] | None = Non
     return captured[0] if captured else None
 
 
+def _parting_margin(src: _HF, prompt: list[int], answer: list[int], got: list[int]) -> float | None:
+    """Where `got` first differs from the source's `answer`: the source's logit for its own token
+    minus its logit for the target's (None when one answer is a prefix of the other)."""
+    for i, (a, b) in enumerate(zip(answer, got)):
+        if a != b:
+            row = src.logits(prompt, answer[: i + 1])[i]
+            return float(row[a] - row[b])
+    return None
+
+
 def gguf_file_type(path: Path) -> str:
     """The file's general.file_type as llama.cpp names it without the prefix: F16, Q8_0, Q4_K_M..."""
     import gguf
@@ -305,8 +339,10 @@ def verify(
     max_new_tokens: int = 32,
     min_agreement: float = MIN_AGREEMENT,
     n_ctx: int = 2048,
+    exact: bool | None = None,
 ) -> VerifyReport:
-    """Compare greedy answers of `target` with those of `source` (see the module docstring)."""
+    """Compare greedy answers of `target` with those of `source` (see the module docstring).
+    `exact` overrides whether identical answers are required (default: by the target's type)."""
     target_path = Path(target).expanduser()
     is_gguf = target_path.suffix.lower() == ".gguf"
     if is_gguf and not target_path.is_file():
@@ -315,7 +351,8 @@ def verify(
     src = _HF(source)
     tgt: Any = _GGUF(target_path, n_ctx) if is_gguf else _HF(target)
     kind = f"gguf {tgt.file_type}" if is_gguf else "transformers"
-    exact = (tgt.file_type in EXACT_TYPES) if is_gguf else True
+    if exact is None:
+        exact = (tgt.file_type in EXACT_TYPES) if is_gguf else True
     report = VerifyReport(source, target, kind, exact, min_agreement)
     from mmtune.train.render import render_prompt
 
@@ -331,6 +368,7 @@ def verify(
             target_text=tgt.decode(got),
             identical=got == answer,
             agreement=agree,
+            tie_margin=None if got == answer else _parting_margin(src, prompt, answer, got),
         )
         if is_gguf:
             text = src.tokenizer.decode(prompt, skip_special_tokens=False)
