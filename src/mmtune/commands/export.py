@@ -85,6 +85,8 @@ def check(source: str, target: str, args: argparse.Namespace) -> int:
 
     report = verify(source, target, max_new_tokens=args.max_new_tokens, min_agreement=args.min_agreement)
     print(report.summary())
+    if not report.ok:
+        print(f"{target} is kept for inspection; it does not answer like {source} (exit status 1)")
     return 0 if report.ok else 1
 
 
