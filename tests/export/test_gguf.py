@@ -148,7 +148,7 @@ def test_an_unknown_tokenizer_stops_the_export_with_the_fix(tmp_path):
     tok = json.loads((folder / "tokenizer.json").read_text())
     tok["pre_tokenizer"] = {
         "type": "Sequence",
-        "pretokenizers": [{"type": "Punctuation", "behavior": "isolated"}, tok["pre_tokenizer"]],
+        "pretokenizers": [{"type": "Punctuation", "behavior": "Isolated"}, tok["pre_tokenizer"]],
     }
     (folder / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(UserError, match="llama.cpp does not know the tokenizer"):
