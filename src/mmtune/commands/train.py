@@ -106,8 +106,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mmtune.data.reader import ReadOptions, require_kind
 
-    require_kind(cfg.data + cfg.val_data, "sft", ReadOptions(media_root=cfg.media_root))  # before any model loads
+    require_kind(cfg.data + cfg.val_data, cfg.stage, ReadOptions(media_root=cfg.media_root))  # before any model loads
+    if cfg.stage in ("dpo", "simpo", "orpo", "kto"):
+        from mmtune.train.preference import run_preference
+
+        run_preference(cfg)
+        return 0
     from mmtune.train.sft import run_sft
 
-    run_sft(cfg)
+    run_sft(cfg)  # sft, and pt (its text rows train like SFT rows: train/pretrain.py)
     return 0
