@@ -243,7 +243,7 @@ class PreferenceTrainer(MMTuneTrainer):
         mode = "train" if model.training else "eval"
         for key, value in metrics.items():
             self._metrics[mode][key].append(float(self.accelerator.gather_for_metrics(value.reshape(1)).mean()))
-        return (loss, None) if return_outputs else loss
+        return (loss, {}) if return_outputs else loss  # no outputs kept (evaluation reports losses and rewards)
 
     def _reference(self, model):
         """log-probs of the reference policy for a batch: the adapter switched off (LoRA)."""
