@@ -91,7 +91,7 @@ class TrainConfig:
     # how
     stage: str = _opt("sft", "what to train: sft (conversations), pt (continued pre-training on plain text, loss on "
                       "every token), dpo / simpo / orpo (preference pairs: chosen and rejected answers), kto "
-                      "(answers labelled desirable or undesirable)", choices=STAGES)
+                      "(answers labelled desirable or undesirable)", choices=STAGES, metavar="STAGE")
     method: str = _opt("lora", "lora: train small adapters on a frozen model; qlora: the same on a 4/8-bit "
                        "quantized model (CUDA only); full: train every weight. For a vision-language model this is "
                        "the language model's method, and frozen (vision models only) leaves the language model "
