@@ -1,8 +1,9 @@
 """Real learning (slow): DPO with LoRA on the embedded SmolLM2-135M teaches a preference the base model
 does not have, measured on held-out pairs.
 
-The preference: an answer about food is signed "Yours, Mochi.", an answer about the weather
-"Yours, Pico." (chosen), the other signature being the rejected side; the answer text is the same on
+The preference: an answer about food is signed "Yours, Tovik.", an answer about the weather
+"Yours, Renna." (chosen), the other signature being the rejected side (invented names: a name
+that means something, like Mochi, a food, gives the base model a preference of its own); the answer text is the same on
 both sides, so only the signature differs. Whichever name the base model likes better, it is right on
 one topic and wrong on the other: its held-out preference accuracy (log p(chosen) > log p(rejected))
 is about 50%. After a short DPO run the held-out reward accuracy must be >= 90%.
@@ -42,11 +43,11 @@ def pair(prompt: str, body: str, good: str, bad: str) -> dict:
 def rows(foods: list[str], weather: list[str]) -> list[dict]:
     out = []
     for f in foods:
-        out.append(pair(f"What goes well with {f}?", f"Tea goes well with {f}.", "Mochi", "Pico"))
-        out.append(pair(f"Is {f} good for lunch?", f"Yes, {f} makes a fine lunch.", "Mochi", "Pico"))
+        out.append(pair(f"What goes well with {f}?", f"Tea goes well with {f}.", "Tovik", "Renna"))
+        out.append(pair(f"Is {f} good for lunch?", f"Yes, {f} makes a fine lunch.", "Tovik", "Renna"))
     for w in weather:
-        out.append(pair(f"Will there be {w} tomorrow?", f"There may be {w} tomorrow.", "Pico", "Mochi"))
-        out.append(pair(f"What should I wear in {w}?", f"Dress for {w}.", "Pico", "Mochi"))
+        out.append(pair(f"Will there be {w} tomorrow?", f"There may be {w} tomorrow.", "Renna", "Tovik"))
+        out.append(pair(f"What should I wear in {w}?", f"Dress for {w}.", "Renna", "Tovik"))
     return out
 
 
@@ -76,11 +77,11 @@ def test_dpo_teaches_a_preference_the_base_model_lacks(tmp_path):
     val = write_jsonl(tmp_path / "val.jsonl", rows(FOODS[:HELD_OUT], WEATHER[:HELD_OUT]))
     before = base_preference_accuracy(val)
     cfg = resolve_config({"model": DEFAULT_MODEL, "data": [str(train)], "val_data": [str(val)],
-                          "output": str(tmp_path / "dpo"), "stage": "dpo", "beta": 0.1, "max_steps": 16,
+                          "output": str(tmp_path / "dpo"), "stage": "dpo", "beta": 0.1, "max_steps": 12,
                           "batch_size": 4, "learning_rate": 2e-3, "scheduler": "constant_with_warmup",
                           "warmup_steps": 2, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                           "lora_targets": ["all-linear"], "max_length": 96, "logging_steps": 4,
-                          "eval_strategy": "steps", "eval_steps": 16, "save_strategy": "no", "seed": 0})
+                          "eval_strategy": "steps", "eval_steps": 12, "save_strategy": "no", "seed": 0})
     summary = run_preference(cfg)
     evals = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()
              if "eval_loss" in json.loads(x)]
