@@ -32,6 +32,14 @@ TRAIN_VISION = ("none", "lora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TRAIN_ON = ("assistant", "all", "last")
 REASONING = ("keep", "drop")  # == mmtune.chat.reasoning.REASONING_MODES (a test checks)
+STAGES = ("sft", "pt", "dpo", "simpo", "orpo", "kto")
+DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge")
+# --beta when unset, per stage (DPO and KTO: their papers' 0.1; SimPO: its paper's 2.0)
+DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "simpo": 2.0}
+# preference flags -> the stages they apply to (set for another stage, they are an error)
+STAGE_FLAGS = {"beta": ("dpo", "simpo", "kto"), "dpo_loss": ("dpo",), "label_smoothing": ("dpo", "simpo"),
+               "simpo_gamma": ("simpo",), "orpo_lambda": ("orpo",), "desirable_weight": ("kto",),
+               "undesirable_weight": ("kto",)}
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr")
@@ -63,7 +71,7 @@ _STD = PRESETS["standard"]
 
 @dataclass
 class TrainConfig:
-    """Everything a supervised fine-tuning run needs; written to <output>/config.yaml."""
+    """Everything a training run needs (every --stage); written to <output>/config.yaml."""
 
     # what to train
     model: str = _opt(DEFAULT_MODEL, "model to fine-tune: registry name (`mmtune models`), Hugging Face hub id, "
@@ -82,6 +90,9 @@ class TrainConfig:
     preset: str = _opt(DEFAULT_PRESET, "hyper-parameter preset (learning rate, epochs, batch size, LoRA rank, "
                        "alpha, dropout); YAML and flags override it", choices=tuple(PRESETS))
     # how
+    stage: str = _opt("sft", "what to train: sft (conversations), pt (continued pre-training on plain text, loss on "
+                      "every token), dpo / simpo / orpo (preference pairs: chosen and rejected answers), kto "
+                      "(answers labelled desirable or undesirable)", choices=STAGES, metavar="STAGE")
     method: str = _opt("lora", "lora: train small adapters on a frozen model; qlora: the same on a 4/8-bit "
                        "quantized model (CUDA only); full: train every weight. For a vision-language model this is "
                        "the language model's method, and frozen (vision models only) leaves the language model "
@@ -120,6 +131,23 @@ class TrainConfig:
                                          "memory)")
     data_cache: bool = _opt(True, "reuse rendered and tokenized rows from an earlier run with the same data files, "
                             "tokenizer and settings ($MMTUNE_CACHE/tokenized, default ~/.cache/mmtune)")
+    # preference stages (dpo, simpo, orpo, kto)
+    beta: float | None = _opt(None, "dpo/kto: strength of the pull towards the reference model (higher = stay "
+                              "closer); simpo: the reward scale", metavar="X",
+                              default_text="0.1 for dpo and kto, 2.0 for simpo")
+    dpo_loss: str | None = _opt(None, "dpo: the loss: sigmoid (DPO), ipo (IPO, length-normalised), robust "
+                                "(label-smoothed, for noisy preferences: set --label-smoothing), hinge (SLiC)",
+                                choices=DPO_LOSSES, default_text="sigmoid")
+    label_smoothing: float | None = _opt(None, "dpo robust / simpo: the assumed share of pairs whose preference "
+                                         "is flipped, in [0, 0.5)", metavar="X", default_text="0")
+    simpo_gamma: float | None = _opt(None, "simpo: the target reward margin between chosen and rejected",
+                                     metavar="X", default_text="0.5")
+    orpo_lambda: float | None = _opt(None, "orpo: weight of the odds-ratio term beside the chosen answers' "
+                                     "language-model loss", metavar="X", default_text="0.1")
+    desirable_weight: float | None = _opt(None, "kto: weight of the desirable rows' loss (raise it when they are "
+                                          "the fewer)", metavar="X", default_text="1.0")
+    undesirable_weight: float | None = _opt(None, "kto: weight of the undesirable rows' loss", metavar="X",
+                                            default_text="1.0")
     # LoRA
     lora_rank: int = _opt(_STD["lora_rank"], "LoRA rank r (adapter size)")
     lora_alpha: float = _opt(_STD["lora_alpha"], "LoRA alpha (the update is scaled by alpha / r)")
@@ -204,6 +232,34 @@ class TrainConfig:
         return f"{self.quant_bits}bit" if self.method == "qlora" else None
 
     @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.stage, 0.1)
+
+    @property
+    def resolved_dpo_loss(self) -> str:
+        return self.dpo_loss or "sigmoid"
+
+    @property
+    def resolved_label_smoothing(self) -> float:
+        return self.label_smoothing or 0.0
+
+    @property
+    def resolved_simpo_gamma(self) -> float:
+        return 0.5 if self.simpo_gamma is None else self.simpo_gamma
+
+    @property
+    def resolved_orpo_lambda(self) -> float:
+        return 0.1 if self.orpo_lambda is None else self.orpo_lambda
+
+    @property
+    def resolved_desirable_weight(self) -> float:
+        return 1.0 if self.desirable_weight is None else self.desirable_weight
+
+    @property
+    def resolved_undesirable_weight(self) -> float:
+        return 1.0 if self.undesirable_weight is None else self.undesirable_weight
+
+    @property
     def uses_lora(self) -> bool:
         """LoRA adapters anywhere: on the (language) model, or on a vision tower (--train-vision lora)."""
         return self.method in ("lora", "qlora") or self.train_vision == "lora"
@@ -254,10 +310,30 @@ def _problems(c: TrainConfig) -> list[str | None]:
         need(c.num_workers >= 0, f"num_workers must be >= 0 (got {c.num_workers})"),
         need(not (c.resume and c.overwrite), "resume and overwrite contradict each other: choose one"),
         *media_size_problems(c.max_pixels, c.min_pixels, c.video_fps, c.video_frames),
+        *stage_problems(c),
         need(not (c.method == "full" and c.train_vision == "lora"),
              "train_vision lora with method full is not supported (the adapter would hold the whole language "
              "model): use --train-vision full, or a LoRA method for the language model"),
     ]
+
+
+def stage_problems(c: TrainConfig) -> list[str]:
+    """Preference settings given to a stage they do not apply to, and values out of range."""
+    out = [f"{name} applies to --stage {' / '.join(stages)}, not {c.stage}: drop it or change --stage"
+           for name, stages in STAGE_FLAGS.items() if getattr(c, name) is not None and c.stage not in stages]
+    checks = [
+        (c.beta is None or c.beta > 0, f"beta must be > 0 (got {c.beta}); 0.1 is typical for dpo"),
+        (c.label_smoothing is None or 0 <= c.label_smoothing < 0.5,
+         f"label_smoothing must be in [0, 0.5) (got {c.label_smoothing})"),
+        (not c.label_smoothing or c.stage != "dpo" or c.resolved_dpo_loss == "robust",
+         f"label_smoothing applies to --dpo-loss robust, not {c.resolved_dpo_loss}: add --dpo-loss robust"),
+        (c.orpo_lambda is None or c.orpo_lambda >= 0, f"orpo_lambda must be >= 0 (got {c.orpo_lambda})"),
+        (c.desirable_weight is None or c.desirable_weight > 0,
+         f"desirable_weight must be > 0 (got {c.desirable_weight})"),
+        (c.undesirable_weight is None or c.undesirable_weight > 0,
+         f"undesirable_weight must be > 0 (got {c.undesirable_weight})"),
+    ]
+    return out + [msg for ok, msg in checks if not ok]
 
 
 # ---- field introspection (flags, docs, coercion) ----

@@ -115,9 +115,14 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(with_help=True), end="")
         return 0
     preflight(cfg)
+    if cfg.stage in ("dpo", "simpo", "orpo", "kto"):
+        from mmtune.train.preference import run_preference
+
+        run_preference(cfg)
+        return 0
     from mmtune.train.sft import run_sft
 
-    run_sft(cfg)
+    run_sft(cfg)  # sft, and pt (its text rows train like SFT rows: train/pretrain.py)
     return 0
 
 
@@ -135,5 +140,5 @@ def preflight(cfg: TrainConfig) -> None:
     check_data_files(cfg.val_data, "--val-data")
     if cfg.media_root:
         check_input_folder(cfg.media_root, "--media-root")
-    require_kind(cfg.data + cfg.val_data, "sft", ReadOptions(media_root=cfg.media_root))
+    require_kind(cfg.data + cfg.val_data, cfg.stage, ReadOptions(media_root=cfg.media_root))
     check_model(cfg.model)

@@ -282,13 +282,14 @@ def read_samples(path: str, options: ReadOptions | None = None) -> Iterator[Read
     return iter(FileReader(path, options))
 
 
-# the training stage each kind of data is for (`mmtune train --stage`; dpo, kto and pt come with
-# the preference-training issue)
+# the training stage each kind of data is for (`mmtune train --stage`), and the kind each stage trains on
 STAGE_OF_KIND = {"sft": "sft", "preference": "dpo", "unpaired-preference": "kto", "text": "pt"}
 KIND_WORDS = {"sft": "conversations (SFT data)", "preference": "preference pairs (chosen and rejected answers)",
               "unpaired-preference": "KTO rows (answers labelled desirable or undesirable)",
               "text": "plain text for continued pre-training"}
-KIND_OF_STAGE = {stage: kind for kind, stage in STAGE_OF_KIND.items()}
+KIND_OF_STAGE = {**{stage: kind for kind, stage in STAGE_OF_KIND.items()}, "simpo": "preference",
+                 "orpo": "preference"}
+_STAGES_OF_KIND = {"preference": "dpo`, `--stage simpo` or `--stage orpo"}
 
 
 def file_kind(path: str, options: ReadOptions | None = None) -> tuple[str, str]:
@@ -307,11 +308,10 @@ def require_kind(paths: list[str], stage: str = "sft", options: ReadOptions | No
     data is never trained as SFT (nor a conversation as plain text)."""
     for path in paths:
         _, kind = file_kind(path, options)
-        if STAGE_OF_KIND[kind] != stage:
-            want = STAGE_OF_KIND[kind]
+        if kind != KIND_OF_STAGE[stage]:
+            want = _STAGES_OF_KIND.get(kind, STAGE_OF_KIND[kind])
             raise UserError(
-                f"{path} holds {KIND_WORDS[kind]}, which `--stage {want}` trains, not this {stage.upper()} run "
-                f"(the dpo, kto and pt stages come with preference training and are not in this version yet); "
+                f"{path} holds {KIND_WORDS[kind]}, which `--stage {want}` trains, not this {stage.upper()} run; "
                 f"or give it a file of {KIND_WORDS[KIND_OF_STAGE[stage]]}."
             )
 
@@ -328,7 +328,7 @@ def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows
     for r in reader:
         if kind is not None and reader.kind and reader.kind != kind:
             raise UserError(f"{path} holds {KIND_WORDS[reader.kind]}, not {KIND_WORDS[kind]}: train it with "
-                            f"`--stage {STAGE_OF_KIND[reader.kind]}` (coming with preference training)")
+                            f"`--stage {_STAGES_OF_KIND.get(reader.kind, STAGE_OF_KIND[reader.kind])}`")
         if r.ok:
             samples.append(r.sample)
         elif r.index >= 0 or any(f.is_error for f in r.findings):
@@ -355,4 +355,4 @@ def load_samples(path: str, options: ReadOptions | None = None, *, skip_bad_rows
 
 
 __all__ = ["ReadOptions", "ReadResult", "FileReader", "read_samples", "load_samples", "file_kind", "require_kind",
-           "STAGE_OF_KIND", "WARNING", "ERROR"]
+           "STAGE_OF_KIND", "KIND_OF_STAGE", "WARNING", "ERROR"]

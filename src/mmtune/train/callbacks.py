@@ -33,6 +33,9 @@ PLOT_EVERY_S = 10.0  # redraw loss.png at most this often (and once at the end)
 # Trainer log keys -> metrics.jsonl keys
 _RENAME = {"learning_rate": "lr", "num_input_tokens_seen": "tokens"}
 _KEEP = ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens", "trained_tokens", "tokens_per_s")
+# preference stages (train/preference.py): implicit rewards, KTO's reference point, ORPO's NLL
+_PREFERENCE = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "kl", "nll_loss")
+_KEEP += _PREFERENCE + tuple("eval_" + k for k in _PREFERENCE)
 
 
 def record(logs: dict[str, Any], step: int) -> dict[str, Any] | None:

@@ -94,7 +94,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     cfg = resolve_parts(cfg, spec, say)  # vision models: family defaults; text models: no vision-only flags
     processor = load_vision_processor(cfg) if is_vision(spec) else None  # tokenizer + image/video processors
     tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
-    data = build_datasets(cfg, tokenizer, warn=say, processor=processor, spec=spec)  # all rows checked here
+    data = stage_datasets(cfg, tokenizer, say, processor, spec)  # all rows checked here
     model = load_for_training(cfg, precision)
     if processor is not None:
         model = apply_vision_method(model, cfg, spec)
@@ -145,7 +145,18 @@ def check_data_files(cfg: TrainConfig) -> None:
     check_files(cfg.val_data, "--val-data")
 
 
-def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None) -> None:
+def stage_datasets(cfg: TrainConfig, tokenizer, say, processor, spec) -> Datasets:
+    """Conversations (--stage sft), or plain text with the loss on every token (--stage pt)."""
+    if cfg.stage != "pt":
+        return build_datasets(cfg, tokenizer, warn=say, processor=processor, spec=spec)
+    if processor is not None:
+        raise UserError(f"--stage pt trains text models in this version; {cfg.model} is a vision-language model")
+    from mmtune.train.pretrain import build_text_datasets
+
+    return build_text_datasets(cfg, tokenizer, say)
+
+
+def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None, extra: tuple[str, ...] = ()) -> None:
     """Make the output folder ready, once everything before training has worked: an earlier run's
     files cleared (--overwrite; only what its manifest lists), the folder made and the files this
     run writes recorded in its manifest."""
@@ -153,7 +164,7 @@ def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None) -> 
     if is_main:
         if resume_from is None and cfg.overwrite and out.is_dir():
             clear_run(out)
-        open_output(out, [*RUN_FILES, *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
+        open_output(out, [*RUN_FILES, *extra, *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()

