@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mmtune.config import read_yaml
 from mmtune.errors import UserError
 
 # Picture presets: what differs from the text presets is the scale (a handful of pictures seen
@@ -168,7 +169,7 @@ def picture_model(args: argparse.Namespace) -> str | None:
 
     model = getattr(args, "model", None)
     if model is None and getattr(args, "config", None):
-        model = _read_yaml(args.config).get("model")
+        model = read_yaml(args.config).get("model")
     return str(model) if is_image_model(model) else None
 
 
@@ -179,7 +180,7 @@ def picture_config_from_args(args: argparse.Namespace) -> PictureConfig:
     """defaults < preset < --config YAML < flags; a flag or key that means nothing for pictures is an error."""
     names = {f.name for f in picture_fields()}
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in GENERAL_ARGS}
-    from_file = _read_yaml(args.config) if getattr(args, "config", None) else {}
+    from_file = read_yaml(args.config) if getattr(args, "config", None) else {}
     alien = sorted((set(given) | set(from_file)) - names)
     if alien:
         flags = ", ".join("--" + a.replace("_", "-") for a in alien)
@@ -221,16 +222,3 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     train_pictures(cfg)
     return 0
-
-
-def _read_yaml(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {p} does not exist")
-    try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{p} must be a YAML mapping of config keys")
-    return values
