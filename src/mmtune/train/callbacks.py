@@ -70,6 +70,13 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     if train or evals:
         ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as a PNG at `path` atomically (a reader never sees half a plot), then close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png")

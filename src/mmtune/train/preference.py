@@ -41,7 +41,7 @@ from mmtune.errors import UserError
 from mmtune.models.loader import check_quantization_available, load_tokenizer
 from mmtune.models.registry import find_spec
 from mmtune.train import losses
-from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder
+from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder, save_figure
 from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, DataStats, report_losses, split_samples
 from mmtune.train.output import check_output, discard_failed
@@ -382,11 +382,7 @@ def plot_rewards(history: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- the run
