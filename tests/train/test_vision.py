@@ -11,7 +11,7 @@ import pytest
 from mmtune.data.schema import Message, Part, Sample
 from mmtune.errors import UserError
 from mmtune.models.vision import load_processor
-from mmtune.models.vision_registry import VISION_REGISTRY, find_vision_spec
+from mmtune.models.registry import REGISTRY, find_spec
 from mmtune.train.collate_vision import VisionCollator, media_layout
 from mmtune.train.render import IGNORE_INDEX
 from mmtune.train.render_vision import render_vision_sample
@@ -50,10 +50,10 @@ def _spec(family: str):
 
     model_type = AutoConfig.from_pretrained(tiny_vlm_dir(family)).model_type
     if family in UNLISTED:
-        assert find_vision_spec("", model_type) is None
-        return dataclasses.replace(VISION_REGISTRY["minicpm-v-4.6"], family=family, model_type=model_type,
+        assert find_spec(str(tiny_vlm_dir(family))) is None
+        return dataclasses.replace(REGISTRY["minicpm-v-4.6"], family=family, model_type=model_type,
                                    **UNLISTED[family])
-    spec = find_vision_spec("", model_type)
+    spec = find_spec(str(tiny_vlm_dir(family)))  # a folder: its model_type's family default
     assert spec is not None and spec.family == family
     return spec
 
@@ -159,12 +159,12 @@ def test_labels_are_exactly_the_assistant_answers_and_one_step_trains(family):
 def test_limits_are_enforced_with_a_clear_error():
     processor = load_processor(str(tiny_vlm_dir("qwen2_vl")))
     two_images = _rows(video=False)[1][0]
-    one_image_spec = dataclasses.replace(VISION_REGISTRY["qwen2-vl-2b-instruct"], max_images=1)
+    one_image_spec = dataclasses.replace(REGISTRY["qwen2-vl-2b-instruct"], max_images=1)
     with pytest.raises(UserError, match="at most 1 image"):
         render_vision_sample(two_images, processor, spec=one_image_spec)
     video_row = _rows(video=True)[3][0]
     with pytest.raises(UserError, match="does not take video"):
-        render_vision_sample(video_row, processor, spec=VISION_REGISTRY["llava-1.5-7b"])
+        render_vision_sample(video_row, processor, spec=REGISTRY["llava-1.5-7b"])
 
 
 def test_max_pixels_and_video_frames_change_the_media_tokens():

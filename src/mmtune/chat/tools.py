@@ -32,7 +32,7 @@ from typing import Any
 
 from mmtune.data.schema import ToolCall
 from mmtune.errors import UserError
-from mmtune.models.spec import TOOL_FORMATS
+from mmtune.models.registry import TOOL_FORMATS
 
 __all__ = ["TOOL_FORMATS", "Reply", "TemplateSupport", "parse", "resolve_format", "template_support"]
 

@@ -338,12 +338,6 @@ def _bnb_config(quantization: str, compute_dtype: torch.dtype, skip: list[str] |
     )
 
 
-def is_vision_model(model: str) -> bool:
-    """Whether `model` (registry name, hub id, local folder) is a vision-language registry family."""
-    spec = find_spec(model)
-    return bool(spec and spec.kind == "vision")
-
-
 def load_model(
     model: str,
     *,
