@@ -21,16 +21,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mmtune
 from mmtune.config import TrainConfig
 from mmtune.errors import UserError
+from mmtune.jobs.host import RunnerHost
 from mmtune.jobs.params import model_base_name
 from mmtune.jobs.store import now
-
-if TYPE_CHECKING:
-    from mmtune.jobs.service import JobService
 
 # what `mmtune train` writes (mmtune.train.callbacks / sft; not imported here: they import torch)
 METRICS_FILE = "metrics.jsonl"
@@ -234,7 +232,7 @@ def _openai_metrics(rec: dict[str, Any]) -> dict[str, Any]:
 class JobRunner:
     """Runs one claimed job (status `running`) until it ends or the service stops."""
 
-    def __init__(self, service: JobService, job: dict[str, Any]):
+    def __init__(self, service: RunnerHost, job: dict[str, Any]):
         self.svc = service
         self.store = service.store
         self.job = job
