@@ -283,30 +283,6 @@ def test_every_registry_family_trains_through_run_sft(family, tmp_path):
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
-def test_a_hub_processor_is_fetched_as_files_and_failures_say_why(monkeypatch, tmp_path):
-    import huggingface_hub
-
-    from mmtune.train.sft_vision import _local
-
-    assert _local(str(tmp_path)) == str(tmp_path)  # a local folder as it is
-    asked = {}
-
-    def fake(repo, allow_patterns):
-        asked.update(repo=repo, patterns=allow_patterns)
-        return str(tmp_path)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    assert _local("Qwen/Qwen2-VL-2B-Instruct") == str(tmp_path)
-    assert asked["repo"] == "Qwen/Qwen2-VL-2B-Instruct" and "*.safetensors" not in asked["patterns"]
-
-    def offline(repo, allow_patterns):
-        raise OSError("no network")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(UserError, match="cannot fetch the processor.*no network.*pass it as --model"):
-        _local("Qwen/Qwen2-VL-2B-Instruct")
-
-
 def test_group_by_length_on_vision_data_reads_no_item(qwen, tmp_path, monkeypatch):
     """Lengths come from the checked token ids: the sampler decodes no media."""
     from transformers.trainer_pt_utils import LengthGroupedSampler

@@ -49,8 +49,8 @@ def _spec(family: str):
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(tiny_vlm_dir(family)).model_type
-    if family in UNLISTED:
-        assert find_spec(str(tiny_vlm_dir(family))) is None
+    if family in UNLISTED:  # matched as the family it is the same as
+        assert find_spec(str(tiny_vlm_dir(family))) is REGISTRY["minicpm-v-4.6"]
         return dataclasses.replace(REGISTRY["minicpm-v-4.6"], family=family, model_type=model_type,
                                    **UNLISTED[family])
     spec = find_spec(str(tiny_vlm_dir(family)))  # a folder: its model_type's family default

@@ -67,20 +67,15 @@ def _merged_model(base: str, adapter_dir: Path, dtype: Any):
     import torch
     from peft import PeftModel
 
-    from mmtune.infer.vision import adapter_processor, vision_path
-    from mmtune.models.loader import load_model, load_tokenizer, resolve_dtype
+    from mmtune.infer.vision import adapter_processor
+    from mmtune.models.loader import load_model, load_tokenizer, model_spec, resolve_dtype
+    from mmtune.models.vision import load_processor
 
-    vision = vision_path(base)
-    if vision is not None:
-        from transformers import AutoModelForImageTextToText
-
-        from mmtune.models.vision import load_processor
-
-        model = AutoModelForImageTextToText.from_pretrained(vision, dtype=torch.float32)
-        companion = adapter_processor(str(adapter_dir)) or load_processor(vision)
-    else:
-        model = load_model(base, dtype=torch.float32)
-        companion = None
+    spec = model_spec(base)
+    model = load_model(base, dtype=torch.float32)
+    companion = None
+    if spec is not None and spec.kind == "vision":
+        companion = adapter_processor(str(adapter_dir)) or load_processor(base)
     target = _base_dtype(model) if dtype in (None, "auto") else resolve_dtype(dtype)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model = model.to(target)

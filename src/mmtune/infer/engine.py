@@ -11,7 +11,7 @@ What it loads (`Engine(model)`):
   adapter_config.json, loaded once, and the adapter put over it. More adapters over the same
   base come with `adapters=` or `add_adapter()`; a request picks one by name.
 
-Vision-language models (a config with `vision_config`) load with their processor, and
+Vision-language models (registry kind "vision") load with their processor, and
 prompts may then carry images and videos (Sample media parts, or OpenAI content parts
 such as `image_url`): see infer/vision.py. Which media references a caller may use
 (local files, URLs) is its `MediaPolicy` (infer/media.py); the Engine's own default
@@ -150,7 +150,8 @@ class Engine:
         sizes: MediaSizes = NO_LIMITS,
         strict_sizes: bool = True,
     ):
-        from mmtune.models.registry import DEFAULT_MODEL, find_spec
+        from mmtune.config import DEFAULT_MODEL
+        from mmtune.models.loader import model_spec
 
         model = model or DEFAULT_MODEL
         self.defaults = defaults or GenOptions()
@@ -167,11 +168,11 @@ class Engine:
             first_adapter, model = (name or model_name(model), model), adapter_base(model)
             name = None
         self.base = model
-        spec = find_spec(model)
+        self.spec = spec = model_spec(model)  # None: a model the registry does not know (loaded as text)
         self._tool_format = spec.tool_format if spec else "auto"  # as training wrote tools (train/dataset.py)
         self.name = name or model_name(model)
-        self.model, self._tokenizers[BASE], self._processors[BASE] = _load(model, dtype, device)
-        if self._processors[BASE] is None and sizes.is_set and strict_sizes:
+        self.model, self._tokenizers[BASE], self._processors[BASE] = _load(model, spec, dtype, device)
+        if not self.is_vision and sizes.is_set and strict_sizes:
             raise UserError(f"--max-pixels, --min-pixels, --video-fps and --video-frames apply to vision-language "
                             f"models; {model} is a text model: drop them")
         self._sized(BASE)
@@ -188,8 +189,8 @@ class Engine:
 
     @property
     def is_vision(self) -> bool:
-        """Whether prompts may carry images (and, see `takes_video`, videos)."""
-        return self._processors[BASE] is not None
+        """Whether prompts may carry images (and, see `takes_video`, videos): the registry's `kind`."""
+        return self.spec is not None and self.spec.kind == "vision"
 
     @property
     def takes_video(self) -> bool:
@@ -502,22 +503,19 @@ def _end_of_turn_id(template, tokenizer=None) -> int | None:
     return (tokenizer or template).convert_tokens_to_ids(token) if token else None
 
 
-def _load(model: str, dtype: Any, device: str | None):
-    """(model, tokenizer, processor): the processor is None for a text model."""
+def _load(model: str, spec, dtype: Any, device: str | None):
+    """(model, tokenizer, processor): the processor is None for a text model (its registry `kind`)."""
     import torch
 
-    from mmtune.infer.vision import load_vision, vision_path
     from mmtune.models.loader import load_model, load_tokenizer
+    from mmtune.models.vision import load_processor
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = vision_path(model)
-    if path is not None:
-        net, processor = load_vision(path, dtype, device)
-        return net, processor.tokenizer, processor
-    tokenizer = load_tokenizer(model)
+    processor = load_processor(model) if spec is not None and spec.kind == "vision" else None
+    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(model)
     net = load_model(model, dtype=dtype)
     net.to(device).eval()
-    return net, tokenizer, None
+    return net, tokenizer, processor
 
 
 def _context_length(model, tokenizer) -> int:
@@ -548,10 +546,9 @@ def _adapter_tokenizer(path: str):
         return None
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    from mmtune.models.loader import ensure_pad_token
+
+    return ensure_pad_token(AutoTokenizer.from_pretrained(folder), path)
 
 
 __all__ = ["Engine", "Generation", "Prompt", "PromptTooLong", "Completion", "GenOptions", "MediaPolicy", "Message"]

@@ -95,7 +95,7 @@ def compose_llava(text_model: str | Path, out: str | Path, *, tower: VisionTower
     )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from mmtune.models.loader import resolve_model_path
+    from mmtune.models.loader import ensure_pad_token, resolve_model_path
 
     tower = tower or VisionTower()
     source = resolve_model_path(str(text_model))
@@ -106,8 +106,7 @@ def compose_llava(text_model: str | Path, out: str | Path, *, tower: VisionTower
         raise UserError(f"{text_model} has no chat template: use its -Instruct checkpoint, or pass chat_template")
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tok.chat_template = multimodal_template(template)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    ensure_pad_token(tok, str(text_model))
 
     text = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if text.config.model_type not in _TEXT_TYPES:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.errors import UserError
-from mmtune.models.registry import REGISTRY, ModelSpec, find_spec, named
+from mmtune.models.registry import REGISTRY, ModelSpec, find_spec, named, spec_for_config
 
 if TYPE_CHECKING:
     import torch
@@ -248,11 +248,7 @@ def resolve_trust_remote_code(model: str, trust_remote_code: bool | None) -> boo
 def load_tokenizer(
     model: str, *, trust_remote_code: bool | None = None, cache_dir: str | os.PathLike | None = None
 ):
-    """The model's tokenizer (chat template included), with a pad token guaranteed.
-
-    A missing pad token is set to an existing pad-like token or to eos: never a new token,
-    so the vocabulary (and the embedding matrix) keeps its size.
-    """
+    """The model's tokenizer (chat template included), with a pad token guaranteed (`ensure_pad_token`)."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model, cache_dir)
@@ -260,16 +256,38 @@ def load_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(
         path, trust_remote_code=resolve_trust_remote_code(model, trust_remote_code)
     )
+    return ensure_pad_token(tokenizer, model)
+
+
+def ensure_pad_token(tokenizer, model: str):
+    """`tokenizer` with a pad token: a missing one is set to an existing pad-like token, else to eos, never
+    a new token, so the vocabulary (and the embedding matrix) keeps its size. Every tokenizer mmtune
+    loads (a text model's, a vision processor's, one saved beside an adapter) goes through here."""
     if tokenizer.pad_token is None:
         vocab = tokenizer.get_vocab()
         pad = next((t for t in _PAD_CANDIDATES if t in vocab), None) or tokenizer.eos_token
         if pad is None:
             raise UserError(
                 f"the tokenizer of {model} has neither a pad nor an eos token: add `pad_token` "
-                f"to {path}/tokenizer_config.json"
+                "to its tokenizer_config.json"
             )
         tokenizer.pad_token = pad
     return tokenizer
+
+
+def model_spec(model: str) -> ModelSpec | None:
+    """`find_spec(model)`, and for a hub id the registry does not name, the entry its config.json matches
+    (fetched into the hub cache: a few KB). What every loader asks to tell a vision model (`spec.kind`)."""
+    spec = find_spec(model)
+    if spec is not None or Path(model).expanduser().exists() or looks_like_path(model) or "/" not in model:
+        return spec
+    try:
+        from huggingface_hub import hf_hub_download
+
+        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text(encoding="utf-8"))
+    except Exception:  # offline, gated, unknown: loading then says why, with the hub's own words
+        return None
+    return spec_for_config(config) if isinstance(config, dict) else None
 
 
 def check_quantization_available(quantization: str | None) -> None:
@@ -348,8 +366,9 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
 ):
     """AutoModelForCausalLM for `model` (registry name, hub id, local folder or .gguf file), or
-    AutoModelForImageTextToText when the registry knows it as a vision-language model (by name,
-    hub id, or a folder's config.json model_type).
+    AutoModelForImageTextToText when its registry entry is a vision-language model (`model_spec`: by
+    name, hub id, or the config.json model_type of a folder or hub repo). The one way mmtune loads a
+    model, for training, inference, merging and export; its processor comes from models/vision.py.
 
     `quantization` "4bit" (NF4, double quant: QLoRA) or "8bit" loads through bitsandbytes and
     needs CUDA; that is checked first, before anything is resolved or read. With
@@ -358,7 +377,7 @@ def load_model(
     check_quantization_available(quantization)
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    spec = find_spec(model)
+    spec = model_spec(model)
     vision = bool(spec and spec.kind == "vision")
     path = resolve_model_path(model, cache_dir)
     check_resolved(path, model)
@@ -375,5 +394,9 @@ def load_model(
         device_map = device_map if device_map is not None else {"": torch.cuda.current_device()}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    return auto.from_pretrained(path, **kwargs)
+    if not vision:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        raise UserError(f"{model} is a vision model transformers cannot load for image-text-to-text: {e}") from None

@@ -717,7 +717,7 @@ def find_spec(model: str) -> ModelSpec | None:
         if key in spec.aliases or key.lower() == spec.hf_path.lower():
             return spec
     config = _read_local_config(Path(key).expanduser())
-    return _spec_for_config(config) if config else None
+    return spec_for_config(config) if config else None
 
 
 def _read_local_config(path: Path) -> dict | None:
@@ -731,10 +731,19 @@ def _read_local_config(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _spec_for_config(config: dict) -> ModelSpec | None:
-    """Match a config.json to an entry: same model_type, same size if possible."""
+# config.json model_types with no entry of their own that load, train and serve exactly as a listed family
+# (the same part names in transformers' classes, the same processor): a folder or hub repo of one matches
+# that family's default entry. MiniCPM-V 4.7 is 4.6's architecture (its checkpoint numbers are not listed).
+SAME_AS: dict[str, str] = {"minicpmv4_7": "minicpmv4_6"}
+if not set(SAME_AS.values()) <= {s.model_type for s in REGISTRY.values()}:
+    raise ValueError(f"model registry SAME_AS names a model_type no entry has: {SAME_AS}")
+
+
+def spec_for_config(config: dict) -> ModelSpec | None:
+    """Match a config.json (as a dict) to an entry: same model_type, same size if possible, else the
+    family default (the first entry of that model_type); None for a model_type the registry lacks."""
     text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    model_type = config.get("model_type")
+    model_type = SAME_AS.get(config.get("model_type"), config.get("model_type"))
     candidates = [s for s in REGISTRY.values() if s.model_type == model_type]
     if not candidates:
         return None

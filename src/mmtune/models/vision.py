@@ -53,21 +53,45 @@ def has_torchvision() -> bool:
     return importlib.util.find_spec("torchvision") is not None
 
 
-def load_processor(path: str, *, max_pixels: int | None = None, min_pixels: int | None = None):
-    """The model's processor (tokenizer + image/video processors + chat template).
+def load_processor(model: str, *, max_pixels: int | None = None, min_pixels: int | None = None):
+    """The processor (tokenizer + image/video processors + chat template) of `model`: a registry
+    name, hub id, model folder, or a training run's folder (the processor saved beside an adapter),
+    with a pad token on its tokenizer (models/loader.ensure_pad_token).
 
     max_pixels/min_pixels bound the resized image area on processors that resize by area
     (Qwen2-VL family); elsewhere they are refused with the setting that fits that model.
     """
     from transformers import AutoProcessor
 
-    if has_torchvision():
-        processor = AutoProcessor.from_pretrained(path)
-    else:
-        processor = _assemble(Path(path))
+    from mmtune.models.loader import ensure_pad_token
+
+    path = processor_folder(model)
+    processor = AutoProcessor.from_pretrained(path) if has_torchvision() else _assemble(Path(path))
     if max_pixels is not None or min_pixels is not None:
         set_pixel_bounds(processor, max_pixels=max_pixels, min_pixels=min_pixels)
+    ensure_pad_token(processor.tokenizer, model)
     return processor
+
+
+def processor_folder(model: str) -> str:
+    """A folder holding `model`'s processor files: the folder itself, or for a hub id its processor files
+    (configs, tokenizer, chat template; no weights) in the local hub cache: the processor is assembled
+    from files where torchvision is missing."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    from mmtune.models.loader import resolve_model_path
+
+    path = resolve_model_path(model)
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, allow_patterns=["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"])
+    except Exception as e:  # offline, gated, unknown repo: the hub's own reason
+        raise UserError(f"cannot fetch the processor of {path} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                        "check the name and your access, or download the model folder and pass it as --model") from None
 
 
 def _media_processors(processor) -> list:

@@ -68,34 +68,9 @@ def resolve_parts(cfg: TrainConfig, spec: ModelSpec | None, say: Callable[[str],
 
 def load_vision_processor(cfg: TrainConfig):
     """The model's processor with the run's pixel bounds, and a pad token on its tokenizer."""
-    from mmtune.models.loader import resolve_model_path
     from mmtune.models.vision import load_processor
 
-    processor = load_processor(_local(resolve_model_path(cfg.model)), max_pixels=cfg.max_pixels,
-                               min_pixels=cfg.min_pixels)
-    tok = processor.tokenizer
-    if tok.pad_token is None:
-        if tok.eos_token is None:
-            raise UserError(f"the tokenizer of {cfg.model} has neither a pad nor an eos token: add `pad_token` to "
-                            "its tokenizer_config.json")
-        tok.pad_token = tok.eos_token
-    return processor
-
-
-def _local(path: str) -> str:
-    """A hub id's processor files (configs, tokenizer, chat template; no weights) in the local hub cache:
-    the processor is assembled from files where torchvision is missing (models/vision.py)."""
-    from pathlib import Path
-
-    if Path(path).is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(path, allow_patterns=["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"])
-    except Exception as e:  # offline, gated, unknown repo: the hub's own reason
-        raise UserError(f"cannot fetch the processor of {path} from the Hugging Face hub ({type(e).__name__}: {e}); "
-                        "check the name and your access, or download the model folder and pass it as --model") from None
+    return load_processor(cfg.model, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
 
 
 def apply_vision_method(model, cfg: TrainConfig, spec: ModelSpec):
