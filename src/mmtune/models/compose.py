@@ -86,8 +86,6 @@ def compose_llava(text_model: str | Path, out: str | Path, *, tower: VisionTower
     """
     import torch
     from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
         GenerationConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -95,20 +93,19 @@ def compose_llava(text_model: str | Path, out: str | Path, *, tower: VisionTower
     )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from mmtune.models.loader import ensure_pad_token, resolve_model_path
+    from mmtune.models.loader import load_model, load_tokenizer, resolve_model_path
 
     tower = tower or VisionTower()
     source = resolve_model_path(str(text_model))
     out = Path(out)
-    tok = AutoTokenizer.from_pretrained(source)
+    tok = load_tokenizer(str(text_model))  # a pad token guaranteed (models/loader.ensure_pad_token)
     template = chat_template or tok.chat_template
     if not template:
         raise UserError(f"{text_model} has no chat template: use its -Instruct checkpoint, or pass chat_template")
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tok.chat_template = multimodal_template(template)
-    ensure_pad_token(tok, str(text_model))
 
-    text = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    text = load_model(str(text_model), dtype=torch.float32)
     if text.config.model_type not in _TEXT_TYPES:
         raise UserError(f"{text_model} is a {text.config.model_type!r} model; compose_llava takes decoder-only "
                         f"text models of type {', '.join(sorted(_TEXT_TYPES))}")
