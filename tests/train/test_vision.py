@@ -10,8 +10,8 @@ import pytest
 
 from mmtune.data.schema import Message, Part, Sample
 from mmtune.errors import UserError
-from mmtune.models.vision import load_processor
 from mmtune.models.registry import REGISTRY, find_spec
+from mmtune.models.vision import load_processor
 from mmtune.train.collate_vision import VisionCollator, media_layout
 from mmtune.train.render import IGNORE_INDEX
 from mmtune.train.render_vision import render_vision_sample
