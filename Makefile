@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install demo shapes test test-fast bench bench-train bench-serve lint clean
+.PHONY: install demo shapes picture-demo test test-fast bench bench-train bench-serve lint clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ shapes: install
 	$(PY) examples/shapes.py compose runs/shapes-llava
 	$(VENV)/bin/mmtune train --config examples/configs/vision_shapes.yaml
 	$(PY) examples/shapes.py score runs/shapes-llava-tuned runs/shapes-data/test.jsonl
+
+# A tiny FLUX model trained from scratch, then a trigger-word LoRA, measured by colour (CPU, a few minutes).
+picture-demo: install
+	$(PY) examples/pictures.py --out runs/picture-demo
 
 test: $(TEST_STAMP)
 	$(PY) examples/make_media.py

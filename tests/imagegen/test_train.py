@@ -277,3 +277,24 @@ def test_output_folder_with_the_users_files_or_a_system_folder_is_refused(base, 
     assert (mine / "README.md").read_text() == "my notes" and (mine / "loss.png").read_bytes() == b"my plot"
     with pytest.raises(UserError, match="system folder"):
         T.train_pictures(_cfg(base, pictures, "/etc/mmtune-run"))
+
+
+def test_export_kohya_command(run, tmp_path, capsys):
+    """`mmtune export RUN --format kohya`: the run's LoRA under kohya's fused names, each fused update the exact
+    concatenation of the run's (diffusers' converter reads the layout back: tests/imagegen/test_kohya.py)."""
+    from mmtune.cli import main
+
+    out = run[0]
+    target = tmp_path / "tok-kohya.safetensors"
+    assert main(["export", str(out), "--format", "kohya", "--out", str(target)]) == 0
+    kohya, ours = load_file(target), load_file(out / ADAPTER_FILE)
+    assert {k.split(".")[0] for k in kohya} == {
+        "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj",
+        "lora_unet_single_blocks_0_linear1"}
+    qkv = kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"] @ kohya[
+        "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
+    scale = float(kohya["lora_unet_double_blocks_0_img_attn_qkv.alpha"]) / 12  # rank 4 x 3 pieces
+    k = "transformer.transformer_blocks.0.attn.to_k"
+    assert torch.allclose(qkv[32:64] * scale, ours[f"{k}.lora_B.weight"] @ ours[f"{k}.lora_A.weight"] * 2.0)
+    assert main(["export", str(out), "--format", "kohya", "--out", str(tmp_path / "x.gguf")]) == 2
+    assert "is a .safetensors file" in capsys.readouterr().err

@@ -4,6 +4,7 @@ that llama.cpp loads it and answers like the model it came from."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q4_k_m", "q5_k_m", "q6_k")
 
@@ -20,11 +21,14 @@ def add_parser(subparsers) -> None:
         "source model's: identical for f32/f16, token agreement for the other types (needs llama-cpp-python).",
         epilog="examples:\n  mmtune export runs/demo --format gguf --out demo-f16.gguf\n"
         "  mmtune export runs/demo --dtype Q4_K_M --out demo-q4_k_m.gguf --ollama   # + Modelfile\n"
-        "  mmtune export runs/demo-merged --dtype q8_0 --out demo-q8_0.gguf --no-verify",
+        "  mmtune export runs/demo-merged --dtype q8_0 --out demo-q8_0.gguf --no-verify\n"
+        "  mmtune export runs/tok --format kohya --out tok-kohya.safetensors   # a picture run, for ComfyUI",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="model folder, registry name, .gguf file or training output folder")
-    p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default: gguf)")
+    p.add_argument("--format", default="gguf", choices=["gguf", "kohya"],
+                   help="output format (default: gguf); kohya: a picture run's LoRA with the key names of kohya's "
+                   "sd-scripts that ComfyUI and Forge load (lora_unet_..., .lora_down/.lora_up/.alpha)")
     p.add_argument(
         "--dtype",
         default="f16",
@@ -63,6 +67,9 @@ def add_check_args(p) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmtune.commands.preflight import check_model_arg, check_output_file
 
+    if args.format == "kohya":
+        return run_kohya(args)
+
     check_model_arg(args.model)
     check_output_file(args.out, "--out", inputs=(args.model,), example="model-f16.gguf")
     from mmtune.export.gguf import export_gguf
@@ -82,6 +89,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"not checked in llama.cpp: llama-cpp-python is not installed ({llamacpp.INSTALL_HINT})")
         return 0
     return check(args.model, str(out), args)
+
+
+def run_kohya(args: argparse.Namespace) -> int:
+    from mmtune.errors import UserError
+    from mmtune.imagegen.run import read_run
+
+    if read_run(args.model) is None and read_run(Path(args.model).parent) is None:
+        raise UserError(f"--format kohya writes a picture LoRA: {args.model} is not a picture run (or its "
+                        "checkpoint-N/)")
+    if not args.out.endswith(".safetensors"):
+        raise UserError(f"--out {args.out}: a kohya LoRA is a .safetensors file (e.g. tok-kohya.safetensors)")
+    from mmtune.imagegen.kohya import export_kohya
+
+    out = export_kohya(args.model, args.out)
+    print(f"wrote {out} (kohya / ComfyUI key names; load it as a LoRA in ComfyUI's LoraLoader or diffusers' "
+          "load_lora_weights)")
+    return 0
 
 
 def check(source: str, target: str, args: argparse.Namespace) -> int:

@@ -34,10 +34,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance", type=float, help="guidance (default: the model's, 3.5 dev / 0 schnell)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first picture; picture i uses seed + i "
                    "(default: %(default)s)")
-    p.add_argument("--width", type=int, help="width in pixels (default: the model's resolution, 1024)")
-    p.add_argument("--height", type=int, help="height in pixels (default: the model's resolution, 1024)")
+    p.add_argument("--width", type=int, help="width in pixels (default: a run's training resolution, else the "
+                   "model's, 1024)")
+    p.add_argument("--height", type=int, help="height in pixels (default: a run's training resolution, else the "
+                   "model's, 1024)")
     p.add_argument("--num", type=int, default=1, help="pictures to draw (default: %(default)s)")
-    p.add_argument("--max-sequence-length", type=int, help="T5 tokens of the prompt (default: the model's)")
+    p.add_argument("--max-sequence-length", type=int, help="T5 tokens of the prompt (default: a run's training "
+                   "length, else the model's)")
     p.add_argument("--compare-base", action="store_true", help="a run only: one grid, the base model's pictures "
                    "(LoRA off) above the tuned ones, same seeds (default: off)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),

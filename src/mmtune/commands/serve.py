@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+from pathlib import Path
 
 from mmtune.errors import UserError
 
@@ -139,13 +140,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--drain-seconds must be >= 0 (got {args.drain_seconds:g})")
     service = None if args.no_jobs else _locked_service(args)
     try:
-        for arg in args.models:  # a missing folder or an unknown model: one line now, not after the others load
+        text_models, pictures = split_picture_models(args.models)
+        for arg in text_models:  # a missing folder or an unknown model: one line now, not after the others load
             check_model_arg(parse_model_arg(arg)[1])
-        pool = build_pool(args.models, dtype=args.dtype, sizes=media_sizes(args))
+        if pictures and not text_models:
+            from mmtune.serve.pool import ModelPool
+
+            pool = ModelPool(dtype=args.dtype, sizes=media_sizes(args))  # picture models only
+        else:
+            pool = build_pool(text_models, dtype=args.dtype, sizes=media_sizes(args))
         extra = {} if service is None else jobs_extension(service, pool)
+        image_pool = None
+        if pictures:
+            extra, image_pool = with_images(extra, pictures)
         app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media,
                          max_body_bytes=limit, max_tokens_cap=args.max_tokens_cap, **extra)
-        print(f"serving {', '.join(pool.names)} on http://{args.host}:{args.port}/v1", flush=True)
+        if image_pool is not None:
+            app.state.image_pool = image_pool  # /v1/models lists its models too
+        print(f"serving {', '.join([*pool.names, *pictures])} on http://{args.host}:{args.port}/v1", flush=True)
         if service is not None:
             print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
@@ -237,3 +249,28 @@ def jobs_extension(service, pool) -> dict:
             await run_in_threadpool(service.close)
 
     return {"routers": (create_jobs_router(service),), "unlimited_paths": ("/v1/files",), "lifespan": lifespan}
+
+
+def split_picture_models(models: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(text model arguments, {name: path} of the image-generation ones: picture runs, merged picture models,
+    FLUX folders or registry names, served at /v1/images/generations)."""
+    from mmtune.serve.images import is_picture_model
+    from mmtune.serve.pool import parse_model_arg
+
+    text, pictures = [], {}
+    for arg in models:
+        name, path = parse_model_arg(arg)
+        if is_picture_model(path):
+            pictures[name or Path(path).name or path] = path
+        else:
+            text.append(arg)
+    return text, pictures
+
+
+def with_images(extra: dict, pictures: dict[str, str]):
+    """(create_app arguments plus the Images API over `pictures`, its ImagePool)."""
+    from mmtune.serve.app import read_json_body
+    from mmtune.serve.images import ImagePool, images_router
+
+    pool = ImagePool(pictures)
+    return {**extra, "routers": (*extra.get("routers", ()), images_router(pool, read_json_body))}, pool

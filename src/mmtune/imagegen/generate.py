@@ -33,6 +33,16 @@ class Loaded:
     base: str  # the base model as the user named it
     adapter: Path | None  # the run folder whose LoRA is loaded (None: a base or merged model)
     trigger_word: str | None = None
+    meta: dict | None = None  # the run's (or merged model's) mmtune.json: its resolution and T5 length
+
+    @property
+    def resolution(self) -> int:
+        """The default picture side: the run's training resolution, else the model's."""
+        return int((self.meta or {}).get("resolution") or self.spec.default_resolution)
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int((self.meta or {}).get("max_sequence_length") or self.spec.max_sequence_length)
 
 
 def load_for_generation(run_or_model: str, precision: str = "auto") -> Loaded:
@@ -49,14 +59,15 @@ def load_for_generation(run_or_model: str, precision: str = "auto") -> Loaded:
         pipe = load_pipeline(base, dtype)
         load_lora(pipe, folder)
         spec = find_image_spec(base)
-        return Loaded(on_device(pipe, spec), spec, meta["base_model"], folder, meta.get("trigger_word"))
+        return Loaded(on_device(pipe, spec), spec, meta["base_model"], folder, meta.get("trigger_word"), meta)
     if (Path(run_or_model) / ADAPTER_FILE).is_file() and (Path(run_or_model).parent / META_FILE).is_file():
         return _checkpoint(Path(run_or_model), dtype)
     spec = find_image_spec(run_or_model)
     if spec is None:
         raise UserError(f"{run_or_model!r} is neither a picture run (mmtune.json of kind image-generation) nor an "
                         "image-generation model (`mmtune models`)")
-    return Loaded(on_device(load_pipeline(run_or_model, dtype), spec), spec, run_or_model, None)
+    return Loaded(on_device(load_pipeline(run_or_model, dtype), spec), spec, run_or_model, None,
+                  (meta or {}).get("trigger_word"), meta)
 
 
 def on_device(pipe, spec: ImageGenSpec):
@@ -95,7 +106,7 @@ def _checkpoint(folder: Path, dtype: torch.dtype) -> Loaded:
     pipe = load_pipeline(meta.get("base_model_path") or meta["base_model"], dtype)
     load_lora(pipe, folder)
     spec = find_image_spec(meta["base_model"])
-    return Loaded(on_device(pipe, spec), spec, meta["base_model"], folder, meta.get("trigger_word"))
+    return Loaded(on_device(pipe, spec), spec, meta["base_model"], folder, meta.get("trigger_word"), meta)
 
 
 def sample_pipeline(pipe, dev: torch.device):
@@ -116,7 +127,7 @@ def generate(loaded: Loaded, prompt: str, *, steps: int | None = None, guidance:
     """`num` pictures for `prompt`; picture i uses seed + i (so one of a batch can be redrawn alone)."""
     spec, pipe = loaded.spec, loaded.pipe
     multiple = vae_scale(pipe) * 2
-    side = spec.default_resolution
+    side = loaded.resolution
     width, height = width or side, height or side
     for name, v in (("width", width), ("height", height)):
         if v < multiple or v % multiple:
@@ -129,7 +140,7 @@ def generate(loaded: Loaded, prompt: str, *, steps: int | None = None, guidance:
         images += pipe(prompt, num_inference_steps=steps or spec.default_steps,
                        guidance_scale=spec.default_guidance if guidance is None else guidance,
                        width=width, height=height, generator=torch.Generator().manual_seed(seed + i),
-                       max_sequence_length=max_sequence_length or spec.max_sequence_length).images
+                       max_sequence_length=max_sequence_length or loaded.max_sequence_length).images
     return images
 
 
@@ -167,7 +178,8 @@ def merge_picture_run(run: str, out: str | None = None, overwrite: bool = False,
     pipe.save_pretrained(target)
     info = {"mmtune_version": __version__, "kind": IMAGE_KIND, "base_model": meta["base_model"],
             "base_model_path": str(target.resolve()), "merged_from": str(Path(run).resolve()), "adapter": False,
-            "trigger_word": meta.get("trigger_word"), "complete": True}
+            "trigger_word": meta.get("trigger_word"), "resolution": meta.get("resolution"),
+            "max_sequence_length": meta.get("max_sequence_length"), "complete": True}
     (target / META_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return target
 

@@ -40,7 +40,7 @@ def t5_tokenizer():
 
 
 def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, vae_blocks: int = 1, latent_channels: int = 4,
-                       layers: int = 1, single_layers: int = 1, heads: int = 2):
+                       layers: int = 1, single_layers: int = 1, heads: int = 2, vae_channels: int = 8):
     """A FluxPipeline with random weights (defaults: about 0.1 M parameters).
 
     `vae_blocks` sets the VAE's down-sampling (2 ** (vae_blocks - 1)); with the transformer's 2x2
@@ -67,7 +67,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, vae_blocks: 
         relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
     ))
     vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8,) * vae_blocks,
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(vae_channels,) * vae_blocks,
         down_block_types=("DownEncoderBlock2D",) * vae_blocks, up_block_types=("UpDecoderBlock2D",) * vae_blocks,
         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,

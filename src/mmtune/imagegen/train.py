@@ -157,7 +157,7 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
     transformer.eval()
     save_adapter(transformer, out)
     write_samples(out / SAMPLES, pipe, cache, cfg, dev, dtype)
-    write_meta(out, cfg, source, resolution)
+    write_meta(out, cfg, source, resolution, max_seq)
     plot_loss(history, out / PLOT_FILE)
     summary = {
         "kind": IMAGE_KIND, "model": cfg.model, "method": "lora", "output": str(out),
@@ -502,11 +502,11 @@ def write_samples(folder: Path, pipe, cache: Cache, cfg: PictureConfig, dev: tor
     pipe.vae.to("cpu")
 
 
-def write_meta(out: Path, cfg: PictureConfig, source: str, resolution: int) -> None:
+def write_meta(out: Path, cfg: PictureConfig, source: str, resolution: int, max_sequence_length: int) -> None:
     meta = {
         "mmtune_version": __version__, "kind": IMAGE_KIND, "base_model": cfg.model, "base_model_path": source,
         "method": "lora", "adapter": True, "adapter_file": ADAPTER_FILE, "trigger_word": cfg.trigger_word,
-        "resolution": resolution, "complete": True,
+        "resolution": resolution, "max_sequence_length": max_sequence_length, "complete": True,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

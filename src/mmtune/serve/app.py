@@ -428,13 +428,18 @@ def models_router() -> APIRouter:
     def card(name: str) -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "mmtune"}
 
+    def pictures(request: Request) -> list[str]:  # image-generation models (serve/images.py)
+        pool = getattr(request.app.state, "image_pool", None)
+        return pool.names if pool is not None else []
+
     @router.get("/models")
     async def list_models(request: Request):
-        return {"object": "list", "data": [card(n) for n in request.app.state.pool.names]}
+        return {"object": "list", "data": [card(n) for n in [*request.app.state.pool.names, *pictures(request)]]}
 
     @router.get("/models/{name:path}")
     async def get_model(name: str, request: Request):
-        await _engine(request, name)
+        if name not in pictures(request):
+            await _engine(request, name)
         return card(name)
 
     return router
