@@ -142,3 +142,6 @@ def preflight(cfg: TrainConfig) -> None:
         check_input_folder(cfg.media_root, "--media-root")
     require_kind(cfg.data + cfg.val_data, cfg.stage, ReadOptions(media_root=cfg.media_root))
     check_model(cfg.model)
+    from mmtune.train.tracking import check_trackers
+
+    check_trackers(cfg.report_to)  # a tracker that is not installed: before any model loads

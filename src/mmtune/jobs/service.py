@@ -496,7 +496,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "result_files": row["result_files"] or [],
         "seed": row["seed"],
         "trained_tokens": row["trained_tokens"],
-        "integrations": [],
+        "integrations": params.get("integrations", []),
         "metadata": row["metadata"],
         # mmtune's own fields
         "estimated_cost": row["estimated_cost"],

@@ -54,8 +54,21 @@ def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path
         "max_length": own["max_length"], "lora_rank": own["lora_rank"], "lora_alpha": own["lora_alpha"],
         "lora_dropout": own["lora_dropout"], "seed": job["seed"], "logging_steps": own["logging_steps"],
         "save_steps": own["save_steps"],
+        **tracking_values(job),
     }
     return TrainConfig.from_dict(values, f"job {job['id']}")
+
+
+def tracking_values(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's W&B integration as `mmtune train` settings: the run named after the job unless the
+    integration names it, tagged as OpenAI tags its runs (with mmtune's names)."""
+    for item in job["params"].get("integrations", []):
+        w = item["wandb"]
+        return {"report_to": ["wandb"], "tracker_project": w["project"], "run_name": w.get("name") or job["id"],
+                "tracker_entity": w.get("entity"),
+                "tracker_tags": ["mmtune/finetune", f"mmtune/{model_base_name(job['model'])}", f"mmtune/{job['id']}",
+                                 *w.get("tags", [])]}
+    return {}
 
 
 def estimate_total_steps(job: dict[str, Any], rows: int) -> int:

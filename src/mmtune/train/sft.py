@@ -62,6 +62,13 @@ from mmtune.train.sft_vision import (
     vision_collator,
 )
 from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_flops, model_flops
+from mmtune.train.tracking import (
+    check_trackers,
+    finish_trackers,
+    output_entries,
+    tracker_env,
+    trainer_arguments,
+)
 
 META_FILE = "mmtune.json"
 SUMMARY_FILE = "summary.json"
@@ -84,6 +91,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
 
     # ---- setup
     check_quantization_available(cfg.quantization)  # QLoRA without CUDA fails here, before any loading
+    check_trackers(cfg.report_to)  # --report-to wandb without wandb installed: here, before any loading
     out = Path(cfg.output)
     resume_from = check_output(out, overwrite=cfg.overwrite, resume=cfg.resume)  # nothing is written yet
     check_data_files(cfg)
@@ -126,6 +134,8 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
         if dist.is_main_process:
             discard_failed(out, created)  # nothing trained yet: no folder (or files) of ours left behind
         raise
+    finally:
+        finish_trackers(cfg.report_to)
     summary = make_summary(cfg, trainer, result.metrics, recorder, data, (trainable, total), resume_from)
     if parts is not None:
         summary["trainable_by_part"] = {p: {"trainable": t, "total": n} for p, (t, n) in parts.items()}
@@ -164,7 +174,8 @@ def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None, ext
     if is_main:
         if resume_from is None and cfg.overwrite and out.is_dir():
             clear_run(out)
-        open_output(out, [*RUN_FILES, *extra, *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
+        open_output(out, [*RUN_FILES, *output_entries(cfg.report_to), *extra,
+                          *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
@@ -407,7 +418,11 @@ class SaveMeta(TrainerCallback):
 
 
 def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> TrainingArguments:
-    """The Trainer's arguments, all derived from the config (nothing else reaches the Trainer)."""
+    """The Trainer's arguments, all derived from the config (nothing else reaches the Trainer).
+    With --report-to, the trackers' variables are set here too (their callbacks read them when the
+    Trainer makes them): their files go to the output folder (train/tracking.py)."""
+    tracker_env(cfg.report_to, cfg.output, cfg.run_name, cfg.tracker_project, cfg.tracker_tags,
+                entity=cfg.tracker_entity)
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     eval_strategy = cfg.eval_strategy if has_eval else "no"
@@ -443,7 +458,7 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
         include_num_input_tokens_seen="non_padding",
         # vision models: a batch without media leaves the vision parts unused
         ddp_find_unused_parameters=True if cfg.train_vision is not None else False if cfg.uses_lora else None,
-        report_to="none",
+        **trainer_arguments(cfg.report_to, cfg.run_name, cfg.tracker_project),
         disable_tqdm=True,
         log_level="warning",
     )
