@@ -61,9 +61,10 @@ def wants_launch(args: argparse.Namespace) -> bool:
     return any(hasattr(args, name) for name in LAUNCH_FLAGS) and "LOCAL_RANK" not in os.environ
 
 
-def torchrun_command(args: argparse.Namespace, argv: list[str]) -> list[str]:
-    """The torchrun command line for these launch flags; `argv` is the train command's own flags
-    (launch flags are dropped from it). Raises UserError for flags that contradict each other."""
+def torchrun_command(args: argparse.Namespace, argv: list[str], command: str = "train") -> list[str]:
+    """The torchrun command line for these launch flags; `argv` is `mmtune <command>`'s own flags
+    (launch flags are dropped from it). Raises UserError for flags that contradict each other, a
+    --master-addr that does not resolve, or (on node 0) a --master-port already in use."""
     from mmtune.errors import UserError
 
     nproc = str(getattr(args, "nproc_per_node", "1"))
@@ -75,10 +76,34 @@ def torchrun_command(args: argparse.Namespace, argv: list[str]) -> list[str]:
     if nnodes > 1 and not hasattr(args, "master_addr"):
         raise UserError("--nnodes > 1 needs --master-addr HOST: the address of node 0 (--node-rank 0) that every "
                         "machine can reach, the same on every machine")
+    addr, port = getattr(args, "master_addr", "127.0.0.1"), getattr(args, "master_port", DEFAULT_PORT)
+    check_rendezvous(addr, port, rank)
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc, "--nnodes", str(nnodes),
-            "--node-rank", str(rank), "--master-addr", getattr(args, "master_addr", "127.0.0.1"),
-            "--master-port", str(getattr(args, "master_port", DEFAULT_PORT)),
-            "-m", "mmtune.cli", "train", *strip_launch_flags(argv)]
+            "--node-rank", str(rank), "--master-addr", addr, "--master-port", str(port),
+            "-m", "mmtune.cli", command, *strip_launch_flags(argv)]
+
+
+def check_rendezvous(addr: str, port: int, node_rank: int) -> None:
+    """What makes a multi-machine start hang or fail with an obscure message, checked first: the master
+    address must resolve, and on node 0 (which listens on it) the port must be free."""
+    import socket
+
+    from mmtune.errors import UserError
+
+    try:
+        socket.getaddrinfo(addr, port)
+    except socket.gaierror as e:
+        raise UserError(f"--master-addr {addr!r} does not resolve on this machine ({e.strerror}): give node 0's IP "
+                        "address or a host name every machine can resolve") from None
+    if node_rank == 0:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", port))
+            except OSError:
+                raise UserError(f"--master-port {port} is already in use on this machine (node 0 listens on it): "
+                                "choose another free port, the same on every machine (or stop what holds it: "
+                                f"`ss -ltnp | grep {port}`)") from None
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:
