@@ -39,21 +39,57 @@ def losses(folder: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-@pytest.mark.slow
-def test_two_nodes_match_one_process_and_resume_on_one(tiny_llama, repeated_data, tmp_path):
-    reference = tmp_path / "one"
-    run_sft(resolve_config(settings(tiny_llama, repeated_data, reference)))
-    ref = losses(reference)
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+       "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama, tmp_path_factory):
+    """One process, batch 4, 4 steps: the losses the distributed runs must reach."""
+    folder = tmp_path_factory.mktemp("one")
+    data = folder / "train.jsonl"
+    pairs = [("What is your name?", "My name is Mochi."), ("Where is the bakery?", "At 17 Qiushi Lane."),
+             ("When do you open?", "At 7 am, every day."), ("Who founded it?", "Lin Yue, in 2019.")] * 4
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in pairs))
+    run_sft(resolve_config(settings(tiny_llama, data, folder / "run")))
+    return data, losses(folder / "run")
+
+
+@pytest.mark.slow
+def test_fsdp2_on_cpu_matches_one_process(tiny_llama, reference, tmp_path):
+    """accelerate launch with the shipped FSDP2 config (use_cpu: gloo), 2 processes x 2 rows."""
+    data, ref = reference
+    config = (ROOT / "examples" / "accelerate" / "fsdp.yaml").read_text().replace("use_cpu: false", "use_cpu: true")
+    (tmp_path / "fsdp_cpu.yaml").write_text(config)
+    out = tmp_path / "fsdp"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(tmp_path / "fsdp_cpu.yaml"),
+                           "--main_process_port", str(free_port()), "-m", "mmtune.cli", "train",
+                           *flags(settings(tiny_llama, data, out, batch_size=2, max_steps=2))],
+                          env=ENV, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = losses(out)
+    assert sorted(got) == [1, 2] and [got[1], got[2]] == pytest.approx([ref[1], ref[2]], rel=1e-4)
+    assert (out / "adapter_model.safetensors").is_file()  # gathered into one ordinary adapter on save
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_process_and_resume_on_one(tiny_llama, reference, tmp_path):
+    repeated_data, ref = reference
+    port = free_port()
     two = tmp_path / "two"
     # 2 machines x 1 process x 2 rows = the reference's global batch of 4; stop at step 2 with a checkpoint
     train = flags(settings(tiny_llama, repeated_data, two, batch_size=2, max_steps=2, save_strategy="steps",
                            save_steps=2))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = ENV
     nodes = [subprocess.Popen([sys.executable, "-m", "mmtune.cli", "train", *train, "--nproc-per-node", "1",
                                "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
                                "--master-port", str(port)], env=env, stdout=subprocess.DEVNULL,
