@@ -89,7 +89,16 @@ def mmtune_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
         "max_steps": _int(1, 1_000_000),
         "save_steps": _int(1, 1_000_000),
         "logging_steps": _int(1, 100_000),
+        "gpus": _int(0, 1024),  # GPUs the job's run takes (more than 1: one process each, on one machine)
+        "nodes": _one_node,
     }
+
+
+def _one_node(v: Any) -> str | None:
+    if v != 1 or isinstance(v, bool):
+        return ("must be 1: a job trains on one machine (its gpus there); for several machines run `mmtune train "
+                "--nnodes` yourself (README \"Scale out\")")
+    return None
 
 
 def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | None],
@@ -153,6 +162,7 @@ def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> 
         "max_steps": settings.get("max_steps"),
         "save_steps": settings.get("save_steps", 50),
         "logging_steps": settings.get("logging_steps", 1),
+        **({"gpus": settings["gpus"]} if settings.get("gpus") else {}),
     }
     return {
         "hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
