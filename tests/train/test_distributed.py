@@ -79,6 +79,7 @@ def test_fsdp2_on_cpu_matches_one_process(tiny_llama, reference, tmp_path):
     got = losses(out)
     assert sorted(got) == [1, 2] and [got[1], got[2]] == pytest.approx([ref[1], ref[2]], rel=1e-4)
     assert (out / "adapter_model.safetensors").is_file()  # gathered into one ordinary adapter on save
+    assert json.loads((out / "summary.json").read_text())["loss_path"] == "chunked"  # head-only + chunked
 
 
 @pytest.mark.slow
@@ -102,7 +103,7 @@ def test_two_nodes_match_one_process_and_resume_on_one(tiny_llama, reference, tm
     assert sorted(got) == [1, 2]  # logged once, by rank 0
     assert [got[1], got[2]] == pytest.approx([ref[1], ref[2]], rel=1e-4)
     summary = json.loads((two / "summary.json").read_text())
-    assert summary["steps"] == 2
+    assert summary["steps"] == 2 and summary["loss_path"] == "chunked"  # head-only chunked loss under DDP
     ckpts = sorted(p.name for p in two.glob("checkpoint-*"))
     assert ckpts == ["checkpoint-2"]  # written once: one folder, one set of weights
     assert len(list((two / "checkpoint-2").glob("adapter_model.safetensors"))) == 1

@@ -11,11 +11,9 @@ instead of a training run that hangs.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import sys
 from typing import Any
 
@@ -61,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def machine_report() -> dict[str, Any]:
+    import platform
+
     import torch
 
     problems: list[dict[str, str]] = []
@@ -213,6 +213,8 @@ def _problem(severity: str, problem: str, fix: str) -> dict[str, str]:
 
 
 def _version(name: str) -> str | None:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

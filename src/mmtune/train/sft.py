@@ -286,6 +286,7 @@ class MMTuneTrainer(Trainer):
     supervised_only: bool = True  # head + loss only where the next token is trained (compute_loss)
     _attn_pairs: int = 0  # (query, key) pairs attended this session, for the FLOP count
     chunked_loss: bool = True  # output layer + loss chunk by chunk (train/chunked_loss.py) where exact
+    loss_path: str | None = None  # how the last training loss was computed: chunked | kept-logits | full-logits
     loss_chunk: int = CHUNK
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -319,6 +320,7 @@ class MMTuneTrainer(Trainer):
         batch: the same value, scaling and gradients as the model's own loss.
         """
         if not self.supervised_only or "labels" not in inputs:
+            self.loss_path = "full-logits"
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]  # the token position j predicts
@@ -328,12 +330,15 @@ class MMTuneTrainer(Trainer):
         if head is not None:  # the head's matmul and the loss in chunks: no [targets x vocabulary] tensor
             with HiddenHead(head):
                 outputs = model(**inputs, logits_to_keep=keep)
-            loss = linear_cross_entropy(_kept(outputs.logits, keep), head.weight, chosen, self.loss_chunk)
+            loss = linear_cross_entropy(_kept(outputs.logits, keep), full_weight(head.weight), chosen,
+                                        self.loss_chunk)
+            self.loss_path = "chunked"
         else:
             outputs = model(**inputs, logits_to_keep=keep)
             logits = _kept(outputs.logits, keep).float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
                                                      ignore_index=IGNORE_INDEX, reduction="sum")
+            self.loss_path = "kept-logits"
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             loss = loss / (chosen != IGNORE_INDEX).sum().clamp(min=1)
         else:  # as the Trainer treats a model's own loss given num_items_in_batch
@@ -362,9 +367,11 @@ class MMTuneTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def _plain_head(self, model):
-        """The output layer for the chunked loss, or None: a sharded model (FSDP, DeepSpeed) or logits that
-        are more than `hidden @ head.weight.T` keep the model's own head."""
-        if not self.chunked_loss or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        """The output layer for the chunked loss, or None: DeepSpeed and FSDP1 (their flattened parameters)
+        or logits that are more than `hidden @ head.weight.T` keep the model's own head. FSDP2 takes the
+        chunked loss: its head weight is gathered whole for it (`full_weight`)."""
+        if not self.chunked_loss or self.is_deepspeed_enabled or (self.is_fsdp_enabled and not
+                                                                   getattr(self.accelerator, "is_fsdp2", False)):
             return None
         return plain_head(self.accelerator.unwrap_model(model))
 
@@ -539,6 +546,7 @@ def make_summary(cfg: TrainConfig, trainer: MMTuneTrainer, metrics: dict[str, An
         "trainable_params": params[0],
         "total_params": params[1],
         "resumed_from": Path(resume_from).name if resume_from else None,
+        "loss_path": trainer.loss_path,  # chunked head + loss | logits at trained positions | all logits
         "data": data.stats.to_dict(),
     }
 
@@ -567,6 +575,14 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def full_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The whole weight: an FSDP2-sharded one (a DTensor outside its module's forward) is gathered, in a way
+    autograd follows (its gradient is reduce-scattered back to the shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
 
 
 def _kept(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
