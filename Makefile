@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Test-only extras: llama-cpp-python (the GGUF tests load exports in llama.cpp itself). It builds
 # llama.cpp from source once (~10 min on 2 cores); the stamp keeps it in the venv, pip's wheel
-# cache makes a rebuilt venv fast. `make demo` does not need it.
+# cache makes a rebuilt venv fast. `make demo` does not need it. tracking + cluster: TensorBoard, W&B and Ray,
+# which the tracking and Ray-executor tests drive for real.
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[gguf]"
+	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster]"
 	touch $(TEST_STAMP)
 
 demo: install

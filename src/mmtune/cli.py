@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "verify",
     "jobs",
+    "doctor",
 )
 
 EPILOG = """\
@@ -80,6 +81,7 @@ def _add_debug(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # the launcher re-runs them under torchrun
     args.debug = args.debug or os.environ.get("MMTUNE_DEBUG", "") not in ("", "0")
     if not getattr(args, "func", None):
         # a group without its sub-command (`mmtune data`) prints that group's help

@@ -46,6 +46,7 @@ STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr")
 ALL_LINEAR = "all-linear"
+TRACKERS = ("tensorboard", "wandb", "mlflow", "swanlab", "trackio")  # --report-to (the Trainer's integrations)
 
 # Presets set only these fields; the dataclass defaults equal the "standard" preset.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -168,6 +169,18 @@ class TrainConfig:
     save_steps: int = _opt(200, "with --save-strategy steps: every this many optimizer steps")
     save_total_limit: int | None = _opt(2, "keep at most this many checkpoints (oldest removed); none = keep all")
     logging_steps: int = _opt(10, "log loss, learning rate and tokens/s every this many steps")
+    report_to: list[str] = _opt([], "also send the logged metrics to these trackers, through the Trainer's own "
+                                "integrations (several at once): " + ", ".join(TRACKERS) + "; TensorBoard "
+                                "writes OUTPUT/tensorboard/, W&B OUTPUT/wandb/ (WANDB_MODE=offline works), MLflow "
+                                "OUTPUT/mlruns/ unless MLFLOW_TRACKING_URI is set", metavar="TRACKER",
+                                default_text="none: metrics.jsonl and loss.png only")
+    run_name: str | None = _opt(None, "the run's name in the trackers", metavar="NAME",
+                                default_text="the tracker's own")
+    tracker_project: str | None = _opt(None, "the trackers' project (W&B project, MLflow experiment, SwanLab "
+                                       "or Trackio project)", metavar="NAME", default_text="the tracker's own")
+    tracker_tags: list[str] = _opt([], "tags for the run in W&B and MLflow", metavar="TAG", default_text="none")
+    tracker_entity: str | None = _opt(None, "W&B entity (team or user) the run belongs to", metavar="NAME",
+                                      default_text="the API key's default entity")
     resume: bool = _opt(False, "continue from the last checkpoint-*/ in --output (optimizer, schedule, data "
                         "position)")
     skip_bad_rows: bool = _opt(False, "train without the rows that have errors (they are counted and listed) "
@@ -309,6 +322,11 @@ def _problems(c: TrainConfig) -> list[str | None]:
         need(c.save_total_limit is None or c.save_total_limit >= 1,
              f"save_total_limit must be >= 1 or unset (got {c.save_total_limit})"),
         need(c.logging_steps >= 1, f"logging_steps must be >= 1 (got {c.logging_steps})"),
+        need(all(t in TRACKERS for t in c.report_to), f"report_to: unknown tracker(s) "
+             f"{', '.join(t for t in c.report_to if t not in TRACKERS)}: choose from {', '.join(TRACKERS)}"),
+        need(len(set(c.report_to)) == len(c.report_to), "report_to: a tracker is named twice: name each once"),
+        need(bool(c.report_to) or not (c.run_name or c.tracker_project or c.tracker_tags or c.tracker_entity),
+             "run_name, tracker_project, tracker_tags and tracker_entity apply to trackers: add --report-to TRACKER or drop them"),
         need(c.num_workers >= 0, f"num_workers must be >= 0 (got {c.num_workers})"),
         need(not (c.resume and c.overwrite), "resume and overwrite contradict each other: choose one"),
         *media_size_problems(c.max_pixels, c.min_pixels, c.video_fps, c.video_frames),

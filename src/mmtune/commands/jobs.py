@@ -354,6 +354,13 @@ def add_service_arguments(s: argparse.ArgumentParser) -> None:
         help="a job's `model` may be a Hugging Face hub id (org/name), which its training run downloads "
         "(default: off)",
     )
+    s.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where jobs train: local (subprocesses on this machine) or ray (actors on a Ray cluster's "
+                   "nodes; --data-dir on storage they share; pip install -e '.[cluster]') (default: local)")
+    s.add_argument("--ray-address", default="auto", metavar="ADDR",
+                   help="with --executor ray: the cluster (default: auto, the one `ray start` joined here)")
+    s.add_argument("--ray-resource", action="append", default=[], metavar="NAME=N",
+                   help="with --executor ray: a custom Ray resource each job reserves (repeatable; default: none)")
 
 
 def make_service(args: argparse.Namespace):
@@ -373,8 +380,23 @@ def make_service(args: argparse.Namespace):
         limits=Limits(max_length=args.max_length_limit),
         model_roots=tuple(roots),
         allow_hub_models=args.allow_hub_models,
+        executor=args.executor,
+        ray=ray_settings(args),
     )
     return JobService(args.data_dir, settings)
+
+
+def ray_settings(args: argparse.Namespace):
+    from mmtune.jobs.executor import RaySettings
+
+    resources = {}
+    for item in args.ray_resource:
+        name, _, value = item.partition("=")
+        try:
+            resources[name] = float(value or 1)
+        except ValueError:
+            raise UserError(f"--ray-resource {item!r}: give NAME=N, like slot=1") from None
+    return RaySettings(address=args.ray_address, resources=resources)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -38,6 +38,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=1, help="per-device batch size for the memory estimate"
     )
+    gpus = parser.add_argument_group("several GPUs: the memory each GPU holds, and the launch that fits")
+    gpus.add_argument("--gpus", type=int, metavar="N", help="GPUs in all (default: one GPU, no sharding)")
+    shard = gpus.add_mutually_exclusive_group()
+    shard.add_argument("--zero", type=int, choices=(2, 3), help="DeepSpeed ZeRO stage: 2 shards gradients and "
+                       "optimizer states, 3 the weights too (default: none, plain DDP)")
+    shard.add_argument("--fsdp", action="store_true", help="PyTorch FSDP2 (full shard, like ZeRO-3)")
+    gpus.add_argument("--offload", action="store_true", help="with --zero 3: weights and optimizer in CPU memory")
+    gpus.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB",
+                      help="memory of one GPU, to say what fits (default: 80)")
+    gpus.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
+                      help="GPUs per machine, for the launch commands (default: 8)")
 
 
 def _memory(spec, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -46,6 +57,33 @@ def _memory(spec, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if args.seq_len < 1 or args.batch_size < 1:
         raise UserError("--seq-len and --batch-size must be at least 1")
     return {m: estimate_memory(spec, m, args.seq_len, args.batch_size) for m in METHODS}
+
+
+def strategy(args: argparse.Namespace) -> str:
+    """The launch strategy the flags name (ddp without --zero/--fsdp)."""
+    if getattr(args, "offload", False) and getattr(args, "zero", None) != 3:
+        raise UserError("--offload goes with --zero 3 (ZeRO-3 with CPU offload): add --zero 3 or drop --offload")
+    if getattr(args, "fsdp", False):
+        return "fsdp"
+    zero = getattr(args, "zero", None)
+    return "ddp" if zero is None else "zero2" if zero == 2 else "zero3-offload" if args.offload else "zero3"
+
+
+def _per_gpu(spec, memory: dict[str, dict[str, float]], args: argparse.Namespace) -> dict | None:
+    """With --gpus: what each GPU holds under the chosen launch, whether it fits, and the least sharding
+    (and its command) that fits each method on these GPUs."""
+    if getattr(args, "gpus", None) is None:
+        return None
+    from mmtune.models.memory import launch_command, least_sharding, per_gpu_memory
+
+    if args.gpus < 1 or args.gpu_memory <= 0 or args.gpus_per_node < 1:
+        raise UserError("--gpus, --gpu-memory and --gpus-per-node must be positive")
+    chosen = strategy(args)
+    per = {m: per_gpu_memory(spec, parts, args.gpus, chosen) for m, parts in memory.items()}
+    least = {m: least_sharding(spec, parts, args.gpus, args.gpu_memory) for m, parts in memory.items()}
+    return {"gpus": args.gpus, "strategy": chosen, "gpu_memory_gib": args.gpu_memory, "memory_gib": per,
+            "fits": {m: v <= args.gpu_memory for m, v in per.items()}, "least_sharding": least,
+            "launch": {m: launch_command(s, args.gpus, args.gpus_per_node) if s else None for m, s in least.items()}}
 
 
 def accepts(spec) -> dict | None:
@@ -63,6 +101,9 @@ def _images_text(spec) -> str:
 
 def _entry(spec, args: argparse.Namespace) -> dict:
     out = {**spec.to_dict(), "memory_gib": _memory(spec, args)}
+    per_gpu = _per_gpu(spec, out["memory_gib"], args)
+    if per_gpu is not None:
+        out["per_gpu"] = per_gpu
     if spec.kind == "vision":
         out["accepts"] = accepts(spec)
     return out
@@ -122,7 +163,24 @@ def _image_table(entries: list[dict]):
 
 
 def _memory_cells(e: dict) -> list[str]:
-    return [f"{e['memory_gib'][m]['total']:.1f}" for m in ("full", "lora", "qlora")]
+    per = e.get("per_gpu")
+    if per is None:
+        return [f"{e['memory_gib'][m]['total']:.1f}" for m in ("full", "lora", "qlora")]
+    cells = [f"{per['memory_gib'][m]:.1f}" + ("" if per["fits"][m] else " ✗") for m in ("full", "lora", "qlora")]
+    least = per["least_sharding"]
+    return [*cells, f"{least['full'] or 'more GPUs'} / {least['lora'] or 'more GPUs'}"]
+
+
+def _memory_title(args: argparse.Namespace) -> str:
+    if getattr(args, "gpus", None) is None:
+        return ""
+    return (f"; per GPU, {args.gpus} GPUs under {strategy(args)}, ✗ = over {args.gpu_memory:g} GiB; "
+            "'fits with' = the least sharding that fits full / LoRA")
+
+
+def _memory_columns(table, args: argparse.Namespace) -> None:
+    if getattr(args, "gpus", None) is not None:
+        table.add_column("fits with (full / LoRA)")
 
 
 def _console():
@@ -141,11 +199,12 @@ def _text_table(entries: list[dict], args: argparse.Namespace, default: str):
     from rich.table import Table
 
     table = Table(
-        title=f"mmtune models (GiB at seq len {args.seq_len}, batch {args.batch_size})",
+        title=f"mmtune models (GiB at seq len {args.seq_len}, batch {args.batch_size}{_memory_title(args)})",
         caption=MEMORY_HELP + "; LoRA targets are *_proj modules; * = default model",
     )
     for col in ("name", "family", "kind", "params", "hub path", "LoRA targets", "full", "LoRA", "QLoRA"):
         table.add_column(col, justify="right" if col in ("params", "full", "LoRA", "QLoRA") else "left")
+    _memory_columns(table, args)
     for e in entries:
         name = e["name"] + (" *" if e["name"] == default else "")
         table.add_row(name, e["family"], e["kind"], f"{e['params_b']:g}B", e["hf_path"],
@@ -160,13 +219,14 @@ def _vision_table(entries: list[dict], args: argparse.Namespace):
 
     table = Table(
         title=f"vision-language models (GiB at seq len {args.seq_len}, batch {args.batch_size}; "
-        "media tokens count in the sequence)",
+        f"media tokens count in the sequence{_memory_title(args)})",
         caption="images: per conversation; trains by default: LoRA on the language model, the projector in full, "
         "the vision tower as the 'tower' column says, each family's usual recipe (see `mmtune train --help`: "
         "--train-vision, --train-projector)",
     )
     for col in ("name", "family", "params", "vision", "hub path", "images", "video", "tower", "full", "LoRA", "QLoRA"):
         table.add_column(col, justify="right" if col in ("params", "vision", "full", "LoRA", "QLoRA") else "left")
+    _memory_columns(table, args)
     from mmtune.models.memory import vision_params
 
     for e in entries:
@@ -209,6 +269,15 @@ def run_show(args: argparse.Namespace) -> int:
     for method, parts in entry["memory_gib"].items():
         detail = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
         table.add_row(f"memory {method} (GiB)", f"{parts['total']:.2f}  ({detail})")
+    per = entry.get("per_gpu")
+    for method in (per or {}).get("memory_gib", {}):
+        table.add_row(f"{method} per GPU, {per['gpus']} x {per['strategy']}",
+                      f"{per['memory_gib'][method]:.2f} GiB ({'fits' if per['fits'][method] else 'does not fit'} "
+                      f"{per['gpu_memory_gib']:g} GiB)")
+        launch = per["launch"][method]
+        table.add_row(f"{method} launch", f"{per['least_sharding'][method]}: {launch}" if launch else
+                      f"does not fit {per['gpus']} x {per['gpu_memory_gib']:g} GiB under any sharding: more GPUs, "
+                      "a shorter --seq-len, or another method")
     _console().print(table)
     return 0
 

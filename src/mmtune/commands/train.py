@@ -8,6 +8,7 @@ transformers are imported inside `run`, so `mmtune --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
 from typing import Any
 
@@ -20,6 +21,9 @@ examples:
   mmtune train --data examples/data/persona.jsonl --output runs/persona --max-steps 60
   mmtune train --config examples/configs/lora.yaml --learning-rate 2e-4
   mmtune train --config my.yaml --resume            continue an interrupted run
+  mmtune train --config my.yaml --nproc-per-node 8     all 8 GPUs of this machine (torchrun, DDP)
+  mmtune train --config my.yaml --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1
+                                                    2 machines: the same command on the other with --node-rank 1
   accelerate launch --config_file examples/accelerate/zero2.yaml -m mmtune.cli train --config my.yaml
   mmtune train --print-config > my.yaml             a commented config to start from
 
@@ -59,7 +63,10 @@ def add_parser(subparsers) -> None:
         help="print the resolved config as commented YAML and exit (default: off)",
     )
     add_config_arguments(p)
+    from mmtune.commands.launch import add_launch_arguments
     from mmtune.imagegen.config import add_picture_arguments
+
+    add_launch_arguments(p)  # --nproc-per-node, --nnodes, ...: runs torchrun (commands/launch.py)
 
     add_picture_arguments(p)  # image-generation models (FLUX LoRA): their own flag group
     p.set_defaults(func=run, _parser=p)
@@ -115,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(with_help=True), end="")
         return 0
     preflight(cfg)
+    from mmtune.commands.launch import exec_torchrun, torchrun_command, wants_launch
+
+    if wants_launch(args):  # checked once here, then every process runs this same command under torchrun
+        argv = getattr(args, "_argv", None) or sys.argv[1:]
+        argv = argv[argv.index("train") + 1:] if "train" in argv else argv
+        exec_torchrun(torchrun_command(args, argv + (["--debug"] if args.debug and "--debug" not in argv else [])))
     if cfg.stage in ("dpo", "simpo", "orpo", "kto"):
         from mmtune.train.preference import run_preference
 
@@ -142,3 +155,6 @@ def preflight(cfg: TrainConfig) -> None:
         check_input_folder(cfg.media_root, "--media-root")
     require_kind(cfg.data + cfg.val_data, cfg.stage, ReadOptions(media_root=cfg.media_root))
     check_model(cfg.model)
+    from mmtune.train.tracking import check_trackers
+
+    check_trackers(cfg.report_to)  # a tracker that is not installed: before any model loads

@@ -13,6 +13,7 @@ The result is plain data: the job row's `params` and the `TrainConfig` values of
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -88,7 +89,16 @@ def mmtune_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
         "max_steps": _int(1, 1_000_000),
         "save_steps": _int(1, 1_000_000),
         "logging_steps": _int(1, 100_000),
+        "gpus": _int(0, 1024),  # GPUs the job's run takes (more than 1: one process each, on one machine)
+        "nodes": _one_node,
     }
+
+
+def _one_node(v: Any) -> str | None:
+    if v != 1 or isinstance(v, bool):
+        return ("must be 1: a job trains on one machine (its gpus there); for several machines run `mmtune train "
+                "--nnodes` yourself (README \"Scale out\")")
+    return None
 
 
 def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | None],
@@ -96,7 +106,7 @@ def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | 
     """The job row for a create request, or APIError(400/404) naming the field at fault."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_request")
-    check_integrations(body)
+    integrations = check_integrations(body)
     extras = {k: v for k, v in body.items() if k not in TOP_LEVEL}
     method = body.get("method")
     if method is not None and not isinstance(method, dict):
@@ -121,7 +131,8 @@ def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | 
         "suffix": _suffix(body.get("suffix")),
         "seed": _seed(body.get("seed")),
         "metadata": _metadata(body.get("metadata")),
-        "params": resolve(openai_hyper, settings, limits),
+        "params": {**resolve(openai_hyper, settings, limits),
+                   **({"integrations": integrations} if integrations else {})},
     }
 
 
@@ -151,6 +162,7 @@ def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> 
         "max_steps": settings.get("max_steps"),
         "save_steps": settings.get("save_steps", 50),
         "logging_steps": settings.get("logging_steps", 1),
+        **({"gpus": settings["gpus"]} if settings.get("gpus") else {}),
     }
     return {
         "hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
@@ -355,7 +367,46 @@ def _metadata(value: Any) -> dict[str, str] | None:
     return value
 
 
-def check_integrations(body: dict[str, Any]) -> None:
-    if body.get("integrations"):
-        raise bad_request("integrations are not supported by mmtune: leave them out (metrics are in the job's "
-                          "events and its result file)", "integrations", "unsupported")
+def check_integrations(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """OpenAI's `integrations`: a list of `{"type": "wandb", "wandb": {"project", "name", "entity", "tags"}}`
+    (the only type OpenAI defines). The run then logs to W&B through the Trainer's integration."""
+    value = body.get("integrations")
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 1:
+        raise bad_request("integrations must be a list of at most one integration object, like "
+                          '[{"type": "wandb", "wandb": {"project": "my-project"}}]', "integrations")
+    out = []
+    for i, item in enumerate(value):
+        where = f"integrations[{i}]"
+        if not isinstance(item, dict) or item.get("type") != "wandb":
+            raise bad_request(f'{where}.type must be "wandb" (the only integration type)', f"{where}.type")
+        unknown = sorted(set(item) - {"type", "wandb"})
+        if unknown:
+            raise bad_request(f"{where}: unknown field(s) {', '.join(unknown)}: only type and wandb", where)
+        w = item.get("wandb")
+        if not isinstance(w, dict):
+            raise bad_request(f"{where}.wandb must be an object with at least a project", f"{where}.wandb")
+        unknown = sorted(set(w) - {"project", "name", "entity", "tags"})
+        if unknown:
+            raise bad_request(f"{where}.wandb: unknown field(s) {', '.join(unknown)}: project, name, entity, tags",
+                              f"{where}.wandb")
+        if not isinstance(w.get("project"), str) or not 0 < len(w["project"]) <= 128:
+            raise bad_request(f"{where}.wandb.project is required: the W&B project name (1 to 128 characters)",
+                              f"{where}.wandb.project")
+        for key in ("name", "entity"):
+            if w.get(key) is not None and (not isinstance(w[key], str) or not 0 < len(w[key]) <= 128):
+                raise bad_request(f"{where}.wandb.{key} must be a string of 1 to 128 characters",
+                                  f"{where}.wandb.{key}")
+        tags = w.get("tags") or []
+        if not isinstance(tags, list) or len(tags) > 50 or not all(
+                isinstance(t, str) and 0 < len(t) <= 64 and "," not in t for t in tags):
+            raise bad_request(f"{where}.wandb.tags must be a list of at most 50 strings of 1 to 64 characters "
+                              "(no commas)", f"{where}.wandb.tags")
+        if importlib.util.find_spec("wandb") is None:
+            raise bad_request("this server cannot log to W&B: the wandb package is not installed where it runs "
+                              "(`pip install wandb`); or leave integrations out", f"{where}.type",
+                              "integration_unavailable")
+        out.append({"type": "wandb", "wandb": {"project": w["project"], "name": w.get("name"),
+                                               "entity": w.get("entity"), "tags": list(tags)}})
+    return out

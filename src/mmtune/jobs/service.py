@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from mmtune.errors import UserError
 from mmtune.jobs.errors import APIError, bad_request, not_found
+from mmtune.jobs.executor import RaySettings, make_executor
 from mmtune.jobs.layout import Layout, default_data_dir
 from mmtune.jobs.params import Limits, ModelRules, parse_create
 from mmtune.jobs.store import ACTIVE, FINAL, Store, new_id, now, valid_id
@@ -66,6 +67,8 @@ class Settings:
     python: str = sys.executable  # the interpreter that runs `-m mmtune.cli train`
     model_roots: tuple[str, ...] = ()  # folders whose models a job may name by path (--model-root)
     allow_hub_models: bool = False  # whether a job may name a hub id (the training run downloads it)
+    executor: str = "local"  # where runs run: local (subprocesses here) | ray (a Ray cluster: jobs/executor.py)
+    ray: RaySettings = field(default_factory=RaySettings)  # with executor "ray"
 
 
 class JobService:
@@ -81,11 +84,13 @@ class JobService:
         self._threads: list[threading.Thread] = []
         self._hooks: list[SuccessHook] = []
         self._lock_fd: int | None = None
+        self.executor = None
 
     # ================================================================ life cycle
     def start(self) -> JobService:
         """Take the data dir, re-queue jobs cut off by the last stop, start the threads."""
         self.lock()
+        self.executor = make_executor(self.settings.executor, self.settings.ray)  # None: local subprocesses
         self.recover()
         self._spawn("mmtune-jobs-validator", self._validate_loop)
         for i in range(self.settings.concurrency):
@@ -114,6 +119,8 @@ class JobService:
         ids = []
         for job in self.store.jobs_with_status("running"):
             kill_stale(job["pid"], str(self.layout.config(job["id"])))
+            if self.executor is not None:
+                self.executor.clean_stale(job["id"])  # e.g. the job's Ray actor
             ckpt = last_checkpoint(self.layout.output(job["id"]))
             how = (f"resumes from the checkpoint at step {ckpt[0]}" if ckpt else
                    "starts again from the beginning (no checkpoint was written yet)")
@@ -496,7 +503,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "result_files": row["result_files"] or [],
         "seed": row["seed"],
         "trained_tokens": row["trained_tokens"],
-        "integrations": [],
+        "integrations": params.get("integrations", []),
         "metadata": row["metadata"],
         # mmtune's own fields
         "estimated_cost": row["estimated_cost"],

@@ -52,8 +52,21 @@ def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path
         "max_length": own["max_length"], "lora_rank": own["lora_rank"], "lora_alpha": own["lora_alpha"],
         "lora_dropout": own["lora_dropout"], "seed": job["seed"], "logging_steps": own["logging_steps"],
         "save_steps": own["save_steps"],
+        **tracking_values(job),
     }
     return TrainConfig.from_dict(values, f"job {job['id']}")
+
+
+def tracking_values(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's W&B integration as `mmtune train` settings: the run named after the job unless the
+    integration names it, tagged as OpenAI tags its runs (with mmtune's names)."""
+    for item in job["params"].get("integrations", []):
+        w = item["wandb"]
+        return {"report_to": ["wandb"], "tracker_project": w["project"], "run_name": w.get("name") or job["id"],
+                "tracker_entity": w.get("entity"),
+                "tracker_tags": ["mmtune/finetune", f"mmtune/{model_base_name(job['model'])}", f"mmtune/{job['id']}",
+                                 *w.get("tags", [])]}
+    return {}
 
 
 def estimate_total_steps(job: dict[str, Any], rows: int) -> int:
@@ -140,6 +153,14 @@ def _pdeathsig():
     return hook
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def training_env() -> dict[str, str]:
     """The service's environment, with this mmtune first on the path (the child runs the same code)."""
     env = dict(os.environ)
@@ -151,6 +172,9 @@ def training_env() -> dict[str, str]:
 
 def stop_process(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM to the run's process group, SIGKILL after `grace_s`; reaps it."""
+    if hasattr(proc, "stop"):  # a run on another executor (jobs/executor.py) stops itself
+        proc.stop(grace_s)
+        return
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
         if proc.poll() is not None:
             return
@@ -265,6 +289,9 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         config_path = cfg.save(folder)
         args = [self.svc.settings.python, "-m", "mmtune.cli", "train", "--config", str(config_path)]
+        gpus = self.job["params"]["mmtune"].get("gpus", 0)
+        if gpus > 1:  # one process per GPU (the launcher runs torchrun; a free port per run)
+            args += ["--nproc-per-node", str(gpus), "--master-port", str(free_port())]
         drop_incomplete_checkpoints(self.output)
         resume = last_checkpoint(self.output)
         if resume:
@@ -281,9 +308,14 @@ class JobRunner:
         with open(log_path, "ab") as log:
             log.write(f"=== attempt {attempt}: {' '.join(args)}\n".encode())
             log.flush()
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.svc.layout.job_dir(self.id), env=training_env(),
-                                    start_new_session=True, preexec_fn=_pdeathsig())
+        if self.svc.executor is not None:  # e.g. Ray: the same command, on a node with the job's resources
+            proc = self.svc.executor.start(self.id, args, self.svc.layout.job_dir(self.id), training_env(),
+                                           log_path, gpus=self.job["params"]["mmtune"].get("gpus", 0))
+        else:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        cwd=self.svc.layout.job_dir(self.id), env=training_env(),
+                                        start_new_session=True, preexec_fn=_pdeathsig())
         self.store.update_job(self.id, pid=proc.pid, attempts=attempt,
                               event=("info", "message", "Fine-tuning job started" if attempt == 1 else
                                      f"Fine-tuning job started again (attempt {attempt})"))

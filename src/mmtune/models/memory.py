@@ -166,3 +166,59 @@ def estimate_memory(
     parts = {"weights": weights, "gradients": grads, "optimizer": optim, "activations": acts}
     parts["total"] = sum(parts.values())
     return {k: round(v / GIB, 3) for k, v in parts.items()}
+
+
+# ---- several GPUs: what each one holds under a launch strategy --------------------------------------------
+# ddp: every GPU holds everything; zero2: gradients and optimizer states sharded (DeepSpeed ZeRO-2);
+# zero3 / fsdp: weights too (DeepSpeed ZeRO-3, PyTorch FSDP2 full shard); zero3-offload: weights and optimizer in
+# CPU memory, streamed to the GPU a layer at a time. Activations are per GPU (its own batch) in every case.
+STRATEGIES: tuple[str, ...] = ("ddp", "zero2", "zero3", "fsdp", "zero3-offload")
+LAUNCH_CONFIG = {"zero2": "zero2.yaml", "zero3": "zero3.yaml", "fsdp": "fsdp.yaml", "zero3-offload": "zero3_offload.yaml"}
+
+
+def layer_weight_gib(spec: ModelSpec, weight_bytes: float = 2.0) -> float:
+    """One decoder layer's weights (what a sharded run gathers at a time), in GiB."""
+    return layer_linear_params(spec) / spec.num_layers * weight_bytes / GIB
+
+
+def per_gpu_memory(spec: ModelSpec, parts: dict[str, float], gpus: int, strategy: str,
+                   weight_bytes: float = 2.0) -> float:
+    """GiB one GPU holds for an `estimate_memory` result when `gpus` GPUs train under `strategy`.
+    Sharded strategies add two gathered layers (the one computing and the one prefetched)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    w, g, o, a = parts["weights"], parts["gradients"], parts["optimizer"], parts["activations"]
+    gathered = 2 * layer_weight_gib(spec, weight_bytes)
+    if strategy == "ddp" or (gpus == 1 and strategy != "zero3-offload"):
+        total = w + g + o + a
+    elif strategy == "zero2":
+        total = w + (g + o) / gpus + a
+    elif strategy in ("zero3", "fsdp"):
+        total = (w + g + o) / gpus + gathered + a
+    else:  # zero3-offload: weights and optimizer in CPU memory; gradients of a layer pass through
+        total = gathered + g / gpus + a
+    return round(total, 3)
+
+
+def least_sharding(spec: ModelSpec, parts: dict[str, float], gpus: int, gpu_gib: float) -> str | None:
+    """The first strategy (least communication first) whose per-GPU memory fits `gpu_gib`, or None."""
+    order = ("ddp", "zero2", "fsdp", "zero3-offload") if gpus > 1 else ("ddp", "zero3-offload")
+    for strategy in order:
+        if per_gpu_memory(spec, parts, gpus, strategy) <= gpu_gib:
+            return strategy
+    return None
+
+
+def launch_command(strategy: str, gpus: int, gpus_per_node: int = 8) -> str:
+    """The command that trains with `strategy` on `gpus` GPUs (several machines when over `gpus_per_node`)."""
+    nodes = -(-gpus // gpus_per_node)
+    per_node = min(gpus, gpus_per_node)
+    if strategy == "ddp":
+        cmd = f"mmtune train --config my.yaml --nproc-per-node {per_node}"
+        if nodes > 1:
+            cmd += f" --nnodes {nodes} --node-rank R --master-addr HOST"
+        return cmd
+    cmd = f"accelerate launch --config_file examples/accelerate/{LAUNCH_CONFIG[strategy]} --num_processes {gpus}"
+    if nodes > 1:
+        cmd += f" --num_machines {nodes} --machine_rank R --main_process_ip HOST"
+    return cmd + " -m mmtune.cli train --config my.yaml"

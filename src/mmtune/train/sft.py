@@ -62,6 +62,13 @@ from mmtune.train.sft_vision import (
     vision_collator,
 )
 from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_flops, model_flops
+from mmtune.train.tracking import (
+    check_trackers,
+    finish_trackers,
+    output_entries,
+    tracker_env,
+    trainer_arguments,
+)
 
 META_FILE = "mmtune.json"
 SUMMARY_FILE = "summary.json"
@@ -84,6 +91,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
 
     # ---- setup
     check_quantization_available(cfg.quantization)  # QLoRA without CUDA fails here, before any loading
+    check_trackers(cfg.report_to)  # --report-to wandb without wandb installed: here, before any loading
     out = Path(cfg.output)
     resume_from = check_output(out, overwrite=cfg.overwrite, resume=cfg.resume)  # nothing is written yet
     check_data_files(cfg)
@@ -126,6 +134,8 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
         if dist.is_main_process:
             discard_failed(out, created)  # nothing trained yet: no folder (or files) of ours left behind
         raise
+    finally:
+        finish_trackers(cfg.report_to)
     summary = make_summary(cfg, trainer, result.metrics, recorder, data, (trainable, total), resume_from)
     if parts is not None:
         summary["trainable_by_part"] = {p: {"trainable": t, "total": n} for p, (t, n) in parts.items()}
@@ -164,7 +174,8 @@ def prepare_output(cfg: TrainConfig, is_main: bool, resume_from: str | None, ext
     if is_main:
         if resume_from is None and cfg.overwrite and out.is_dir():
             clear_run(out)
-        open_output(out, [*RUN_FILES, *extra, *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
+        open_output(out, [*RUN_FILES, *output_entries(cfg.report_to), *extra,
+                          *(legacy_entries(out) if resume_from else ())])  # adopted on --resume
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
@@ -275,6 +286,7 @@ class MMTuneTrainer(Trainer):
     supervised_only: bool = True  # head + loss only where the next token is trained (compute_loss)
     _attn_pairs: int = 0  # (query, key) pairs attended this session, for the FLOP count
     chunked_loss: bool = True  # output layer + loss chunk by chunk (train/chunked_loss.py) where exact
+    loss_path: str | None = None  # how the last training loss was computed: chunked | kept-logits | full-logits
     loss_chunk: int = CHUNK
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -308,6 +320,7 @@ class MMTuneTrainer(Trainer):
         batch: the same value, scaling and gradients as the model's own loss.
         """
         if not self.supervised_only or "labels" not in inputs:
+            self.loss_path = "full-logits"
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]  # the token position j predicts
@@ -317,12 +330,15 @@ class MMTuneTrainer(Trainer):
         if head is not None:  # the head's matmul and the loss in chunks: no [targets x vocabulary] tensor
             with HiddenHead(head):
                 outputs = model(**inputs, logits_to_keep=keep)
-            loss = linear_cross_entropy(_kept(outputs.logits, keep), head.weight, chosen, self.loss_chunk)
+            loss = linear_cross_entropy(_kept(outputs.logits, keep), full_weight(head.weight), chosen,
+                                        self.loss_chunk)
+            self.loss_path = "chunked"
         else:
             outputs = model(**inputs, logits_to_keep=keep)
             logits = _kept(outputs.logits, keep).float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
                                                      ignore_index=IGNORE_INDEX, reduction="sum")
+            self.loss_path = "kept-logits"
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             loss = loss / (chosen != IGNORE_INDEX).sum().clamp(min=1)
         else:  # as the Trainer treats a model's own loss given num_items_in_batch
@@ -351,9 +367,11 @@ class MMTuneTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def _plain_head(self, model):
-        """The output layer for the chunked loss, or None: a sharded model (FSDP, DeepSpeed) or logits that
-        are more than `hidden @ head.weight.T` keep the model's own head."""
-        if not self.chunked_loss or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        """The output layer for the chunked loss, or None: DeepSpeed and FSDP1 (their flattened parameters)
+        or logits that are more than `hidden @ head.weight.T` keep the model's own head. FSDP2 takes the
+        chunked loss: its head weight is gathered whole for it (`full_weight`)."""
+        if not self.chunked_loss or self.is_deepspeed_enabled or (self.is_fsdp_enabled and not
+                                                                   getattr(self.accelerator, "is_fsdp2", False)):
             return None
         return plain_head(self.accelerator.unwrap_model(model))
 
@@ -407,7 +425,11 @@ class SaveMeta(TrainerCallback):
 
 
 def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> TrainingArguments:
-    """The Trainer's arguments, all derived from the config (nothing else reaches the Trainer)."""
+    """The Trainer's arguments, all derived from the config (nothing else reaches the Trainer).
+    With --report-to, the trackers' variables are set here too (their callbacks read them when the
+    Trainer makes them): their files go to the output folder (train/tracking.py)."""
+    tracker_env(cfg.report_to, cfg.output, cfg.run_name, cfg.tracker_project, cfg.tracker_tags,
+                entity=cfg.tracker_entity)
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     eval_strategy = cfg.eval_strategy if has_eval else "no"
@@ -443,7 +465,7 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
         include_num_input_tokens_seen="non_padding",
         # vision models: a batch without media leaves the vision parts unused
         ddp_find_unused_parameters=True if cfg.train_vision is not None else False if cfg.uses_lora else None,
-        report_to="none",
+        **trainer_arguments(cfg.report_to, cfg.run_name, cfg.tracker_project),
         disable_tqdm=True,
         log_level="warning",
     )
@@ -524,6 +546,7 @@ def make_summary(cfg: TrainConfig, trainer: MMTuneTrainer, metrics: dict[str, An
         "trainable_params": params[0],
         "total_params": params[1],
         "resumed_from": Path(resume_from).name if resume_from else None,
+        "loss_path": trainer.loss_path,  # chunked head + loss | logits at trained positions | all logits
         "data": data.stats.to_dict(),
     }
 
@@ -552,6 +575,14 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def full_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The whole weight: an FSDP2-sharded one (a DTensor outside its module's forward) is gathered, in a way
+    autograd follows (its gradient is reduce-scattered back to the shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
 
 
 def _kept(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
