@@ -167,3 +167,24 @@ def test_trainable_models_and_job_bases(app):
     app.post("/v1/fine_tuning/jobs", headers=AUTH, json={"training_file": fid, "model": "smollm2-135m-instruct"})
     assert job_bases(app.service)() == {"smollm2-135m-instruct": "smollm2-135m-instruct"}
     json.dumps(r)
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-ui"], ["--no-jobs"]])
+def test_mmtune_serve_mounts_the_studio_unless_told_not_to(flags, tmp_path, monkeypatch):
+    """`mmtune serve` as the CLI runs it (the model load and uvicorn replaced): /ui and the studio routes
+    are there by default, gone with --no-ui; without the jobs API the page still loads."""
+    import uvicorn
+
+    import mmtune.serve.pool as pool_module
+    from mmtune.cli import build_parser
+
+    apps = []
+    monkeypatch.setattr(pool_module, "build_pool", lambda *a, **k: ModelPool())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    args = build_parser().parse_args(["serve", "--data-dir", str(tmp_path / "d"), "--api-key", KEY, *flags])
+    assert args.func(args) == 0
+    with TestClient(apps[0]) as client:
+        page = client.get("/ui/")
+        assert page.status_code == (404 if "--no-ui" in flags else 200)
+        models = client.get("/v1/fine_tuning/models", headers=AUTH)
+        assert models.status_code == (404 if "--no-jobs" in flags else 200)

@@ -42,10 +42,11 @@ export async function upload(file) {
   return answer(await fetch('/v1/files', { method: 'POST', headers: headers(), body: form }));
 }
 
-// Whether `key` opens the API (a server without a key takes any).
+// Whether `key` opens the API (a server without a key takes any): /health lists the models only to a
+// caller with the key, and never answers 401 (so a wrong key is no failed request).
 export async function tryKey(key) {
-  const r = await fetch('/v1/models', { headers: key ? { Authorization: `Bearer ${key}` } : {} });
-  return r.ok;
+  const r = await fetch('/health', { headers: key ? { Authorization: `Bearer ${key}` } : {} });
+  return r.ok && 'models' in (await r.json());
 }
 
 // POST an OpenAI streaming request; onDelta(text) per content piece; resolves to {usage, finish}.

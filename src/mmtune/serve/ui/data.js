@@ -59,7 +59,7 @@ async function showFile(detail, fileId, rules) {
   const blocked = jobCheck.errors > 0;
   const create = h('a', { class: `button${blocked ? ' disabled' : ''}`, id: 'create-job', 'aria-disabled': blocked ? 'true' : 'false',
                           href: blocked ? undefined : `#/new?training_file=${fileId}`, text: t('data.createjob') });
-  detail.append(
+  detail.append(...[
     h('h2', { text: check.filename }),
     h('dl', { class: 'facts' },
       h('dt', { text: t('data.format') }), h('dd', { id: 'fmt', text: check.format || '–' }),
@@ -73,7 +73,7 @@ async function showFile(detail, fileId, rules) {
     h('table', { class: 'findings', id: 'findings' },
       h('thead', {}, h('tr', {}, ['line', 'severity', 'field', 'rule', 'message'].map((c) => h('th', { text: t(`data.col.${c}`) })))),
       tbody),
-    rawTitle, raw);
+    rawTitle, raw].filter(Boolean));
 }
 
 async function showRaw(fileId, line, raw, title) {
