@@ -10,7 +10,7 @@ export async function modelsScreen(view) {
   const byModel = new Map(jobs.data.filter((j) => j.fine_tuned_model).map((j) => [j.fine_tuned_model, j]));
   const snippet = (id) => `from openai import OpenAI\nclient = OpenAI(base_url="${location.origin}/v1", api_key=KEY)\n` +
     `client.chat.completions.create(model=${JSON.stringify(id)}, messages=[{"role": "user", "content": "Hello"}])`;
-  const code = h('pre', { id: 'model-code', class: 'code' });
+  const code = h('pre', { id: 'model-code', class: 'code', hidden: true });
   view.append(h('h1', { text: t('models.title') }),
     h('h2', { text: t('models.served') }),
     h('table', { id: 'served' }, h('thead', {}, h('tr', {}, [t('models.id'), t('models.job'), t('models.base'), ''].map((c) => h('th', { text: c })))),
@@ -20,7 +20,7 @@ export async function modelsScreen(view) {
         return h('tr', { 'data-model': m.id }, h('td', { class: 'mono', text: m.id }),
           h('td', {}, job ? h('a', { href: `#/jobs/${job.id}`, class: 'mono', text: job.id }) : ''),
           h('td', { text: job ? job.model : '' }),
-          h('td', {}, copyButton(() => m.id, t('copy')), h('button', { type: 'button', text: t('models.code'), onclick: () => { code.textContent = snippet(m.id); } }),
+          h('td', {}, copyButton(() => m.id, t('copy')), h('button', { type: 'button', text: t('models.code'), onclick: () => { code.textContent = snippet(m.id); code.hidden = false; } }),
             h('a', { class: 'button', href: `#/playground?models=${encodeURIComponent(m.id)}`, text: t('job.chat') })));
       }))),
     code,
