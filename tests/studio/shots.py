@@ -1,5 +1,5 @@
 """`make ui-shots`: screenshots of every studio screen at 1280x800 and at phone width (390x844), in
-English (and the main screens in Chinese), against a real server with a short job on SmolLM2.
+English, against a real server with a short job on SmolLM2.
 
     python tests/studio/shots.py runs/ui-shots [--readme docs/studio.png]
 """
@@ -68,7 +68,7 @@ def main() -> int:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
                 for label, (w, h) in SIZES.items():
-                    for lang in ("en", "zh") if label == "desktop" else ("en",):
+                    for lang in ("en",):  # zh too, where the machine has CJK fonts: ("en", "zh")
                         page = browser.new_context(viewport={"width": w, "height": h}).new_page()
                         page.goto(f"{server.url}/ui/")
                         page.evaluate(f"() => localStorage.setItem('mmtune.lang', '{lang}')")
@@ -92,8 +92,11 @@ def main() -> int:
                                 page.fill("#prompt", "Who founded Lumen Bakery?")
                                 page.fill("#max-tokens", "24")
                                 page.click("#send")
-                                page.wait_for_function("() => [...document.querySelectorAll('#columns .column')]"
-                                                       ".every(c => c.dataset.state !== 'streaming')", timeout=120_000)
+                                try:  # a loaded machine may still be streaming: the shot shows that
+                                    page.wait_for_function("() => [...document.querySelectorAll('#columns .column')]"
+                                                           ".every(c => c.dataset.state !== 'streaming')", timeout=180_000)
+                                except Exception as e:  # noqa: BLE001
+                                    print(f"playground still streaming: {e}")
                             shoot(page, out, f"{label}-{lang}-{name}")
                             if name == "job" and label == "desktop" and lang == "en" and args.readme:
                                 readme_png(page, Path(args.readme))
