@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install demo shapes picture-demo test test-fast bench bench-train bench-serve lint clean
+.PHONY: install demo shapes picture-demo test test-fast bench bench-train bench-serve lint clean ui-shots
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 # llama.cpp from source once (~10 min on 2 cores); the stamp keeps it in the venv, pip's wheel
 # cache makes a rebuilt venv fast. `make demo` does not need it. tracking + cluster: TensorBoard, W&B and Ray,
 # which the tracking and Ray-executor tests drive for real.
+# The studio's browser tests: Playwright (the `browser` extra) driving Debian's Chromium, installed
+# with apt when it is missing and we are root (CI); never `playwright install`.
+CHROMIUM ?= /usr/bin/chromium
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster]"
+	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster,browser]"
+	test -x $(CHROMIUM) || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium)
+	test -x $(CHROMIUM) || echo "note: $(CHROMIUM) is missing (apt-get install chromium as root): the studio's browser tests will skip"
 	touch $(TEST_STAMP)
 
 demo: install
@@ -59,6 +64,10 @@ bench-train: install
 
 bench-serve: install
 	$(PY) bench/serve.py
+
+# Screenshots of every studio screen at 1280x800 and at phone width, for review (not committed).
+ui-shots: $(TEST_STAMP)
+	$(PY) tests/studio/shots.py runs/ui-shots
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

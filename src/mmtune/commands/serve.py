@@ -114,6 +114,7 @@ def add_parser(subparsers) -> None:
 
     add_media_size_arguments(p, server=True)
     p.add_argument("--no-jobs", action="store_true", help="serve models only, without the fine-tuning jobs API")
+    p.add_argument("--no-ui", action="store_true", help="do not serve the studio (the browser console at /ui)")
     from mmtune.commands.jobs import add_service_arguments
 
     add_service_arguments(p.add_argument_group("fine-tuning jobs"))
@@ -157,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
                          max_body_bytes=limit, max_tokens_cap=args.max_tokens_cap, **extra)
         if image_pool is not None:
             app.state.image_pool = image_pool  # /v1/models lists its models too
+        if not args.no_ui:
+            from mmtune.serve.studio import mount_ui
+
+            mount_ui(app)
         print(f"serving {', '.join([*pool.names, *pictures])} on http://{args.host}:{args.port}/v1", flush=True)
+        if not args.no_ui:
+            print(f"studio on http://{args.host}:{args.port}/ui/", flush=True)
         if service is not None:
             print(f"fine-tuning jobs API on http://{args.host}:{args.port}/v1/fine_tuning/jobs", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
@@ -236,9 +243,11 @@ def jobs_extension(service, pool) -> dict:
     from starlette.concurrency import run_in_threadpool
 
     from mmtune.jobs.api import create_jobs_router
+    from mmtune.jobs.studio import create_studio_router, job_bases
 
     pool.sources.append(service.fine_tuned_models)
     pool.sources.append(service.checkpoint_models)
+    pool.sources.append(job_bases(service))  # each job's base, to chat with beside its checkpoints
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -248,7 +257,8 @@ def jobs_extension(service, pool) -> dict:
         finally:
             await run_in_threadpool(service.close)
 
-    return {"routers": (create_jobs_router(service),), "unlimited_paths": ("/v1/files",), "lifespan": lifespan}
+    return {"routers": (create_jobs_router(service), create_studio_router(service)),
+             "unlimited_paths": ("/v1/files",), "lifespan": lifespan}
 
 
 def split_picture_models(models: list[str]) -> tuple[list[str], dict[str, str]]:

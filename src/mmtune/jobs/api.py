@@ -114,6 +114,9 @@ async def _json_body(request: Request) -> Any:
     return value
 
 
+json_body = _json_body  # public: the studio router reads job-shaped bodies with the same rules
+
+
 def _json_problem(value: Any) -> str | None:
     """Too deep, a lone surrogate in a string, or a non-finite number (iterative: no stack to overflow)."""
     stack: list[tuple[Any, int]] = [(value, 0)]

@@ -1,0 +1,154 @@
+// Jobs: the list (status, queue position) and one job's page: live chart, step / total, ETA, tokens/s,
+// events, the log's tail, checkpoints ("chat with this"), cancel. All of it re-read from the API.
+import { get, post } from './api.js';
+import { drawChart } from './chart.js';
+import { clear, copyButton, fmtDuration, fmtTime, h, s } from './dom.js';
+import { t } from './i18n.js';
+
+const ACTIVE = ['validating_files', 'queued', 'running'];
+const POLL_MS = 1000;
+
+function every(ms, fn) {
+  let timer = null, stopped = false;
+  const tick = async () => {
+    try { await fn(); } catch (e) { /* shown by the screen; keep polling */ }
+    if (!stopped) timer = setTimeout(tick, ms);
+  };
+  tick();
+  return () => { stopped = true; clearTimeout(timer); };
+}
+
+export async function jobsScreen(view) {
+  const tbody = h('tbody');
+  view.append(h('h1', { text: t('jobs.title') }),
+              h('p', {}, h('a', { class: 'button', href: '#/new', text: t('nav.new') })),
+              h('table', { class: 'jobs', id: 'jobs' }, h('thead', {}, h('tr', {},
+                ['id', 'model', 'status', 'queue', 'created', 'result'].map((c) => h('th', { text: t(`jobs.col.${c}`) })))), tbody));
+  return every(2000, async () => {
+    const jobs = (await get('/v1/fine_tuning/jobs?limit=100')).data;
+    const queued = jobs.filter((j) => j.status === 'queued').sort((a, b) => a.created_at - b.created_at || (a.id < b.id ? -1 : 1));
+    clear(tbody);
+    for (const j of jobs) {
+      const pos = queued.indexOf(j);
+      tbody.append(h('tr', { 'data-job': j.id },
+        h('td', {}, h('a', { href: `#/jobs/${j.id}`, class: 'mono', text: j.id })), h('td', { text: j.model }),
+        h('td', {}, h('span', { class: `badge ${j.status}`, text: t(`status.${j.status}`) })),
+        h('td', { text: pos >= 0 ? String(pos + 1) : '' }), h('td', { text: fmtTime(j.created_at) }),
+        h('td', { class: 'mono', text: j.fine_tuned_model || (j.error ? j.error.message : '') })));
+    }
+    if (!jobs.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted', text: t('jobs.none') })));
+  });
+}
+
+export async function jobScreen(view, jobId) {
+  const id = encodeURIComponent(jobId);
+  const head = h('div', { id: 'job-head' });
+  const resumed = h('div', { id: 'resumed', class: 'notice', hidden: true });
+  const progress = h('progress', { id: 'progress', max: 1, value: 0 });
+  const facts = h('dl', { class: 'facts', id: 'job-facts' });
+  const svg = s('svg', { id: 'chart', class: 'chart', role: 'img' });
+  const weight = h('input', { type: 'range', id: 'smoothing', min: 0, max: 0.95, step: 0.05, value: 0 });
+  const eventsList = h('ol', { id: 'events', class: 'events' });
+  const logPre = h('pre', { id: 'log', class: 'log' });
+  const ckpts = h('tbody', { id: 'checkpoints' });
+  const error = h('p', { id: 'job-error', class: 'error' });
+  view.append(
+    h('p', {}, h('a', { href: '#/jobs', text: `← ${t('jobs.title')}` })), head, resumed, error, progress, facts,
+    h('section', {}, h('h2', { text: t('job.chart') }),
+      h('div', { class: 'legend' }, h('span', { class: 'key train', text: t('job.trainloss') }), h('span', { class: 'key valid', text: t('job.validloss') }),
+        h('span', { class: 'key lr', text: t('job.lr') }), h('label', {}, t('job.smoothing'), ' ', weight)), svg),
+    h('section', {}, h('h2', { text: t('job.checkpoints') }), h('table', { class: 'checkpoints' },
+      h('thead', {}, h('tr', {}, ['step', 'train_loss', 'valid_loss', 'model', ''].map((c) => h('th', { text: c })))), ckpts)),
+    h('div', { class: 'split' },
+      h('section', {}, h('h2', { text: t('job.events') }), eventsList),
+      h('section', {}, h('h2', { text: t('job.log') }), logPre)));
+
+  let events = [], logOffset = -16384, logText = '', lastJob = null;
+  const redraw = () => {
+    const series = { train: [], valid: [], lr: [] };
+    const seen = { train: new Set(), valid: new Set(), lr: new Set() };
+    for (const e of events) {
+      if (e.type !== 'metrics' || !e.data) continue;
+      const add = (k, v) => { if (typeof v === 'number' && !seen[k].has(e.data.step)) { seen[k].add(e.data.step); series[k].push([e.data.step, v]); } };
+      add('train', e.data.train_loss); add('valid', e.data.valid_loss); add('lr', e.data.learning_rate);
+    }
+    for (const k of Object.keys(series)) series[k].sort((a, b) => a[0] - b[0]);
+    svg.dataset.metricEvents = String(events.filter((e) => e.type === 'metrics').length);
+    drawChart(svg, series, Number(weight.value));
+  };
+  weight.addEventListener('input', redraw);
+
+  const tick = async () => {
+    const job = await get(`/v1/fine_tuning/jobs/${id}`);
+    const [ev, ck, log] = await Promise.all([
+      get(`/v1/fine_tuning/jobs/${id}/events?limit=10000`),
+      get(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`),
+      get(`/v1/fine_tuning/jobs/${id}/log?offset=${logOffset}`)]);
+    events = ev.data.slice().reverse(); // oldest first
+    renderHead(head, job);
+    error.textContent = job.error ? job.error.message : '';
+    const step = job.mmtune.step || 0, total = job.mmtune.total_steps;
+    progress.max = total || 1; progress.value = job.status === 'succeeded' ? progress.max : step;
+    const metrics = events.filter((e) => e.type === 'metrics' && typeof e.data.trained_tokens === 'number');
+    let tps = null;
+    if (metrics.length > 1) {
+      const a = metrics[0], b = metrics[metrics.length - 1];
+      if (b.created_at > a.created_at) tps = (b.data.trained_tokens - a.data.trained_tokens) / (b.created_at - a.created_at);
+    }
+    clear(facts).append(
+      h('dt', { text: t('job.step') }), h('dd', { id: 'step', text: `${step} / ${total ?? '?'}` }),
+      h('dt', { text: t('job.eta') }), h('dd', { id: 'eta', text: job.estimated_finish ? fmtDuration(job.estimated_finish - Date.now() / 1000) : '–' }),
+      h('dt', { text: t('job.tps') }), h('dd', { id: 'tps', text: tps === null ? '–' : tps.toFixed(0) }),
+      h('dt', { text: t('job.tokens') }), h('dd', { text: job.trained_tokens ?? '–' }),
+      h('dt', { text: t('job.cost') }), h('dd', { text: job.estimated_cost ?? '–' }),
+      h('dt', { text: t('job.attempts') }), h('dd', { id: 'attempts', text: job.mmtune.attempts }));
+    const restarts = events.filter((e) => /service restarted|Resuming training/.test(e.message));
+    resumed.hidden = !restarts.length;
+    if (restarts.length) clear(resumed).append(h('strong', { text: t('job.resumed') }), ' ', restarts.map((e) => e.message).join(' · '));
+    clear(eventsList);
+    for (const e of events.slice().reverse().slice(0, 200)) {
+      eventsList.append(h('li', { class: `event ${e.level} ${e.type}` }, h('time', { text: fmtTime(e.created_at) }), ' ', e.message));
+    }
+    clear(ckpts);
+    for (const c of ck.data.slice().sort((a, b) => a.step_number - b.step_number)) {
+      const name = c.fine_tuned_model_checkpoint;
+      ckpts.append(h('tr', { class: 'checkpoint', 'data-step': c.step_number },
+        h('td', { text: c.step_number }), h('td', { text: num(c.metrics.train_loss) }), h('td', { text: num(c.metrics.valid_loss) }),
+        h('td', { class: 'mono', text: name }),
+        h('td', {}, copyButton(() => name, t('copy')),
+          h('a', { class: 'button', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') }))));
+    }
+    if (log.text) {
+      logText = (logText + log.text).split('\n').slice(-300).join('\n');
+      logPre.textContent = logText;
+      logPre.scrollTop = logPre.scrollHeight;
+    }
+    logOffset = log.next_offset;
+    redraw();
+    lastJob = job;
+    return job;
+  };
+  let stop = null;
+  const loop = async () => {
+    const job = await tick();
+    if (!ACTIVE.includes(job.status) && stop) { stop(); stop = null; }
+  };
+  stop = every(POLL_MS, loop);
+  return () => { if (stop) stop(); return lastJob; };
+}
+
+function renderHead(head, job) {
+  clear(head);
+  const cancel = h('button', { type: 'button', id: 'cancel', class: 'danger', text: t('job.cancel'), hidden: !ACTIVE.includes(job.status) });
+  cancel.addEventListener('click', async () => { cancel.disabled = true; await post(`/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/cancel`); });
+  head.append(h('h1', { class: 'mono', text: job.id }),
+    h('p', {}, h('span', { id: 'job-status', class: `badge ${job.status}`, 'data-status': job.status, text: t(`status.${job.status}`) }),
+      ' ', h('span', { text: `${job.model} · ${job.mmtune.preset} · ${job.mmtune.method}` }), ' ', cancel));
+  if (job.fine_tuned_model) {
+    head.append(h('p', { class: 'model-id' }, h('code', { id: 'ft-model', text: job.fine_tuned_model }), ' ',
+      copyButton(() => job.fine_tuned_model, t('copy')),
+      h('a', { class: 'button', id: 'chat-ft', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(job.fine_tuned_model)}`, text: t('job.chat') })));
+  }
+}
+
+function num(v) { return typeof v === 'number' ? v.toFixed(4) : '–'; }
