@@ -151,3 +151,15 @@ def test_reward_metrics_in_events_and_the_result_file():
 def test_resolve_keeps_sft_jobs_as_they_were():
     own = resolve({}, {}, Limits())["mmtune"]
     assert own["stage"] == "sft" and not {"beta", "dpo_loss", "parent_model"} & own.keys()
+
+
+def test_jobs_create_cli_stage_and_beta(serve, capsys):
+    from mmtune.cli import main
+
+    s = serve(concurrency=0)
+    assert main(["jobs", "create", str(PAIRS), "--stage", "dpo", "--beta", "0.2", "--base-url", s.base_url,
+                 "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["method"] == {"type": "dpo", "dpo": {"hyperparameters": {**job["hyperparameters"], "beta": 0.2}}}
+    assert main(["jobs", "create", str(PAIRS), "--base-url", s.base_url]) == 2  # a supervised job: refused
+    assert 'method={"type": "dpo"}' in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Any
 
 from mmtune.data.check import check_file
 from mmtune.data.findings import ERROR
-from mmtune.data.reader import KIND_OF_STAGE, KIND_WORDS, ReadOptions, file_kind
+from mmtune.data.reader import KIND_OF_STAGE, KIND_WORDS, STAGE_OF_KIND, ReadOptions, file_kind
 from mmtune.errors import UserError
 
 KEEP_FINDINGS = 100  # findings kept per file (counts are exact)
@@ -70,8 +70,8 @@ def kind_problem(param: str, file_row: dict[str, Any], path: Path, stage: str) -
     if kind == want:
         return None
     return (f"{param} {file_row['id']} ({file_row['filename']}) holds {KIND_WORDS[kind]}, and this {stage} job "
-            f"trains {KIND_WORDS[want]}: create the job with {HOW_TO_TRAIN[kind]} to train this file, or give "
-            f"the {stage} job a file of {KIND_WORDS[want]}")
+            f"trains {KIND_WORDS[want]}: create the job with {HOW_TO_TRAIN[kind]} to train this file (`mmtune "
+            f"jobs create --stage {STAGE_OF_KIND[kind]}`), or give the {stage} job a file of {KIND_WORDS[want]}")
 
 
 def _check(path: Path, rules: str):
