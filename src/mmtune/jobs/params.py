@@ -4,8 +4,9 @@ OpenAI clients send hyper-parameters either the legacy way (top-level `hyperpara
 or the current way (`method={"type": "supervised", "supervised": {"hyperparameters": ...}}`);
 both are read. `method={"type": "dpo", "dpo": {"hyperparameters": {"beta", ...}}}` trains on
 preference pairs (`mmtune train --stage dpo`); mmtune's other stages (simpo, orpo, kto, and pt
-beside supervised) are the extra field `stage`, with their own settings (dpo_loss, simpo_gamma, ...). mmtune's own settings (preset, LoRA shape, max_length, a training `method`
-name such as "lora", max_steps, ...) arrive as extra top-level fields (the openai client's
+beside supervised) are the extra field `stage`, with their own settings (dpo_loss, simpo_gamma,
+...). mmtune's own settings (preset, LoRA shape, max_length, a training `method` name such as
+"lora", max_steps, ...) arrive as extra top-level fields (the openai client's
 `extra_body`) or inside either hyper-parameter object. An unknown field is an error naming
 the closest known one, so a typo never trains with a default.
 
