@@ -99,7 +99,17 @@ def test_hyperparameters_both_shapes_mmtune_extras_and_effective_lr(serve, chat_
     ({"lora_rnak": 8}, "lora_rnak"),
     ({"suffix": "a:b"}, "suffix"),
     ({"seed": -1}, "seed"),
-    ({"method": {"type": "dpo"}}, "method.type"),
+    ({"method": {"type": "reinforcement"}}, "method.type"),
+    ({"method": {"type": "dpo"}}, "training_file"),  # a chat file: the 400 names method supervised
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}, "method.dpo.hyperparameters.beta"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"bta": 0.1}}}}, "method.dpo.hyperparameters.bta"),
+    ({"method": {"type": "dpo", "supervised": {}}}, "method.supervised"),
+    ({"method": {"type": "dpo"}, "stage": "pt"}, "stage"),
+    ({"method": {"type": "supervised"}, "stage": "kto"}, "stage"),
+    ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}}, "beta"),
+    ({"stage": "orpo", "beta": 0.2}, "beta"),
+    ({"stage": "dpo", "label_smoothing": 0.1}, "label_smoothing"),
+    ({"stage": "kto", "hyperparameters": {"batch_size": 1}}, "hyperparameters.batch_size"),
     ({"hyperparameters": {"n_epochs": 2}, "method": {"type": "supervised", "supervised": {
         "hyperparameters": {"n_epochs": 3}}}}, "method.supervised.hyperparameters.n_epochs"),
     ({"training_file": "file-doesnotexist0000"}, "training_file"),

@@ -27,6 +27,7 @@ EPILOG = """\
 examples:
   mmtune jobs serve --port 8000                          the job service (data in $MMTUNE_HOME)
   mmtune jobs create examples/data/persona.jsonl --suffix persona --max-steps 60 --wait
+  mmtune jobs create examples/data/preference.jsonl --stage dpo --model ft:... --wait   DPO on an SFT result
   mmtune jobs list
   mmtune jobs events ftjob-abc123
   mmtune jobs cancel ftjob-abc123
@@ -114,6 +115,9 @@ def _add_create(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--preset", help="hyper-parameter preset: standard, quality or fast (default: standard)")
     c.add_argument("--method", help="lora, qlora or full (default: lora)")
+    c.add_argument("--stage", help="sft, pt, dpo, simpo, orpo or kto; the data must be of that stage's kind "
+                   "(default: sft; a dpo..kto job is OpenAI's method dpo)")
+    c.add_argument("--beta", type=float, help="dpo/simpo/kto: the preference strength (default: the stage's)")
     for flag, kind, text in (
         ("--lora-rank", int, "LoRA rank"),
         ("--lora-alpha", float, "LoRA alpha"),
@@ -209,6 +213,8 @@ def run_create(args: argparse.Namespace) -> int:
         "max_length",
         "max_steps",
         "save_steps",
+        "stage",
+        "beta",
     ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)

@@ -5,6 +5,7 @@
     <data dir>/jobs/<job id>/config.yaml the job's training config (what `mmtune train --config` reads)
     <data dir>/jobs/<job id>/train.log   the training subprocess's output
     <data dir>/jobs/<job id>/output/     the run: adapter, metrics.jsonl, summary.json, checkpoint-*/
+    <data dir>/jobs/<job id>/base/       a job on an earlier LoRA job's model: that model merged (worker.py)
     <data dir>/service.lock              held by the running service (one service per data dir)
 
 The data dir is $MMTUNE_HOME, else ~/.local/share/mmtune.

@@ -2,8 +2,11 @@
 
 OpenAI clients send hyper-parameters either the legacy way (top-level `hyperparameters`)
 or the current way (`method={"type": "supervised", "supervised": {"hyperparameters": ...}}`);
-both are read. mmtune's own settings (preset, LoRA shape, max_length, a training `method`
-name such as "lora", max_steps, ...) arrive as extra top-level fields (the openai client's
+both are read. `method={"type": "dpo", "dpo": {"hyperparameters": {"beta", ...}}}` trains on
+preference pairs (`mmtune train --stage dpo`); mmtune's other stages (simpo, orpo, kto, and pt
+beside supervised) are the extra field `stage`, with their own settings (dpo_loss, simpo_gamma,
+...). mmtune's own settings (preset, LoRA shape, max_length, a training `method` name such as
+"lora", max_steps, ...) arrive as extra top-level fields (the openai client's
 `extra_body`) or inside either hyper-parameter object. An unknown field is an error naming
 the closest known one, so a typo never trains with a default.
 
@@ -21,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmtune.config import DEFAULT_PRESET, METHODS, PRESETS
+from mmtune.config import DEFAULT_BETA, DEFAULT_PRESET, DPO_LOSSES, METHODS, PRESETS, STAGE_FLAGS
 from mmtune.jobs.errors import APIError, bad_request
 from mmtune.jobs.store import new_id, valid_id
 from mmtune.models.registry import DEFAULT_MODEL, REGISTRY
 
 OPENAI_HYPER = ("n_epochs", "batch_size", "learning_rate_multiplier")
+DPO_HYPER = (*OPENAI_HYPER, "beta")  # OpenAI's DpoHyperparameters
+# OpenAI's method.type -> the `mmtune train --stage`s it covers (the first is its own); `stage` picks another
+METHOD_STAGES = {"supervised": ("sft", "pt"), "dpo": ("dpo", "simpo", "orpo", "kto")}
+MAX_BETA = 100.0
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOP_LEVEL = ("model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed",
@@ -91,6 +98,14 @@ def mmtune_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
         "logging_steps": _int(1, 100_000),
         "gpus": _int(0, 1024),  # GPUs the job's run takes (more than 1: one process each, on one machine)
         "nodes": _one_node,
+        "stage": _choice(tuple(s for stages in METHOD_STAGES.values() for s in stages)),
+        "beta": _num(0, MAX_BETA, lo_open=True),
+        "dpo_loss": _choice(DPO_LOSSES),
+        "label_smoothing": _num(0, 0.5, hi_open=True),
+        "simpo_gamma": _num(0, 100),
+        "orpo_lambda": _num(0, 100, lo_open=True),
+        "desirable_weight": _num(0, 100, lo_open=True),
+        "undesirable_weight": _num(0, 100, lo_open=True),
     }
 
 
@@ -115,14 +130,20 @@ def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | 
     _refuse_unknown(extras, own, "")
     openai_hyper, nested_own = _hyperparameters(body, own)
     settings = _merge(extras, nested_own)
+    if openai_hyper.get("beta", "auto") != "auto":
+        settings = _merge(settings, {"beta": openai_hyper["beta"]})
     for name, value in settings.items():
         _check(name, value, own[name])
+    settings["stage"] = _stage(body.get("method"), settings)
     model = check_model(body.get("model"), models or ModelRules())
     training = _file_param(body, "training_file", file_exists, required=True)
     validation = _file_param(body, "validation_file", file_exists, required=False)
     if validation is not None and validation == training:
         raise bad_request("validation_file must differ from training_file: the validation loss of rows the model "
                           "trains on says nothing", "validation_file")
+    params = resolve(openai_hyper, settings, limits)
+    if isinstance(body.get("model"), str) and body["model"].strip().startswith("ft:"):
+        params["mmtune"]["parent_model"] = body["model"].strip()  # what the job object echoes as its model
     return {
         "id": new_id("job"),
         "model": model,
@@ -131,9 +152,32 @@ def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | 
         "suffix": _suffix(body.get("suffix")),
         "seed": _seed(body.get("seed")),
         "metadata": _metadata(body.get("metadata")),
-        "params": {**resolve(openai_hyper, settings, limits),
-                   **({"integrations": integrations} if integrations else {})},
+        "params": {**params, **({"integrations": integrations} if integrations else {})},
     }
+
+
+def _stage(method: Any, settings: dict[str, Any]) -> str:
+    """The `mmtune train --stage` of the job: method.type's own stage, or the extra `stage` within it; the
+    preference settings (beta, dpo_loss, ...) must apply to it."""
+    stage = settings.get("stage")
+    kind = method.get("type", "supervised") if isinstance(method, dict) else None
+    if kind is None:
+        stage = stage or "sft"
+    elif stage is None:
+        stage = METHOD_STAGES[kind][0]
+    elif stage not in METHOD_STAGES[kind]:
+        other = next(t for t, stages in METHOD_STAGES.items() if stage in stages)
+        raise bad_request(f"stage {stage!r} is not a {kind} stage (a {kind} job trains "
+                          f"{' or '.join(METHOD_STAGES[kind])}): set method.type to {other!r}, or drop stage",
+                          "stage")
+    for name, stages in STAGE_FLAGS.items():
+        if settings.get(name) is not None and stage not in stages:
+            raise bad_request(f"{name} applies to stage {' / '.join(stages)}, not {stage}: drop it, or choose "
+                              "another stage", name)
+    if settings.get("label_smoothing") and stage == "dpo" and settings.get("dpo_loss") != "robust":
+        raise bad_request("label_smoothing applies to dpo_loss 'robust': add dpo_loss robust, or drop it",
+                          "label_smoothing")
+    return stage
 
 
 def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> dict[str, Any]:
@@ -163,10 +207,22 @@ def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> 
         "save_steps": settings.get("save_steps", 50),
         "logging_steps": settings.get("logging_steps", 1),
         **({"gpus": settings["gpus"]} if settings.get("gpus") else {}),
+        "stage": settings.get("stage", "sft"),
     }
+    stage = own["stage"]
+    if stage in STAGE_FLAGS["beta"]:
+        own["beta"] = settings.get("beta", DEFAULT_BETA[stage])
+    for name in ("dpo_loss", "label_smoothing", "simpo_gamma", "orpo_lambda", "desirable_weight",
+                 "undesirable_weight"):
+        if settings.get(name) is not None:
+            own[name] = settings[name]
+    batch_size = pick("batch_size", base["batch_size"])
+    if stage == "kto" and batch_size < 2:
+        raise bad_request("stage kto needs batch_size >= 2: its reference point comes from mismatched pairs within "
+                          "a batch", "hyperparameters.batch_size")
     return {
         "hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
-                            "batch_size": pick("batch_size", base["batch_size"]),
+                            "batch_size": batch_size,
                             "learning_rate_multiplier": multiplier},
         "mmtune": own,
     }
@@ -176,7 +232,8 @@ def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> 
 
 
 def _refuse_unknown(values: Mapping[str, Any], own: Mapping[str, Any], where: str) -> None:
-    allowed = [*OPENAI_HYPER, *own] if where else list(own)
+    openai = DPO_HYPER if where.startswith("method.dpo.") else OPENAI_HYPER
+    allowed = [*openai, *(k for k in own if k not in openai)] if where else list(own)
     known = allowed if where else [*TOP_LEVEL, *own]
     for key in values:
         if key not in allowed:
@@ -192,37 +249,48 @@ def _hyperparameters(body: dict[str, Any], own: Mapping[str, Any]) -> tuple[dict
         sources.append(("hyperparameters", body["hyperparameters"]))
     method = body.get("method")
     if isinstance(method, dict):
-        if method.get("type", "supervised") != "supervised":
-            raise bad_request(f"method type {method.get('type')!r} is not supported: mmtune fine-tunes with "
-                              "'supervised' (set method.type to supervised)", "method.type", "unsupported")
-        sup = method.get("supervised") or {}
-        if not isinstance(sup, dict):
-            raise bad_request("method.supervised must be an object", "method.supervised")
-        if sup.get("hyperparameters") is not None:
-            sources.append(("method.supervised.hyperparameters", sup["hyperparameters"]))
+        kind = method.get("type", "supervised")
+        if kind not in METHOD_STAGES:
+            raise bad_request(f"method type {str(kind)[:40]!r} is not supported: mmtune fine-tunes with "
+                              "'supervised' or 'dpo' (set method.type to one of them)", "method.type", "unsupported")
+        for key in method:
+            if key != "type" and key != kind:
+                raise bad_request(f"method.{key} does not go with method.type {kind!r}: put the hyperparameters in "
+                                  f"method.{kind}", f"method.{key}")
+        sub = method.get(kind) or {}
+        if not isinstance(sub, dict):
+            raise bad_request(f"method.{kind} must be an object", f"method.{kind}")
+        for key in sub:
+            if key != "hyperparameters":
+                raise bad_request(f"unknown parameter method.{kind}.{key!r}: method.{kind} holds 'hyperparameters'",
+                                  f"method.{kind}.{key}", "unknown_parameter")
+        if sub.get("hyperparameters") is not None:
+            sources.append((f"method.{kind}.hyperparameters", sub["hyperparameters"]))
     hyper: dict[str, Any] = {}
     nested: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for where, values in sources:
         if not isinstance(values, dict):
             raise bad_request(f"{where} must be an object", where)
         _refuse_unknown(values, own, where + ".")
         for key, value in values.items():
-            target = hyper if key in OPENAI_HYPER else nested
+            target = hyper if key in DPO_HYPER and (key != "beta" or where.startswith("method.dpo.")) else nested
             if key in target and target[key] != value:
                 raise bad_request(f"{key} is given twice with different values ({target[key]!r} and {value!r}): "
                                   "give it once", f"{where}.{key}")
             target[key] = value
-    _check_openai(hyper)
+            origin.setdefault(key, where)
+    _check_openai(hyper, origin)
     return hyper, nested
 
 
-def _check_openai(hyper: dict[str, Any]) -> None:
+def _check_openai(hyper: dict[str, Any], origin: dict[str, str]) -> None:
     checks = {"n_epochs": _int(1, 10), "batch_size": _int(1, 32),
-              "learning_rate_multiplier": _num(0, 1e6, lo_open=True)}
+              "learning_rate_multiplier": _num(0, 1e6, lo_open=True), "beta": _num(0, MAX_BETA, lo_open=True)}
     for key, value in hyper.items():
         if value != "auto" and (problem := checks[key](value)):
-            raise bad_request(f"hyperparameters.{key} {problem} or 'auto' (got {value!r})",
-                              f"hyperparameters.{key}")
+            raise bad_request(f"{origin[key]}.{key} {problem} or 'auto' (got {value!r})",
+                              f"{origin[key]}.{key}")
 
 
 def _merge(top: dict[str, Any], nested: dict[str, Any]) -> dict[str, Any]:
@@ -297,11 +365,17 @@ def _fine_tuned_base(model: str, rules: ModelRules) -> str:
         raise APIError(404, f"model {model[:200]!r} is not a fine-tuned model of this server: GET "
                        "/v1/fine_tuning/jobs lists them (fine_tuned_model of a succeeded job)", param="model",
                        code="model_not_found")
-    if not (Path(folder) / "config.json").is_file():
-        raise bad_request(f"model {model[:200]!r} is a LoRA adapter, and a job trains a full model or a base: "
-                          "merge it (`mmtune merge --adapter DIR --out DIR`) into a folder under the server's --model-root and give "
-                          "that folder", "model", "model_not_allowed")
+    if not ((Path(folder) / "config.json").is_file() or is_adapter_folder(folder)):
+        raise APIError(404, f"model {model[:200]!r} has no model files any more (its job folder was emptied)",
+                       param="model", code="model_not_found")
     return str(Path(folder).resolve())
+
+
+def is_adapter_folder(folder: str | Path) -> bool:
+    """A LoRA run's output (adapter_config.json, no config.json): a job on it trains on the merged model
+    (the worker merges it first), so that DPO's reference is the fine-tuned model, not the base under it."""
+    folder = Path(folder)
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
 
 
 def model_base_name(model: str) -> str:

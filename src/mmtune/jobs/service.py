@@ -39,7 +39,7 @@ from mmtune.jobs.executor import RaySettings, make_executor
 from mmtune.jobs.layout import Layout, default_data_dir
 from mmtune.jobs.params import Limits, ModelRules, parse_create
 from mmtune.jobs.store import ACTIVE, FINAL, Store, new_id, now, valid_id
-from mmtune.jobs.validate import check_upload, describe, failure_message
+from mmtune.jobs.validate import check_upload, describe, failure_message, kind_problem, stage_kind
 from mmtune.jobs.worker import (
     JobRunner,
     estimate_total_steps,
@@ -293,10 +293,22 @@ class JobService:
         rules = ModelRules(self.settings.model_roots, self.settings.allow_hub_models,
                            lambda name: self.fine_tuned_models().get(name))
         job = parse_create(body, self.settings.limits, self.store.get_file, rules)
+        self._check_file_kinds(job)
         with storage_errors("the job"):
             row = self.store.add_job(job)
         self.wake()
         return job_object(row)
+
+    def _check_file_kinds(self, job: dict[str, Any]) -> None:
+        """A 400 when a file holds another kind of data than the job trains (chat data for a dpo job, pairs
+        for a supervised one), naming the method that trains it."""
+        stage = job["params"]["mmtune"]["stage"]
+        for param in ("training_file", "validation_file"):
+            if job[param]:
+                row = self._file(job[param])
+                problem = kind_problem(param, row, self.layout.file_path(row["stored_name"]), stage)
+                if problem:
+                    raise bad_request(problem, param, "invalid_file_kind")
 
     def list_jobs(self, after: str | None = None, limit: int = 20) -> dict[str, Any]:
         rows, more = self.store.list_jobs(after, limit)
@@ -397,8 +409,9 @@ class JobService:
                 self._fail_validation(job, param, "file_not_found", f"{param} {file_id} was deleted")
                 return
             check = row["check"]
-            if check is None:
-                check = check_upload(self.layout.file_path(row["stored_name"]))
+            kind = stage_kind(job["params"]["mmtune"].get("stage", "sft"))
+            if check is None or check.get("checked_for", "sft") != kind:
+                check = check_upload(self.layout.file_path(row["stored_name"]), kind)
                 self.store.set_file_check(file_id, check)
             if check["errors"]:
                 self._fail_validation(job, param, f"invalid_{param}", failure_message(param, row, check))
@@ -489,7 +502,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "object": "fine_tuning.job",
         "created_at": row["created_at"],
-        "model": row["model"],
+        "model": params["mmtune"].get("parent_model") or row["model"],
         "training_file": row["training_file"],
         "validation_file": row["validation_file"],
         "status": row["status"],
@@ -498,7 +511,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "finished_at": row["finished_at"],
         "estimated_finish": row["estimated_finish"] if row["status"] == "running" else None,
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": method_object(params),
         "organization_id": ORGANIZATION,
         "result_files": row["result_files"] or [],
         "seed": row["seed"],
@@ -511,6 +524,16 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "mmtune": {**params["mmtune"], "step": row["last_step"], "total_steps": row["total_steps"],
                    "attempts": row["attempts"]},
     }
+
+
+def method_object(params: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method` of a job: supervised (stages sft, pt) or dpo (dpo, simpo, orpo, kto; with beta where
+    the stage has one); the job's `mmtune.stage` says which stage it is."""
+    hyper, own = params["hyperparameters"], params["mmtune"]
+    if own.get("stage", "sft") in ("sft", "pt"):
+        return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    dpo = {**hyper, **({"beta": own["beta"]} if "beta" in own else {})}
+    return {"type": "dpo", "dpo": {"hyperparameters": dpo}}
 
 
 def event_object(row: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 The runner is the only code that touches a training process. It follows the run's
 `metrics.jsonl` (one event per logged step, carrying step, loss and tokens) and its
 `checkpoint-*/` folders (one checkpoint row each), and ends the job as succeeded, failed
-or cancelled. The subprocess gets its own process group (a cancel stops all of it) and,
+or cancelled. A preference job's events also carry its rewards (chosen, rejected, margin,
+accuracy). A job on an earlier job's LoRA result trains on that result merged into its base
+(`<job dir>/base`, made once by `mmtune merge` before training). The subprocess gets its own process group (a cancel stops all of it) and,
 on Linux, dies with the service (PR_SET_PDEATHSIG), so a killed service leaves no orphan
 training behind; the next start re-queues the job and the re-run passes `--resume`.
 """
@@ -27,7 +29,7 @@ import mmtune
 from mmtune.config import TrainConfig
 from mmtune.errors import UserError
 from mmtune.jobs.host import RunnerHost
-from mmtune.jobs.params import model_base_name
+from mmtune.jobs.params import is_adapter_folder, model_base_name
 from mmtune.jobs.store import now
 
 # what `mmtune train` writes (mmtune.train.callbacks / sft; not imported here: they import torch)
@@ -37,13 +39,24 @@ CHECKPOINT_PREFIX = "checkpoint-"
 LOG_TAIL_BYTES = 64 * 1024
 
 
+PREFERENCE_SETTINGS = ("beta", "dpo_loss", "label_smoothing", "simpo_gamma", "orpo_lambda", "desirable_weight",
+                       "undesirable_weight")
+REWARD_KEYS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy")
+MERGED_BASE = "base"  # <job dir>/base: a LoRA fine-tune the job trains on, merged (see JobRunner.prepare_base)
+
+
 def fine_tuned_model_name(job: dict[str, Any]) -> str:
-    """`ft:<base>:<suffix>:<job id>` (the suffix part is empty without a suffix, as OpenAI does)."""
-    return f"ft:{model_base_name(job['model'])}:{job['suffix'] or ''}:{job['id']}"
+    """`ft:<base>:<suffix>:<job id>` (the suffix part is empty without a suffix, as OpenAI does). A job on an
+    earlier job's model keeps that model's <base>: ft:smollm2-135m-instruct:dpo:ftjob-B on ft:...:sft:ftjob-A."""
+    parent = job["params"]["mmtune"].get("parent_model")
+    base = parent.split(":")[1] if parent and parent.count(":") >= 3 else model_base_name(job["model"])
+    return f"ft:{base}:{job['suffix'] or ''}:{job['id']}"
 
 
-def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path) -> TrainConfig:
-    """The job's `mmtune train` config (validated: a bad combination fails here, not in the subprocess)."""
+def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path,
+                 base: Path | None = None) -> TrainConfig:
+    """The job's `mmtune train` config (validated: a bad combination fails here, not in the subprocess);
+    `base`: the merged model to train on, when the job's model is a LoRA fine-tune."""
     hyper, own = job["params"]["hyperparameters"], job["params"]["mmtune"]
     values = {
         "model": job["model"], "data": [str(data)], "val_data": [str(val)] if val else [], "output": str(output),
@@ -51,9 +64,12 @@ def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path
         "epochs": hyper["n_epochs"], "batch_size": hyper["batch_size"], "max_steps": own["max_steps"],
         "max_length": own["max_length"], "lora_rank": own["lora_rank"], "lora_alpha": own["lora_alpha"],
         "lora_dropout": own["lora_dropout"], "seed": job["seed"], "logging_steps": own["logging_steps"],
-        "save_steps": own["save_steps"],
+        "save_steps": own["save_steps"], "stage": own.get("stage", "sft"),
+        **{k: own[k] for k in PREFERENCE_SETTINGS if own.get(k) is not None},
         **tracking_values(job),
     }
+    if base is not None:
+        values["model"] = str(base)
     return TrainConfig.from_dict(values, f"job {job['id']}")
 
 
@@ -229,7 +245,9 @@ def log_error(log: Path) -> str:
 
 def metrics_csv(records: list[dict[str, Any]]) -> bytes:
     """The result file: one row per logged step (OpenAI's step_metrics.csv, plus mmtune's token counts)."""
-    cols = ("step", "train_loss", "valid_loss", "learning_rate", "tokens", "trained_tokens", "epoch")
+    cols: tuple[str, ...] = ("step", "train_loss", "valid_loss", "learning_rate", "tokens", "trained_tokens", "epoch")
+    if any(k in r for r in records for k in REWARD_KEYS):  # a preference job: its rewards, train and valid
+        cols += (*REWARD_KEYS, *(f"valid_{k}" for k in REWARD_KEYS))
     by_step: dict[int, dict[str, Any]] = {}
     for r in records:
         row = by_step.setdefault(r["step"], {"step": r["step"]})
@@ -250,7 +268,22 @@ def _openai_metrics(rec: dict[str, Any]) -> dict[str, Any]:
         out["valid_loss"] = rec["eval_loss"]
     if "lr" in rec:
         out["learning_rate"] = rec["lr"]
+    for key in REWARD_KEYS:
+        if f"eval_{key}" in rec:
+            out[f"valid_{key}"] = rec[f"eval_{key}"]
     return out
+
+
+def rewards_text(rec: dict[str, Any], prefix: str = "") -> str:
+    """`, reward accuracy=0.75, margin=0.1234 (chosen=..., rejected=...)` of a preference run's record."""
+    got = {k: rec[prefix + k] for k in REWARD_KEYS if isinstance(rec.get(prefix + k), int | float)}
+    if "reward_accuracy" not in got:
+        return ""
+    text = f", reward accuracy={got['reward_accuracy']:.2f}"
+    if "reward_margin" in got:
+        text += f", margin={got['reward_margin']:.4f}"
+    sides = [f"{k[len('reward_'):]}={got[k]:.4f}" for k in ("reward_chosen", "reward_rejected") if k in got]
+    return text + (f" ({', '.join(sides)})" if sides else "")
 
 
 class JobRunner:
@@ -271,8 +304,12 @@ class JobRunner:
 
     # ------------------------------------------------------------ top level
     def run(self) -> None:
+        base = self.merged_base()
+        if base is not None and not (base / "config.json").is_file():
+            if self.prepare_base(base) != "merged":
+                return
         try:
-            args = self.command()
+            args = self.command(base)
         except UserError as e:
             self.fail("invalid_config", f"the job's training config is invalid: {e}")
             return
@@ -282,9 +319,39 @@ class JobRunner:
         if outcome == "exited":
             self.finish(proc.returncode)
 
-    def command(self) -> list[str]:
+    def merged_base(self) -> Path | None:
+        """Where the job's model is merged, when it is a LoRA fine-tune (an earlier job's result), else None."""
+        return self.svc.layout.job_dir(self.id) / MERGED_BASE if is_adapter_folder(self.job["model"]) else None
+
+    def prepare_base(self, base: Path) -> str:
+        """Merge the LoRA fine-tune the job starts from into `base` (`mmtune merge`, a subprocess followed like
+        training; the folder appears whole or not at all). The job then trains a new adapter on that model, so
+        a DPO job's reference (its adapter switched off) is the fine-tuned model, as in OpenAI's SFT-then-DPO.
+        Returns how the merge ended: "merged", or the job has failed / was cancelled / the service stopped."""
+        args = [self.svc.settings.python, "-m", "mmtune.cli", "merge", "--adapter", self.job["model"],
+                "--out", str(base)]
+        self.svc.layout.job_dir(self.id).mkdir(parents=True, exist_ok=True)
+        parent = self.job["params"]["mmtune"].get("parent_model") or self.job["model"]
+        self.store.add_event(self.id, "info", f"Merging the LoRA adapter of {parent} into its base: this job "
+                             "trains a new adapter on the merged model")
+        with open(self.svc.layout.log(self.id), "ab") as log:
+            log.write(f"=== merge: {' '.join(args)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=self.svc.layout.job_dir(self.id), env=training_env(),
+                                    start_new_session=True, preexec_fn=_pdeathsig())
+        outcome = self.follow(proc)
+        if outcome != "exited":
+            return outcome
+        if proc.returncode != 0 or not (base / "config.json").is_file():
+            self.fail("merge_failed", f"merging the fine-tuned model {self.job['model']} failed (exit status "
+                      f"{proc.returncode}): {log_error(self.svc.layout.log(self.id))}")
+            return "failed"
+        return "merged"
+
+    def command(self, base: Path | None = None) -> list[str]:
         files = self.svc.job_file_paths(self.job)
-        cfg = train_config(self.job, files["training_file"], files.get("validation_file"), self.output)
+        cfg = train_config(self.job, files["training_file"], files.get("validation_file"), self.output, base)
         folder = self.svc.layout.job_dir(self.id)
         folder.mkdir(parents=True, exist_ok=True)
         config_path = cfg.save(folder)
@@ -361,10 +428,11 @@ class JobRunner:
             step = rec["step"]
             data = {**_openai_metrics(rec), "total_steps": total}
             if "loss" in rec and step > self.last_step:
-                new.append((f"Step {step}/{total or '?'}: training loss={rec['loss']:.4f}", data))
+                new.append((f"Step {step}/{total or '?'}: training loss={rec['loss']:.4f}{rewards_text(rec)}", data))
                 self.last_step = step
             if "eval_loss" in rec and step > self.last_eval_step:
-                new.append((f"Step {step}/{total or '?'}: validation loss={rec['eval_loss']:.4f}", data))
+                new.append((f"Step {step}/{total or '?'}: validation loss={rec['eval_loss']:.4f}"
+                            f"{rewards_text(rec, 'eval_')}", data))
                 self.last_eval_step = step
         if not new:
             return
