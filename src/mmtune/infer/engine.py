@@ -361,6 +361,36 @@ class Engine:
         rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
         return rows, Prefill(self.model, batch)
 
+    def encode(self, text: str, model: str | None = None) -> list[int]:
+        """`text` as token ids, as the tokenizer writes a plain text (no chat template): the legacy
+        completions' prompt."""
+        return list(self._tokenizers[self._key(model)](text)["input_ids"])
+
+    def prepare_ids(self, ids: Sequence[int], model: str | None = None) -> Prompt:
+        """A Prompt of raw token ids (no chat template): each must be in the vocabulary, and they must
+        leave room in the context for at least one more token."""
+        key = self._key(model)
+        size = _vocab_size(self.model, self._tokenizers[key])
+        if not ids:
+            raise UserError("prompt: the prompt is empty: send at least one token")
+        bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < size), None)
+        if bad is not None:
+            raise UserError(f"prompt: token id {bad!r} is not in this model's vocabulary (0 to {size - 1})")
+        if len(ids) >= self.context_length:
+            raise PromptTooLong(len(ids), self.context_length)
+        return Prompt(key, list(ids))
+
+    def score(self, prompt: Prompt, top: int = 0) -> list:
+        """Each prompt token's log-probability given the ones before it (the first: None), with the
+        `top` most likely tokens at each position: one forward pass, nothing generated."""
+        from mmtune.infer.decode import score
+
+        self._gate.acquire(prompt.key)
+        try:
+            return score(self.model, prompt.ids, top)
+        finally:
+            self._gate.release()
+
     def chat(self, messages, *, model: str | None = None, **gen: Any) -> str:
         """The answer to `messages` (OpenAI-style dicts or a Sample)."""
         return self.complete(messages, model=model, **gen).text
@@ -379,15 +409,17 @@ class Engine:
         model: str | None = None,
         tools: list[dict] | None = None,
         media: MediaPolicy | None = None,
+        score_prompt: bool = False,
         **gen: Any,
     ) -> Generation:
         """Text pieces as they are produced; `.completion` holds the usage once it is exhausted.
 
         `messages`: OpenAI-style dicts, a Sample, or a `prepare`d Prompt. `media`: which media
-        references the prompt may use (default: the engine's policy)."""
+        references the prompt may use (default: the engine's policy). `logprobs=N` records each
+        token's log-probability with N alternatives; `score_prompt` the prompt tokens' too."""
         opts = self.options(**gen)
         prompt = self.prepare(messages, model=model, tools=tools, media=media)
-        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill)
+        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill, score_prompt=score_prompt)
 
     def generate_batch(
         self, prompts: Sequence, *, model: str | None = None, media: MediaPolicy | None = None, **gen: Any
@@ -436,8 +468,10 @@ class Generation:
     stops): the iteration then ends and `cancelled` is true.
     """
 
-    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None):
+    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None,
+                 *, score_prompt: bool = False):
         tokenizer = engine._tokenizers[key]
+        self._score_prompt = score_prompt
         eos = engine._eos_ids(key)
         self.trackers = [TextTracker(tokenizer, opts, eos, len(r)) for r in rows]
         self._engine, self._key, self._rows, self._opts = engine, key, rows, opts
@@ -469,7 +503,8 @@ class Generation:
         engine._gate.acquire(self._key)
         try:
             pad = engine._tokenizers[self._key].pad_token_id or 0
-            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad, self._prefill):
+            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad, self._prefill,
+                                 score_prompt=self._score_prompt):
                 if self._cancel.is_set():
                     return
                 piece = self.trackers[0].take()
@@ -532,6 +567,16 @@ def _context_length(model, tokenizer) -> int:
         return n
     raise UserError("cannot tell this model's context length (no max_position_embeddings in its config): "
                     "set it in the model's config.json")
+
+
+def _vocab_size(model, tokenizer) -> int:
+    """How many token ids the model takes: its (text) config's vocab_size, else the tokenizer's."""
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        n = getattr(cfg, "vocab_size", None) if cfg is not None else None
+        if isinstance(n, int) and n > 0:
+            return n
+    return len(tokenizer)
 
 
 def _longest_token_bytes(tokenizer) -> int:
