@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from mmtune.infer.options import GenOptions
 
 if TYPE_CHECKING:
+    from mmtune.data.schema import ToolCall
     from mmtune.infer.vision import Prefill
 
 _REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes half a UTF-8 character to
@@ -38,10 +39,11 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of turn or a stop string) | "length" (max_new_tokens)
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length" (max_new_tokens) | "tool_calls"
     tokens: tuple[int, ...] = ()  # the generated ids (the end-of-turn token not included)
     logprobs: tuple[TokenLogprob, ...] | None = None  # per generated token, when asked for
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # per prompt token (first: None)
+    tool_calls: tuple[ToolCall, ...] = ()  # parsed out of the answer (then finish_reason "tool_calls")
 
     @property
     def usage(self) -> dict[str, int]:

@@ -29,16 +29,19 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmtune.data.schema import Message, Sample
+from mmtune.data.schema import Message, Sample, ToolCall
 from mmtune.errors import UserError
 from mmtune.infer.artifacts import ADAPTER_CONFIG, adapter_base, is_adapter_dir, model_name
 from mmtune.infer.decode import Completion, TextTracker, decode_loop
 from mmtune.infer.media import LOCAL, NO_LIMITS, MediaPolicy, MediaSizes
 from mmtune.infer.options import GenOptions, make_options
+
+if TYPE_CHECKING:
+    from mmtune.infer.tool_calls import ToolPolicy
 
 BASE = None  # adapter key of the bare base model
 PREFIX_WINDOW = 6  # characters per context token tried before a long prompt is tokenized whole
@@ -302,7 +305,7 @@ class Engine:
         rows, prefill = self._prepare([sample], key, media)
         if len(rows[0]) >= self.context_length:
             raise PromptTooLong(len(rows[0]), self.context_length)
-        return Prompt(key, rows[0], prefill)
+        return Prompt(key, rows[0], prefill, tuple(sample.tools or ()))
 
     @property
     def context_length(self) -> int:
@@ -391,9 +394,11 @@ class Engine:
         finally:
             self._gate.release()
 
-    def chat(self, messages, *, model: str | None = None, **gen: Any) -> str:
-        """The answer to `messages` (OpenAI-style dicts or a Sample)."""
-        return self.complete(messages, model=model, **gen).text
+    def chat(self, messages, *, model: str | None = None, **gen: Any) -> Answer:
+        """The answer to `messages` (OpenAI-style dicts or a Sample): its content, a str, with the
+        parsed message (`.tool_calls`, `.message`) when the model called tools."""
+        done = self.complete(messages, model=model, **gen)
+        return Answer(done.text, done.tool_calls)
 
     def complete(self, messages, *, model: str | None = None, **gen: Any) -> Completion:
         """The answer with its token counts and finish reason."""
@@ -410,16 +415,24 @@ class Engine:
         tools: list[dict] | None = None,
         media: MediaPolicy | None = None,
         score_prompt: bool = False,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
         **gen: Any,
     ) -> Generation:
         """Text pieces as they are produced; `.completion` holds the usage once it is exhausted.
 
         `messages`: OpenAI-style dicts, a Sample, or a `prepare`d Prompt. `media`: which media
         references the prompt may use (default: the engine's policy). `logprobs=N` records each
-        token's log-probability with N alternatives; `score_prompt` the prompt tokens' too."""
+        token's log-probability with N alternatives; `score_prompt` the prompt tokens' too.
+        `tool_choice` / `parallel_tool_calls` as OpenAI's (infer/tool_calls.py): the answer's tool
+        calls are parsed into `.completion.tool_calls`."""
+        from mmtune.infer.tool_calls import tool_policy
+
         opts = self.options(**gen)
         prompt = self.prepare(messages, model=model, tools=tools, media=media)
-        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill, score_prompt=score_prompt)
+        policy = tool_policy(tools or prompt.tools, tool_choice, parallel_tool_calls)
+        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill, score_prompt=score_prompt,
+                          tools=policy)
 
     def generate_batch(
         self, prompts: Sequence, *, model: str | None = None, media: MediaPolicy | None = None, **gen: Any
@@ -427,11 +440,19 @@ class Engine:
         """Answers for many conversations at once (one left-padded batch)."""
         opts = self.options(**gen)
         key = self._key(model)
-        rows, prefill = self._prepare([to_sample(p) for p in prompts], key, media)
+        from mmtune.infer.tool_calls import tool_policy
+
+        samples = [to_sample(p) for p in prompts]
+        rows, prefill = self._prepare(samples, key, media)
         batch = Generation(self, key, rows, opts, prefill)
         for _ in batch:
             pass
-        return batch.completions
+        out = []
+        for sample, done in zip(samples, batch.completions):  # a row with tools: its calls parsed out
+            content, calls = tool_policy(sample.tools).split(done.text)
+            out.append(replace(done, text=content, tool_calls=tuple(calls), finish_reason="tool_calls")
+                       if calls else done)
+        return out
 
     def _eos_ids(self, key: Any) -> set[int]:
         tokenizer, processor = self._tokenizers[key], self._processors[key]
@@ -457,6 +478,7 @@ class Prompt:
     key: Any
     ids: list[int]
     prefill: Any = None  # infer.vision.Prefill for a vision model's media, else None
+    tools: tuple[dict, ...] = ()  # the tool definitions rendered into it
 
 
 class Generation:
@@ -469,9 +491,20 @@ class Generation:
     """
 
     def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None,
-                 *, score_prompt: bool = False):
+                 *, score_prompt: bool = False, tools: ToolPolicy | None = None):
+        from mmtune.infer.tool_calls import ToolPolicy
+
         tokenizer = engine._tokenizers[key]
         self._score_prompt = score_prompt
+        self.tools = tools or ToolPolicy()
+        self.prefix = self.tools.prefix  # the answer starts with it (a forced call)
+        if self.prefix:
+            if prefill is not None:
+                raise UserError("tool_choice 'required' or a named function is not supported on vision models yet: "
+                                "use tool_choice 'auto'")
+            rows = [r + tokenizer(self.prefix, add_special_tokens=False)["input_ids"] for r in rows]
+        if self.tools.stops:
+            opts = replace(opts, stop=opts.stop + self.tools.stops)
         eos = engine._eos_ids(key)
         self.trackers = [TextTracker(tokenizer, opts, eos, len(r)) for r in rows]
         self._engine, self._key, self._rows, self._opts = engine, key, rows, opts
@@ -500,6 +533,8 @@ class Generation:
         engine = self._engine
         if self._cancel.is_set():
             return
+        if self.prefix:
+            yield self.prefix
         engine._gate.acquire(self._key)
         try:
             pad = engine._tokenizers[self._key].pad_token_id or 0
@@ -518,11 +553,36 @@ class Generation:
 
     @property
     def completion(self) -> Completion:
-        return self.trackers[0].completion()
+        return self._parsed(self.trackers[0].completion())
 
     @property
     def completions(self) -> list[Completion]:
-        return [t.completion() for t in self.trackers]
+        return [self._parsed(t.completion()) for t in self.trackers]
+
+    def _parsed(self, done: Completion) -> Completion:
+        """The answer with the forced opening before it, split into content and tool calls."""
+        content, calls = self.tools.split(self.prefix + done.text)
+        if not calls:
+            return replace(done, text=content)
+        return replace(done, text=content, tool_calls=tuple(calls), finish_reason="tool_calls")
+
+
+class Answer(str):
+    """Engine.chat's answer: the content (a str) and the tool calls the model made."""
+
+    tool_calls: tuple[ToolCall, ...]
+
+    def __new__(cls, content: str, tool_calls: Sequence[ToolCall] = ()):
+        self = super().__new__(cls, content)
+        self.tool_calls = tuple(tool_calls)
+        return self
+
+    @property
+    def message(self) -> Message:
+        """The assistant message (content and tool calls), as mmtune's data layer writes it."""
+        from mmtune.data.schema import Part
+
+        return Message("assistant", [Part("text", text=str(self))] if self else [], list(self.tool_calls))
 
 
 def _end_of_turn_id(template, tokenizer=None) -> int | None:
@@ -599,4 +659,4 @@ def _adapter_tokenizer(path: str):
     return tok
 
 
-__all__ = ["Engine", "Generation", "Prompt", "PromptTooLong", "Completion", "GenOptions", "MediaPolicy", "Message"]
+__all__ = ["Answer", "Engine", "Generation", "Prompt", "PromptTooLong", "Completion", "GenOptions", "MediaPolicy", "Message"]

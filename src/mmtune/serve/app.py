@@ -57,6 +57,7 @@ from mmtune import __version__
 from mmtune.errors import UserError
 from mmtune.infer.engine import PromptTooLong
 from mmtune.infer.media import MediaPolicy
+from mmtune.infer.tool_calls import ContentStream, tool_policy
 from mmtune.serve.pool import ModelPool
 from mmtune.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
 
@@ -456,6 +457,9 @@ def chat_router() -> APIRouter:
             None, lambda: _prepare(engine, req, request.app.state.media)
         )
         options = _fit(options, req, len(prompt.ids), engine.context_length, cap)
+        if req.tool_choice is not None or req.parallel_tool_calls is not None:
+            options = [{**o, "tool_choice": req.tool_choice, "parallel_tool_calls": req.parallel_tool_calls}
+                       for o in options]
         limiter: Limiter = request.app.state.limiter
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
         if req.stream:  # Starlette cancels the stream when the client leaves; _pump then stops the generation
@@ -496,6 +500,10 @@ def _parse_chat(body: Any) -> ChatCompletionRequest:
                 or not isinstance(function.get("name"), str) or not function["name"]:
             raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
                            "\"parameters\": {...}}}", param=f"tools[{i}]")
+    try:
+        tool_policy(req.tools, req.tool_choice, req.parallel_tool_calls)
+    except UserError as e:
+        raise ApiError(400, str(e), param="tool_choice") from None
     return req
 
 
@@ -632,7 +640,7 @@ def _completion_body(meta: dict, completions: list, tokenizer=None) -> dict:
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
+                "message": _message(c),
                 "logprobs": _chat_logprobs(tokenizer, c.logprobs) if c.logprobs is not None else None,
                 "finish_reason": c.finish_reason,
             }
@@ -644,6 +652,15 @@ def _completion_body(meta: dict, completions: list, tokenizer=None) -> dict:
             "total_tokens": prompt + generated,
         },
     }
+
+
+def _message(c) -> dict:
+    """The assistant message of a Completion: content, and OpenAI's tool_calls when it made any."""
+    if not c.tool_calls:
+        return {"role": "assistant", "content": c.text}
+    return {"role": "assistant", "content": c.text or None, "tool_calls": [
+        {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+        for t in c.tool_calls]}
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -669,18 +686,27 @@ async def _stream_events(
         async with limiter.slot():
             for i, opts in enumerate(options):
                 generation = limiter.track(engine.stream(prompt, **opts))
-                tracker, sent = generation.trackers[0], 0
+                tracker, sent, content = generation.trackers[0], 0, ContentStream(generation.tools)
                 yield _chunk(meta, i, {"role": "assistant", "content": ""})
                 async for piece, upto in _pump(generation, limiter):
+                    shown = content.feed(piece)  # a tool call being written is held back, parsed at the end
+                    if not shown:
+                        continue
                     logprobs = None
                     if tracker.logprobs is not None:
                         logprobs, sent = _chat_logprobs(tokenizer, tracker.logprobs[sent:upto]), upto
-                    yield _chunk(meta, i, {"content": piece}, logprobs=logprobs)
+                    yield _chunk(meta, i, {"content": shown}, logprobs=logprobs)
                 if generation.cancelled:  # the server stops
                     return
                 done = generation.completion
                 prompt_tokens, generated = done.prompt_tokens, generated + done.completion_tokens
                 rest = _chat_logprobs(tokenizer, done.logprobs[sent:]) if done.logprobs is not None else None
+                if content.rest(done.text):
+                    yield _chunk(meta, i, {"content": content.rest(done.text)}, logprobs=rest)
+                    rest = None
+                for k, call in enumerate(done.tool_calls):  # OpenAI's tool-call deltas, one whole call each
+                    yield _chunk(meta, i, {"tool_calls": [{"index": k, "id": call.id, "type": "function", "function": {
+                        "name": call.name, "arguments": call.arguments}}]})
                 yield _chunk(meta, i, {}, done.finish_reason, logprobs=rest)
     except Exception:  # headers are sent: report in-band, as OpenAI does
         traceback.print_exc(file=sys.stderr)
