@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fastapi
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,20 +207,19 @@ def llama_cpp_app(gguf: Path):
     """OpenAI's streaming chat route over one llama_cpp.Llama (its chat template from the GGUF)."""
     import threading
 
-    from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     lock = threading.Lock()  # one generation at a time, as llama-cpp-python's server serves one Llama
-    app = FastAPI()
+    app = fastapi.FastAPI()
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": "gguf", "object": "model"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request):
+    async def chat(request: fastapi.Request):
         body = await request.json()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -214,7 +214,7 @@ def decode_loop(
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    generator = _generator(opts, device)
+    generator = generator_for(opts, device)
     procs = logits_processors(opts)
     history, step_ids, cache = ids, ids, None
     extra = prefill.model_inputs(model) if prefill is not None else {}
@@ -239,7 +239,7 @@ def decode_loop(
             cache = out.past_key_values
             last = out.logits[:, -1, :]
             scores = procs(history, last.float())
-            nxt = _pick(scores, opts, generator)
+            nxt = pick(scores, opts, generator)
             chosen = token_logprobs(last, nxt.tolist(), top) if top is not None else [None] * len(rows)
             for tracker, token, logprob in zip(trackers, nxt.tolist(), chosen):
                 if not tracker.done:
@@ -251,7 +251,7 @@ def decode_loop(
             yield
 
 
-def _generator(opts: GenOptions, device):
+def generator_for(opts: GenOptions, device):
     import torch
 
     if opts.greedy:
@@ -264,7 +264,7 @@ def _generator(opts: GenOptions, device):
     return gen
 
 
-def _pick(scores, opts: GenOptions, generator):
+def pick(scores, opts: GenOptions, generator):
     import torch
 
     if opts.greedy:

@@ -22,6 +22,10 @@ each adapter's own. An adapter trained on a vision model loads like any other.
 Adapters over one base share its weights, and which adapter is active is module state in
 PEFT, so `_AdapterGate` lets any number of generations run at once on the same adapter and
 switches adapters only between them, first come first served.
+
+Single text answers (what the server and chat ask for) decode in one running batch
+(infer/scheduler.py, continuous batching); batches of prompts (`generate_batch`), vision prompts
+and prompt scoring run the one-call loop of infer/decode.py.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from mmtune.infer.artifacts import ADAPTER_CONFIG, adapter_base, is_adapter_dir,
 from mmtune.infer.decode import Completion, TextTracker, decode_loop
 from mmtune.infer.media import LOCAL, NO_LIMITS, MediaPolicy, MediaSizes
 from mmtune.infer.options import GenOptions, make_options
+from mmtune.infer.scheduler import Batcher
 
 if TYPE_CHECKING:
     from mmtune.infer.tool_calls import ToolPolicy
@@ -180,6 +185,9 @@ class Engine:
         self._sized(BASE)
         self.default_model = self.name
         self._gate = _AdapterGate(self._switch)
+        self._batcher = Batcher(self)  # continuous batching of single text answers (infer/scheduler.py)
+        self._batchable: bool | None = None  # whether the model's cache can be stacked
+        self.batches  # noqa: B018  (found now, by a one-token forward, not inside someone's first request)
         extra = dict(adapters) if isinstance(adapters, Mapping) else {model_name(p): p for p in adapters}
         if first_adapter:
             extra = {first_adapter[0]: first_adapter[1], **extra}
@@ -454,6 +462,23 @@ class Engine:
                        if calls else done)
         return out
 
+    @property
+    def batches(self) -> bool:
+        """Whether single text answers decode together (continuous batching): the model's KV cache is a
+        plain per-layer one (checked once, with a one-token forward)."""
+        if self._batchable is None and self.is_vision:
+            self._batchable = False  # media inputs of the prefill: the one-answer loop
+        if self._batchable is None:
+            import torch
+
+            from mmtune.infer.scheduler import batchable
+
+            device = next(self.model.parameters()).device
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+            self._batchable = batchable(out.past_key_values)
+        return self._batchable
+
     def _eos_ids(self, key: Any) -> set[int]:
         tokenizer, processor = self._tokenizers[key], self._processors[key]
         ids = set()
@@ -535,6 +560,9 @@ class Generation:
             return
         if self.prefix:
             yield self.prefix
+        if len(self._rows) == 1 and self._prefill is None and not self._score_prompt and engine.batches:
+            yield from self._batched()
+            return
         engine._gate.acquire(self._key)
         try:
             pad = engine._tokenizers[self._key].pad_token_id or 0
@@ -550,6 +578,23 @@ class Generation:
         piece = self.trackers[0].take()
         if piece:
             yield piece
+
+    def _batched(self) -> Iterator[str]:
+        """Text pieces of this answer decoded in the engine's running batch (infer/scheduler.py)."""
+        from mmtune.infer.scheduler import END, Slot
+
+        slot = Slot(self._key, self._rows[0], self._opts, self.trackers[0], self._cancel)
+        self._engine._batcher.submit(slot)
+        finished = False
+        try:
+            while (item := slot.out.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            finished = True
+        finally:
+            if not finished:  # closed half-way (the client left): the row leaves the batch at its next step
+                slot.cancel.set()
 
     @property
     def completion(self) -> Completion:
