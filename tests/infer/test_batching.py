@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from infer.tiny import tiny_base
+from infer.tiny import tiny_adapter, tiny_base
 
 from mmtune.infer.engine import Engine
 
@@ -116,3 +116,15 @@ def test_twenty_streams_with_clients_leaving_free_every_slot(engine):
             time.sleep(0.1)
         assert httpx.get(f"{url}/health").json()["running"] == 0 and engine._batcher.running == 0
     assert all(c > 3 for i, c in enumerate(chunks) if i % 3)
+
+
+def test_two_adapters_and_the_base_decode_in_one_batch_each_with_its_own_weights():
+    e = Engine(str(tiny_base("qwen2")), adapters={"a": str(tiny_adapter("qwen2", 1)), "b": str(tiny_adapter("qwen2", 2))})
+    names = [e.name, "a", "b"] * 2
+    jobs = [dict(messages=ask(QUESTIONS[i % 5]), model=m, temperature=0, max_new_tokens=12) for i, m in enumerate(names)]
+    # the reference: the one-answer loop, which switches the active adapter (PeftModel.set_adapter)
+    alone = [e.generate_batch([j["messages"]], model=j["model"], temperature=0, max_new_tokens=12)[0] for j in jobs]
+    assert len({(c.text) for c in alone[:3]}) == 3  # the adapters do change the answer
+    together = concurrently(e, jobs)
+    assert e._batcher.peak >= 3
+    assert [c.text for c in together] == [c.text for c in alone]

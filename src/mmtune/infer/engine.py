@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mmtune.infer.tool_calls import ToolPolicy
 
 BASE = None  # adapter key of the bare base model
+MIXED = "<mixed>"  # the gate's key while rows for any adapters decode in one batch (infer/scheduler.py)
 PREFIX_WINDOW = 6  # characters per context token tried before a long prompt is tokenized whole
 
 
@@ -246,6 +247,14 @@ class Engine:
         if self._processors[key] is not None:
             self.sizes.apply(self._processors[key], strict=self._strict_sizes)
 
+    @property
+    def mixes_adapters(self) -> bool:
+        """Whether rows for different adapters (and the base) decode in one batch: PEFT's mixed-adapter
+        forward (`adapter_names=`), on an engine that has adapters."""
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
     def _key(self, model: str | None) -> Any:
         name = model or self.default_model
         if name == self.name:
@@ -255,6 +264,9 @@ class Engine:
         return self._adapters[name]
 
     def _switch(self, key: Any) -> None:
+        if key is MIXED:  # a batch of rows for several adapters: each forward names each row's (adapter_names)
+            self.model.base_model.enable_adapter_layers()
+            return
         if key is BASE:
             self.model.base_model.disable_adapter_layers()
         else:

@@ -7,9 +7,10 @@ finished or cancelled row leaves the batch at once (its cache rows are dropped, 
 row needs any more are trimmed). Each row keeps its own options: sampling processors, random
 generator (a per-request seed), stop strings, max tokens.
 
-Rows decode together when they use the same adapter (which adapter is active is module state in
-PEFT); an answer for another adapter waits until the batch ahead of it drains, first come first
-served (the engine's adapter gate). Models whose cache is not a plain per-layer key/value cache
+Rows for different LoRA adapters over one base (and for the base itself) decode in the same batch:
+PEFT's mixed-adapter forward (`adapter_names=`, one name per row) applies each row's adapter. The
+batch holds the engine's adapter gate in its "mixed" state, so the one-answer loop (which switches
+the active adapter) waits for it, first come first served. Models whose cache is not a plain per-layer key/value cache
 (sliding-window or static layers) and vision prompts keep the one-answer loop (infer/decode.py).
 """
 
@@ -63,17 +64,20 @@ class Batcher:
             self._cond.notify_all()
 
     def _take(self, key: Any, running: bool) -> tuple[Any, list[Slot]]:
-        """The waiting answers that may join now: in arrival order, up to the first for another adapter
-        (all of one adapter when nothing runs). (key, []) and the thread ends when nothing is left."""
+        """The waiting answers that may join now: all of them where adapters mix in one batch, else in
+        arrival order up to the first for another adapter (all of one adapter when nothing runs). The
+        gate key for the batch; (key, []) and the thread ends when nothing is left."""
+        from mmtune.infer.engine import MIXED
+
         with self._cond:
             if not running:
                 if not self._waiting:
                     self._thread = None
                     return key, []
-                key = self._waiting[0].key
+                key = MIXED if self._engine.mixes_adapters else self._waiting[0].key
             taken = []
             for slot in list(self._waiting):
-                if slot.key != key:
+                if key is not MIXED and slot.key != key:
                     break
                 taken.append(slot)
                 self._waiting.remove(slot)
@@ -126,7 +130,7 @@ class Batcher:
 
         device = next(self._engine.model.parameters()).device
         ids = torch.tensor([slot.ids], device=device)
-        out = self._engine.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        out = self._engine.model(input_ids=ids, use_cache=True, logits_to_keep=1, **self._adapters([slot]))
         slot.history, slot.procs, slot.generator = ids, logits_processors(slot.opts), generator_for(slot.opts, device)
         slot.position = len(slot.ids) - 1
         self._pick(slot, out.logits[:, -1, :])
@@ -141,12 +145,18 @@ class Batcher:
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
         positions = torch.tensor([[s.position + 1] for s in rows], device=device)
         out = self._engine.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=cache, use_cache=True)
+                                 past_key_values=cache, use_cache=True, **self._adapters(rows))
         for r, slot in enumerate(rows):
             slot.position += 1
             if not (slot.tracker.done or slot.cancel.is_set()):
                 self._pick(slot, out.logits[r : r + 1, -1, :])
         return out.past_key_values, mask
+
+    def _adapters(self, rows: list[Slot]) -> dict[str, Any]:
+        """Each row's adapter for PEFT's mixed-adapter forward (the base: "__base__")."""
+        if not self._engine.mixes_adapters:
+            return {}
+        return {"adapter_names": ["__base__" if s.key is None else s.key for s in rows]}
 
     def _pick(self, slot: Slot, logits) -> None:
         """Choose the slot's next token from `logits` ([1, vocab]) with its own options, push it, and
