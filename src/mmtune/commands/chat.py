@@ -20,6 +20,9 @@ def add_parser(subparsers) -> None:
     )
     add_model_argument(p)
     p.add_argument("--system", default=None, help="system prompt (default: none)")
+    p.add_argument("--tools", default=None, metavar="FILE",
+                   help="a JSON file with a list of OpenAI tool definitions the model may call; its calls are "
+                   "shown as [tool call] lines (default: none)")
     add_generation_arguments(p)
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on a GPU, else fp32)")
     add_remote_media_argument(p)
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     gen = generation_options(args)
     make_options(**gen)  # a bad flag fails before the model loads
+    tools = read_tools(args.tools) if getattr(args, "tools", None) else None
     sizes = media_sizes(args)
     try:
         import readline  # noqa: F401  (line editing and history for input())
@@ -131,5 +135,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading {args.model or 'the default model'} ...", file=sys.stderr, flush=True)
     media = MediaPolicy(allow_remote=args.allow_remote_media)
     engine = Engine(args.model, dtype=args.dtype, media=media, sizes=sizes)
-    session = ChatSession(system=args.system, vision=engine.is_vision, video=engine.takes_video, media=media)
+    session = ChatSession(system=args.system, vision=engine.is_vision, video=engine.takes_video, media=media,
+                          tools=tools)
     return repl(engine, gen, session)
+
+
+def read_tools(path: str) -> list[dict]:
+    """The tool definitions in a JSON file (a list of OpenAI `{"type": "function", "function": {...}}`)."""
+    import json
+    from pathlib import Path
+
+    from mmtune.errors import UserError
+
+    try:
+        tools = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--tools {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("function"), dict)
+                                              and t["function"].get("name") for t in tools):
+        raise UserError(f'--tools {path}: must be a JSON list of {{"type": "function", "function": {{"name": ..., '
+                        '"parameters": {...}}}} objects')
+    return tools

@@ -105,6 +105,8 @@ def _record(row: Row, c) -> dict[str, Any]:
         "prompt": openai.dump(row.prompt, [])["messages"],
         "reference": row.reference,
         "prediction": c.text,
+        **({"tool_calls": [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+                           for t in c.tool_calls]} if c.tool_calls else {}),
         "finish_reason": c.finish_reason,
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,

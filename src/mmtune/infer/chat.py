@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from mmtune.errors import UserError
 from mmtune.infer.media import LOCAL, MediaPolicy
+from mmtune.infer.tool_calls import ContentStream
 
 HELP = (
     "/clear forget the conversation · /system TEXT set the system prompt · /exit quit · Ctrl-C stop an answer"
@@ -38,6 +39,7 @@ class ChatSession:
     video: bool = False
     media: MediaPolicy = LOCAL
     pending: list[dict[str, Any]] = field(default_factory=list)  # content parts for the next message
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the model may call (--tools)
 
     @property
     def help(self) -> str:
@@ -137,16 +139,26 @@ def _answer(engine, session: ChatSession, line: str, gen: dict[str, Any], out: T
     stream = None
     try:
         try:
-            stream = engine.stream(session.messages(), media=session.media, **gen)
+            stream = engine.stream(session.messages(), media=session.media, tools=session.tools, **gen)
         except UserError as e:  # e.g. an attached file went missing: say so, keep chatting
             session.turns.pop()
             print(f"error: {e}", file=out, flush=True)
             return
+        content = ContentStream(stream.tools)  # a tool call being written is shown once parsed
         for piece in stream:
             pieces.append(piece)
-            out.write(piece)
+            out.write(content.feed(piece))
             out.flush()
+        done = stream.completion
+        out.write(content.rest(done.text))
         print(file=out, flush=True)
+        if done.tool_calls:
+            for call in done.tool_calls:
+                print(f"[tool call] {call.name}({call.arguments})", file=out, flush=True)
+            session.turns.append({"role": "assistant", "content": done.text, "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in done.tool_calls]})
+            return
     except KeyboardInterrupt:
         if stream is not None:
             stream.close()

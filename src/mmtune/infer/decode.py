@@ -16,9 +16,20 @@ from typing import TYPE_CHECKING
 from mmtune.infer.options import GenOptions
 
 if TYPE_CHECKING:
+    from mmtune.data.schema import ToolCall
     from mmtune.infer.vision import Prefill
 
 _REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes half a UTF-8 character to
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability under the model's own distribution (raw logits, before
+    temperature, top-k/top-p or repetition penalty), and the `top` most likely tokens there."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -28,7 +39,11 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of turn or a stop string) | "length" (max_new_tokens)
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length" (max_new_tokens) | "tool_calls"
+    tokens: tuple[int, ...] = ()  # the generated ids (the end-of-turn token not included)
+    logprobs: tuple[TokenLogprob, ...] | None = None  # per generated token, when asked for
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # per prompt token (first: None)
+    tool_calls: tuple[ToolCall, ...] = ()  # parsed out of the answer (then finish_reason "tool_calls")
 
     @property
     def usage(self) -> dict[str, int]:
@@ -57,17 +72,22 @@ class TextTracker:
         self.text = ""  # decoded so far (cut at a stop string once one appears)
         self.emitted = 0  # characters of `text` already released
         self.finish_reason: str | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if opts.logprobs is not None else None
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token: int) -> None:
-        """Take the next token; sets finish_reason when this row is finished."""
+    def push(self, token: int, logprob: TokenLogprob | None = None) -> None:
+        """Take the next token (with its log-probability when they are recorded); sets
+        finish_reason when this row is finished."""
         if token in self.eos_ids:
             self.finish_reason = "stop"
             return
         self.tokens.append(token)
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
         self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         if self._cut_at_stop():
             self.finish_reason = "stop"
@@ -101,7 +121,47 @@ class TextTracker:
         return max(end, self.emitted)
 
     def completion(self) -> Completion:
-        return Completion(self.text, self.prompt_tokens, len(self.tokens), self.finish_reason or "length")
+        return Completion(
+            self.text, self.prompt_tokens, len(self.tokens), self.finish_reason or "length", tuple(self.tokens),
+            tuple(self.logprobs) if self.logprobs is not None else None,
+            tuple(self.prompt_logprobs) if self.prompt_logprobs is not None else None,
+        )
+
+    def taken_logprobs(self, start: int) -> list[TokenLogprob]:
+        """The recorded log-probabilities from token `start` on (for streaming them as they come)."""
+        return list(self.logprobs[start:]) if self.logprobs else []
+
+
+def token_logprobs(logits, tokens, top: int) -> list[TokenLogprob]:
+    """TokenLogprob of `tokens[i]` under `logits[i]` (a [n, vocab] tensor of raw scores) with the
+    `top` most likely tokens at each position."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tokens_t = torch.as_tensor(tokens, device=logp.device)
+    chosen = logp.gather(-1, tokens_t[:, None]).squeeze(-1).tolist()
+    if top > 0:
+        values, ids = logp.topk(top, dim=-1)
+        tops = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        tops = [()] * len(tokens)
+    return [TokenLogprob(t, lp, tp) for t, lp, tp in zip(tokens, chosen, tops)]
+
+
+def prompt_logprobs(logits, ids: list[int], top: int) -> list[TokenLogprob | None]:
+    """Each prompt token's log-probability given the tokens before it (`logits`: [len(ids), vocab],
+    the forward pass over `ids`); the first token has none (None)."""
+    return [None, *token_logprobs(logits[:-1], ids[1:], top)]
+
+
+def score(model, ids: list[int], top: int) -> list[TokenLogprob | None]:
+    """prompt_logprobs of `ids` from one plain forward pass (no generation)."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]
+    return prompt_logprobs(logits, ids, top)
 
 
 def logits_processors(opts: GenOptions):
@@ -134,6 +194,8 @@ def decode_loop(
     opts: GenOptions,
     pad_id: int,
     prefill: Prefill | None = None,
+    *,
+    score_prompt: bool = False,
 ) -> Iterator[None]:
     """Generate for every row until each tracker is done; yields after every step.
 
@@ -141,6 +203,8 @@ def decode_loop(
     padded row generates exactly what it would alone (up to float rounding).
     `prefill` (vision models) adds media tensors to the first forward only, and the
     model's own positions where it has 3-D ones (infer/vision.py).
+    With `opts.logprobs` set, each tracker records its tokens' TokenLogprob (raw model scores);
+    `score_prompt` also keeps the prefill's logits of every position and records the prompt's.
     Closing the iterator stops generation (client gone, Ctrl-C).
     """
     import torch
@@ -150,12 +214,13 @@ def decode_loop(
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    generator = _generator(opts, device)
+    generator = generator_for(opts, device)
     procs = logits_processors(opts)
     history, step_ids, cache = ids, ids, None
     extra = prefill.model_inputs(model) if prefill is not None else {}
     step_extra = prefill.step_inputs(extra) if prefill is not None else {}
     place = prefill.positions if prefill is not None else None
+    top = opts.logprobs
     with torch.inference_mode():
         while not all(t.done for t in trackers):
             out = model(
@@ -164,15 +229,21 @@ def decode_loop(
                 position_ids=place(positions, cache is None) if place else positions,
                 past_key_values=cache,
                 use_cache=True,
-                logits_to_keep=1,  # the prompt's other positions need no vocabulary projection
+                # the prompt's other positions need no vocabulary projection, unless they are scored
+                logits_to_keep=0 if score_prompt and cache is None else 1,
                 **(extra if cache is None else step_extra),  # media: the prefill's; later steps read the cache
             )
+            if score_prompt and cache is None:
+                for r, (row, tracker) in enumerate(zip(rows, trackers)):
+                    tracker.prompt_logprobs = prompt_logprobs(out.logits[r, width - len(row):], row, top or 0)
             cache = out.past_key_values
-            scores = procs(history, out.logits[:, -1, :].float())
-            nxt = _pick(scores, opts, generator)
-            for tracker, token in zip(trackers, nxt.tolist()):
+            last = out.logits[:, -1, :]
+            scores = procs(history, last.float())
+            nxt = pick(scores, opts, generator)
+            chosen = token_logprobs(last, nxt.tolist(), top) if top is not None else [None] * len(rows)
+            for tracker, token, logprob in zip(trackers, nxt.tolist(), chosen):
                 if not tracker.done:
-                    tracker.push(token)
+                    tracker.push(token, logprob)
             step_ids = nxt[:, None]
             history = torch.cat([history, step_ids], dim=-1)
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
@@ -180,7 +251,7 @@ def decode_loop(
             yield
 
 
-def _generator(opts: GenOptions, device):
+def generator_for(opts: GenOptions, device):
     import torch
 
     if opts.greedy:
@@ -193,7 +264,7 @@ def _generator(opts: GenOptions, device):
     return gen
 
 
-def _pick(scores, opts: GenOptions, generator):
+def pick(scores, opts: GenOptions, generator):
     import torch
 
     if opts.greedy:

@@ -22,6 +22,10 @@ each adapter's own. An adapter trained on a vision model loads like any other.
 Adapters over one base share its weights, and which adapter is active is module state in
 PEFT, so `_AdapterGate` lets any number of generations run at once on the same adapter and
 switches adapters only between them, first come first served.
+
+Single text answers (what the server and chat ask for) decode in one running batch
+(infer/scheduler.py, continuous batching); batches of prompts (`generate_batch`), vision prompts
+and prompt scoring run the one-call loop of infer/decode.py.
 """
 
 from __future__ import annotations
@@ -29,18 +33,23 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmtune.data.schema import Message, Sample
+from mmtune.data.schema import Message, Sample, ToolCall
 from mmtune.errors import UserError
 from mmtune.infer.artifacts import ADAPTER_CONFIG, adapter_base, is_adapter_dir, model_name
 from mmtune.infer.decode import Completion, TextTracker, decode_loop
 from mmtune.infer.media import LOCAL, NO_LIMITS, MediaPolicy, MediaSizes
 from mmtune.infer.options import GenOptions, make_options
+from mmtune.infer.scheduler import Batcher
+
+if TYPE_CHECKING:
+    from mmtune.infer.tool_calls import ToolPolicy
 
 BASE = None  # adapter key of the bare base model
+MIXED = "<mixed>"  # the gate's key while rows for any adapters decode in one batch (infer/scheduler.py)
 PREFIX_WINDOW = 6  # characters per context token tried before a long prompt is tokenized whole
 
 
@@ -178,6 +187,9 @@ class Engine:
         self._sized(BASE)
         self.default_model = self.name
         self._gate = _AdapterGate(self._switch)
+        self._batcher = Batcher(self)  # continuous batching of single text answers (infer/scheduler.py)
+        self._batchable: bool | None = None  # whether the model's cache can be stacked
+        self.batches  # noqa: B018  (found now, by a one-token forward, not inside someone's first request)
         extra = dict(adapters) if isinstance(adapters, Mapping) else {model_name(p): p for p in adapters}
         if first_adapter:
             extra = {first_adapter[0]: first_adapter[1], **extra}
@@ -236,6 +248,14 @@ class Engine:
         if self._processors[key] is not None:
             self.sizes.apply(self._processors[key], strict=self._strict_sizes)
 
+    @property
+    def mixes_adapters(self) -> bool:
+        """Whether rows for different adapters (and the base) decode in one batch: PEFT's mixed-adapter
+        forward (`adapter_names=`), on an engine that has adapters."""
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
     def _key(self, model: str | None) -> Any:
         name = model or self.default_model
         if name == self.name:
@@ -245,6 +265,9 @@ class Engine:
         return self._adapters[name]
 
     def _switch(self, key: Any) -> None:
+        if key is MIXED:  # a batch of rows for several adapters: each forward names each row's (adapter_names)
+            self.model.base_model.enable_adapter_layers()
+            return
         if key is BASE:
             self.model.base_model.disable_adapter_layers()
         else:
@@ -303,7 +326,7 @@ class Engine:
         rows, prefill = self._prepare([sample], key, media)
         if len(rows[0]) >= self.context_length:
             raise PromptTooLong(len(rows[0]), self.context_length)
-        return Prompt(key, rows[0], prefill)
+        return Prompt(key, rows[0], prefill, tuple(sample.tools or ()))
 
     @property
     def context_length(self) -> int:
@@ -362,9 +385,41 @@ class Engine:
         rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
         return rows, Prefill(self.model, batch)
 
-    def chat(self, messages, *, model: str | None = None, **gen: Any) -> str:
-        """The answer to `messages` (OpenAI-style dicts or a Sample)."""
-        return self.complete(messages, model=model, **gen).text
+    def encode(self, text: str, model: str | None = None) -> list[int]:
+        """`text` as token ids, as the tokenizer writes a plain text (no chat template): the legacy
+        completions' prompt."""
+        return list(self._tokenizers[self._key(model)](text)["input_ids"])
+
+    def prepare_ids(self, ids: Sequence[int], model: str | None = None) -> Prompt:
+        """A Prompt of raw token ids (no chat template): each must be in the vocabulary, and they must
+        leave room in the context for at least one more token."""
+        key = self._key(model)
+        size = _vocab_size(self.model, self._tokenizers[key])
+        if not ids:
+            raise UserError("prompt: the prompt is empty: send at least one token")
+        bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < size), None)
+        if bad is not None:
+            raise UserError(f"prompt: token id {bad!r} is not in this model's vocabulary (0 to {size - 1})")
+        if len(ids) >= self.context_length:
+            raise PromptTooLong(len(ids), self.context_length)
+        return Prompt(key, list(ids))
+
+    def score(self, prompt: Prompt, top: int = 0) -> list:
+        """Each prompt token's log-probability given the ones before it (the first: None), with the
+        `top` most likely tokens at each position: one forward pass, nothing generated."""
+        from mmtune.infer.decode import score
+
+        self._gate.acquire(prompt.key)
+        try:
+            return score(self.model, prompt.ids, top)
+        finally:
+            self._gate.release()
+
+    def chat(self, messages, *, model: str | None = None, **gen: Any) -> Answer:
+        """The answer to `messages` (OpenAI-style dicts or a Sample): its content, a str, with the
+        parsed message (`.tool_calls`, `.message`) when the model called tools."""
+        done = self.complete(messages, model=model, **gen)
+        return Answer(done.text, done.tool_calls)
 
     def complete(self, messages, *, model: str | None = None, **gen: Any) -> Completion:
         """The answer with its token counts and finish reason."""
@@ -380,15 +435,25 @@ class Engine:
         model: str | None = None,
         tools: list[dict] | None = None,
         media: MediaPolicy | None = None,
+        score_prompt: bool = False,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
         **gen: Any,
     ) -> Generation:
         """Text pieces as they are produced; `.completion` holds the usage once it is exhausted.
 
         `messages`: OpenAI-style dicts, a Sample, or a `prepare`d Prompt. `media`: which media
-        references the prompt may use (default: the engine's policy)."""
+        references the prompt may use (default: the engine's policy). `logprobs=N` records each
+        token's log-probability with N alternatives; `score_prompt` the prompt tokens' too.
+        `tool_choice` / `parallel_tool_calls` as OpenAI's (infer/tool_calls.py): the answer's tool
+        calls are parsed into `.completion.tool_calls`."""
+        from mmtune.infer.tool_calls import tool_policy
+
         opts = self.options(**gen)
         prompt = self.prepare(messages, model=model, tools=tools, media=media)
-        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill)
+        policy = tool_policy(tools or prompt.tools, tool_choice, parallel_tool_calls)
+        return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill, score_prompt=score_prompt,
+                          tools=policy)
 
     def generate_batch(
         self, prompts: Sequence, *, model: str | None = None, media: MediaPolicy | None = None, **gen: Any
@@ -396,11 +461,36 @@ class Engine:
         """Answers for many conversations at once (one left-padded batch)."""
         opts = self.options(**gen)
         key = self._key(model)
-        rows, prefill = self._prepare([to_sample(p) for p in prompts], key, media)
+        from mmtune.infer.tool_calls import tool_policy
+
+        samples = [to_sample(p) for p in prompts]
+        rows, prefill = self._prepare(samples, key, media)
         batch = Generation(self, key, rows, opts, prefill)
         for _ in batch:
             pass
-        return batch.completions
+        out = []
+        for sample, done in zip(samples, batch.completions):  # a row with tools: its calls parsed out
+            content, calls = tool_policy(sample.tools).split(done.text)
+            out.append(replace(done, text=content, tool_calls=tuple(calls), finish_reason="tool_calls")
+                       if calls else done)
+        return out
+
+    @property
+    def batches(self) -> bool:
+        """Whether single text answers decode together (continuous batching): the model's KV cache is a
+        plain per-layer one (checked once, with a one-token forward)."""
+        if self._batchable is None and self.is_vision:
+            self._batchable = False  # media inputs of the prefill: the one-answer loop
+        if self._batchable is None:
+            import torch
+
+            from mmtune.infer.scheduler import batchable
+
+            device = next(self.model.parameters()).device
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+            self._batchable = batchable(out.past_key_values)
+        return self._batchable
 
     def _eos_ids(self, key: Any) -> set[int]:
         tokenizer, processor = self._tokenizers[key], self._processors[key]
@@ -426,6 +516,7 @@ class Prompt:
     key: Any
     ids: list[int]
     prefill: Any = None  # infer.vision.Prefill for a vision model's media, else None
+    tools: tuple[dict, ...] = ()  # the tool definitions rendered into it
 
 
 class Generation:
@@ -437,8 +528,21 @@ class Generation:
     stops): the iteration then ends and `cancelled` is true.
     """
 
-    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None):
+    def __init__(self, engine: Engine, key: Any, rows: list[list[int]], opts: GenOptions, prefill=None,
+                 *, score_prompt: bool = False, tools: ToolPolicy | None = None):
+        from mmtune.infer.tool_calls import ToolPolicy
+
         tokenizer = engine._tokenizers[key]
+        self._score_prompt = score_prompt
+        self.tools = tools or ToolPolicy()
+        self.prefix = self.tools.prefix  # the answer starts with it (a forced call)
+        if self.prefix:
+            if prefill is not None:
+                raise UserError("tool_choice 'required' or a named function is not supported on vision models yet: "
+                                "use tool_choice 'auto'")
+            rows = [r + tokenizer(self.prefix, add_special_tokens=False)["input_ids"] for r in rows]
+        if self.tools.stops:
+            opts = replace(opts, stop=opts.stop + self.tools.stops)
         eos = engine._eos_ids(key)
         self.trackers = [TextTracker(tokenizer, opts, eos, len(r)) for r in rows]
         self._engine, self._key, self._rows, self._opts = engine, key, rows, opts
@@ -467,10 +571,16 @@ class Generation:
         engine = self._engine
         if self._cancel.is_set():
             return
+        if self.prefix:
+            yield self.prefix
+        if len(self._rows) == 1 and self._prefill is None and not self._score_prompt and engine.batches:
+            yield from self._batched()
+            return
         engine._gate.acquire(self._key)
         try:
             pad = engine._tokenizers[self._key].pad_token_id or 0
-            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad, self._prefill):
+            for _ in decode_loop(engine.model, self._rows, self.trackers, self._opts, pad, self._prefill,
+                                 score_prompt=self._score_prompt):
                 if self._cancel.is_set():
                     return
                 piece = self.trackers[0].take()
@@ -482,13 +592,55 @@ class Generation:
         if piece:
             yield piece
 
+    def _batched(self) -> Iterator[str]:
+        """Text pieces of this answer decoded in the engine's running batch (infer/scheduler.py)."""
+        from mmtune.infer.scheduler import END, Slot
+
+        slot = Slot(self._key, self._rows[0], self._opts, self.trackers[0], self._cancel)
+        self._engine._batcher.submit(slot)
+        finished = False
+        try:
+            while (item := slot.out.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            finished = True
+        finally:
+            if not finished:  # closed half-way (the client left): the row leaves the batch at its next step
+                slot.cancel.set()
+
     @property
     def completion(self) -> Completion:
-        return self.trackers[0].completion()
+        return self._parsed(self.trackers[0].completion())
 
     @property
     def completions(self) -> list[Completion]:
-        return [t.completion() for t in self.trackers]
+        return [self._parsed(t.completion()) for t in self.trackers]
+
+    def _parsed(self, done: Completion) -> Completion:
+        """The answer with the forced opening before it, split into content and tool calls."""
+        content, calls = self.tools.split(self.prefix + done.text)
+        if not calls:
+            return replace(done, text=content)
+        return replace(done, text=content, tool_calls=tuple(calls), finish_reason="tool_calls")
+
+
+class Answer(str):
+    """Engine.chat's answer: the content (a str) and the tool calls the model made."""
+
+    tool_calls: tuple[ToolCall, ...]
+
+    def __new__(cls, content: str, tool_calls: Sequence[ToolCall] = ()):
+        self = super().__new__(cls, content)
+        self.tool_calls = tuple(tool_calls)
+        return self
+
+    @property
+    def message(self) -> Message:
+        """The assistant message (content and tool calls), as mmtune's data layer writes it."""
+        from mmtune.data.schema import Part
+
+        return Message("assistant", [Part("text", text=str(self))] if self else [], list(self.tool_calls))
 
 
 def _end_of_turn_id(template, tokenizer=None) -> int | None:
@@ -532,6 +684,16 @@ def _context_length(model, tokenizer) -> int:
                     "set it in the model's config.json")
 
 
+def _vocab_size(model, tokenizer) -> int:
+    """How many token ids the model takes: its (text) config's vocab_size, else the tokenizer's."""
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        n = getattr(cfg, "vocab_size", None) if cfg is not None else None
+        if isinstance(n, int) and n > 0:
+            return n
+    return len(tokenizer)
+
+
 def _longest_token_bytes(tokenizer) -> int:
     """UTF-8 bytes of the vocabulary's longest token string (byte-level and SentencePiece token strings
     take at least as many bytes as the text they stand for), added tokens included."""
@@ -551,4 +713,4 @@ def _adapter_tokenizer(path: str):
     return ensure_pad_token(AutoTokenizer.from_pretrained(folder), path)
 
 
-__all__ = ["Engine", "Generation", "Prompt", "PromptTooLong", "Completion", "GenOptions", "MediaPolicy", "Message"]
+__all__ = ["Answer", "Engine", "Generation", "Prompt", "PromptTooLong", "Completion", "GenOptions", "MediaPolicy", "Message"]

@@ -13,6 +13,7 @@ from typing import Any
 from mmtune.errors import UserError
 
 MAX_STOPS = 16
+MAX_TOP_LOGPROBS = 20  # alternatives per token a caller may ask for (OpenAI's chat limit)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class GenOptions:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None  # record each token's log-probability and this many alternatives (None: off)
 
     @property
     def greedy(self) -> bool:
@@ -78,6 +80,8 @@ def _validate(o: GenOptions) -> None:
             "repetition_penalty must be > 0 (1 = off)",
         ),
         (o.seed is None or _is_int(o.seed), "seed must be an integer"),
+        (o.logprobs is None or (_is_int(o.logprobs) and 0 <= o.logprobs <= MAX_TOP_LOGPROBS),
+         f"logprobs (top_logprobs) must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP server over Engines: `create_app(pool)` → FastAPI.
 
-Routes: `/health`, `/v1/models`, `/v1/chat/completions` (JSON or SSE streaming). More
+Routes: `/health`, `/v1/models`, `/v1/chat/completions` and the legacy `/v1/completions`
+(JSON or SSE streaming; log-probabilities on both, the prompt's with `echo`). More
 routers (files, fine-tuning jobs) plug in through `create_app(..., routers=[...])` and get
 the same API-key check and error format.
 
@@ -56,8 +57,9 @@ from mmtune import __version__
 from mmtune.errors import UserError
 from mmtune.infer.engine import PromptTooLong
 from mmtune.infer.media import MediaPolicy
+from mmtune.infer.tool_calls import ContentStream, tool_policy
 from mmtune.serve.pool import ModelPool
-from mmtune.serve.schemas import ChatCompletionRequest, error_body
+from mmtune.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
 
 MAX_BODY_MB = 20  # a phone photo as a base64 data: URL fits (OpenAI takes images up to 20 MB)
 MAX_BODY_BYTES = MAX_BODY_MB * 1024 * 1024
@@ -222,6 +224,7 @@ def create_app(
     app.include_router(docs_router(app), dependencies=guarded)
     app.include_router(models_router(), dependencies=guarded)
     app.include_router(chat_router(), dependencies=guarded)
+    app.include_router(completions_router(), dependencies=guarded)
     for router in routers:
         app.include_router(router, dependencies=guarded)
     return app
@@ -459,6 +462,9 @@ def chat_router() -> APIRouter:
             None, lambda: _prepare(engine, req, request.app.state.media)
         )
         options = _fit(options, req, len(prompt.ids), engine.context_length, cap)
+        if req.tool_choice is not None or req.parallel_tool_calls is not None:
+            options = [{**o, "tool_choice": req.tool_choice, "parallel_tool_calls": req.parallel_tool_calls}
+                       for o in options]
         limiter: Limiter = request.app.state.limiter
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
         if req.stream:  # Starlette cancels the stream when the client leaves; _pump then stops the generation
@@ -477,7 +483,7 @@ def chat_router() -> APIRouter:
                                 status_code=499)  # nobody reads it; for the access log
         finally:
             gone.cancel()
-        return _completion_body(meta, completions)
+        return _completion_body(meta, completions, engine.tokenizer(req.model))
 
     return router
 
@@ -491,12 +497,18 @@ def _parse_chat(body: Any) -> ChatCompletionRequest:
         raise ApiError(400, _validation_message(e.errors())) from None
     if not 1 <= req.n <= MAX_N:
         raise ApiError(400, f"n must be between 1 and {MAX_N}", param="n")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     for i, tool in enumerate(req.tools or []):
         function = tool.get("function")
         if tool.get("type", "function") != "function" or not isinstance(function, dict) \
                 or not isinstance(function.get("name"), str) or not function["name"]:
             raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
                            "\"parameters\": {...}}}", param=f"tools[{i}]")
+    try:
+        tool_policy(req.tools, req.tool_choice, req.parallel_tool_calls)
+    except UserError as e:
+        raise ApiError(400, str(e), param="tool_choice") from None
     return req
 
 
@@ -570,11 +582,26 @@ def _fit(options: list[dict[str, Any]], req: ChatCompletionRequest, prompt_token
 async def _complete_all(limiter: Limiter, engine, prompt, options: list[dict[str, Any]], gone: asyncio.Future):
     """Every choice's Completion, generated in a worker thread; ClientGone (and the generation stopped
     within one decode step) when the client leaves first."""
-    generations = [limiter.track(engine.stream(prompt, **o)) for o in options]
+    return await _complete_jobs(limiter, engine, [(prompt, o, False) for o in options], gone)
+
+
+async def _complete_jobs(limiter: Limiter, engine, jobs: list[tuple[Any, dict[str, Any], bool]],
+                         gone: asyncio.Future):
+    """The Completion of each (prompt, options, score the prompt) job, one after the other in a worker
+    thread; a job with max_new_tokens 0 only scores its prompt. ClientGone (and the generation stopped
+    within one decode step) when the client leaves first."""
+    generations = [None if o["max_new_tokens"] == 0 else
+                   limiter.track(engine.stream(p, score_prompt=scored, **o)) for p, o, scored in jobs]
+    stopped = False
 
     def work():
         out = []
-        for generation in generations:
+        for generation, (prompt, opts, scored) in zip(generations, jobs):
+            if generation is None:
+                if stopped:
+                    return None
+                out.append(_scored_only(engine, prompt, opts, scored))
+                continue
             for _ in generation:
                 pass
             if generation.cancelled:
@@ -587,18 +614,29 @@ async def _complete_all(limiter: Limiter, engine, prompt, options: list[dict[str
         await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not future.done():  # the client left, or the server stops: stop, and wait out the step under way
+            stopped = True
             for generation in generations:
-                generation.cancel()
+                if generation is not None:
+                    generation.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.shield(future)
-        limiter.active.difference_update(generations)
+        limiter.active.difference_update(g for g in generations if g is not None)
     result = future.result()
     if result is None:
         raise ClientGone
     return result
 
 
-def _completion_body(meta: dict, completions: list) -> dict:
+def _scored_only(engine, prompt, opts: dict[str, Any], scored: bool):
+    """The Completion of max_tokens 0: nothing generated; the prompt's log-probabilities if asked for."""
+    from mmtune.infer.decode import Completion
+
+    top = opts.get("logprobs")
+    prompt_lps = tuple(engine.score(prompt, top or 0)) if scored else None
+    return Completion("", len(prompt.ids), 0, "length", (), () if top is not None else None, prompt_lps)
+
+
+def _completion_body(meta: dict, completions: list, tokenizer=None) -> dict:
     prompt = completions[0].prompt_tokens
     generated = sum(c.completion_tokens for c in completions)
     return {
@@ -607,8 +645,8 @@ def _completion_body(meta: dict, completions: list) -> dict:
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": None,
+                "message": _message(c),
+                "logprobs": _chat_logprobs(tokenizer, c.logprobs) if c.logprobs is not None else None,
                 "finish_reason": c.finish_reason,
             }
             for i, c in enumerate(completions)
@@ -621,6 +659,15 @@ def _completion_body(meta: dict, completions: list) -> dict:
     }
 
 
+def _message(c) -> dict:
+    """The assistant message of a Completion: content, and OpenAI's tool_calls when it made any."""
+    if not c.tool_calls:
+        return {"role": "assistant", "content": c.text}
+    return {"role": "assistant", "content": c.text or None, "tool_calls": [
+        {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+        for t in c.tool_calls]}
+
+
 # ----------------------------------------------------------------------------- streaming
 
 
@@ -628,28 +675,44 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _chunk(meta: dict, index: int, delta: dict, finish: str | None = None) -> str:
-    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+def _chunk(meta: dict, index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
     return _sse({**meta, "object": "chat.completion.chunk", "choices": [choice]})
 
 
 async def _stream_events(
     engine, prompt, options: list[dict], limiter: Limiter, meta: dict, include_usage: bool
 ) -> AsyncIterator[str]:
-    """OpenAI's chunk stream: role, content deltas, finish reason (per choice), usage, [DONE]."""
+    """OpenAI's chunk stream: role, content deltas (with their tokens' log-probabilities when asked
+    for), finish reason (per choice), usage, [DONE]."""
     prompt_tokens = generated = 0
+    tokenizer = engine.tokenizer(meta["model"])
     try:
         async with limiter.slot():
             for i, opts in enumerate(options):
                 generation = limiter.track(engine.stream(prompt, **opts))
+                tracker, sent, content = generation.trackers[0], 0, ContentStream(generation.tools)
                 yield _chunk(meta, i, {"role": "assistant", "content": ""})
-                async for piece in _pump(generation, limiter):
-                    yield _chunk(meta, i, {"content": piece})
+                async for piece, upto in _pump(generation, limiter):
+                    shown = content.feed(piece)  # a tool call being written is held back, parsed at the end
+                    if not shown:
+                        continue
+                    logprobs = None
+                    if tracker.logprobs is not None:
+                        logprobs, sent = _chat_logprobs(tokenizer, tracker.logprobs[sent:upto]), upto
+                    yield _chunk(meta, i, {"content": shown}, logprobs=logprobs)
                 if generation.cancelled:  # the server stops
                     return
                 done = generation.completion
                 prompt_tokens, generated = done.prompt_tokens, generated + done.completion_tokens
-                yield _chunk(meta, i, {}, done.finish_reason)
+                rest = _chat_logprobs(tokenizer, done.logprobs[sent:]) if done.logprobs is not None else None
+                if content.rest(done.text):
+                    yield _chunk(meta, i, {"content": content.rest(done.text)}, logprobs=rest)
+                    rest = None
+                for k, call in enumerate(done.tool_calls):  # OpenAI's tool-call deltas, one whole call each
+                    yield _chunk(meta, i, {"tool_calls": [{"index": k, "id": call.id, "type": "function", "function": {
+                        "name": call.name, "arguments": call.arguments}}]})
+                yield _chunk(meta, i, {}, done.finish_reason, logprobs=rest)
     except Exception:  # headers are sent: report in-band, as OpenAI does
         traceback.print_exc(file=sys.stderr)
         yield _sse(internal_error().response().body.decode())
@@ -664,17 +727,18 @@ async def _stream_events(
     yield "data: [DONE]\n\n"
 
 
-async def _pump(generation, limiter: Limiter) -> AsyncIterator[str]:
-    """Text pieces of `generation`, produced in a worker thread, delivered in the event loop. When the
-    consumer stops (the client left: Starlette cancels the stream), the generation is cancelled and
-    stops after the decode step under way."""
+async def _pump(generation, limiter: Limiter) -> AsyncIterator[tuple[str, int]]:
+    """Text pieces of `generation`, produced in a worker thread, delivered in the event loop, each with
+    how many tokens were generated when it was released. When the consumer stops (the client left:
+    Starlette cancels the stream), the generation is cancelled and stops after the decode step under way."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
+    tracker = generation.trackers[0]
 
     def work() -> None:
         try:
             for piece in generation:
-                loop.call_soon_threadsafe(queue.put_nowait, piece)
+                loop.call_soon_threadsafe(queue.put_nowait, (piece, len(tracker.tokens)))
             loop.call_soon_threadsafe(queue.put_nowait, _END)
         except BaseException as e:  # handed to the event loop, raised there
             loop.call_soon_threadsafe(queue.put_nowait, e)
@@ -695,3 +759,221 @@ async def _pump(generation, limiter: Limiter) -> AsyncIterator[str]:
         limiter.active.discard(generation)
         with contextlib.suppress(Exception):  # (under a cancelled stream this await is cut short at once)
             await asyncio.shield(future)
+
+
+# ----------------------------------------------------------------------------- log-probabilities
+
+
+def _token_text(tokenizer, token: int) -> str:
+    return tokenizer.decode([token], skip_special_tokens=False)
+
+
+def _chat_logprobs(tokenizer, entries) -> dict:
+    """Chat completions' `logprobs`: per token its text, log-probability, UTF-8 bytes and alternatives."""
+
+    def item(token: int, logprob: float) -> dict:
+        text = _token_text(tokenizer, token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]} for e in entries],
+        "refusal": None,
+    }
+
+
+def _text_logprobs(tokenizer, entries, offset: int = 0) -> dict:
+    """Legacy completions' `logprobs`: parallel lists of token texts, log-probabilities, alternatives
+    ({text: log-probability}; None where there are none: a prompt's first token) and character offsets
+    (from `offset`) into the choice's text."""
+    tokens, logprobs, tops, offsets = [], [], [], []
+    for token, entry in entries:
+        text = _token_text(tokenizer, token)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        if entry is None:
+            logprobs.append(None)
+            tops.append(None)
+        else:
+            logprobs.append(entry.logprob)
+            top: dict[str, float] = {}
+            for t, lp in entry.top:  # likeliest first; two ids with one text keep the likelier
+                top.setdefault(_token_text(tokenizer, t), lp)
+            tops.append(top)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+# ----------------------------------------------------------------------------- /v1/completions
+
+
+def completions_router() -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.post("/completions")
+    async def completions(request: Request):
+        req = _parse_completion(await read_json_body(request))
+        engine = await _engine(request, req.model)
+        cap = request.app.state.max_tokens_cap
+        if req.max_tokens == 0:
+            engine.options(**{**req.gen_options(), "max_new_tokens": 1})  # the other options still must be valid
+            options = [{**req.gen_options(), "max_new_tokens": 0}] * req.n
+        else:
+            options = _choice_options(engine, req, cap)
+        texts_and_prompts = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: _text_prompts(engine, req)
+        )
+        jobs, echoes = [], []
+        for text, prompt in texts_and_prompts:
+            fitted = options if req.max_tokens == 0 else _fit(options, req, len(prompt.ids), engine.context_length, cap)
+            for opts in fitted:
+                jobs.append((prompt, opts, req.echo and req.logprobs is not None))
+                echoes.append(text)
+        limiter: Limiter = request.app.state.limiter
+        meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
+        tokenizer = engine.tokenizer(req.model)
+        if req.stream:
+            events = _text_stream_events(engine, jobs, echoes, req, limiter, meta, tokenizer)
+            return StreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        gone = watch_disconnect(request)
+        try:
+            async with limiter.slot(gone):
+                done = await _complete_jobs(limiter, engine, jobs, gone)
+        except ClientGone:
+            return JSONResponse(error_body("the client closed the connection", code="client_closed"),
+                                status_code=499)
+        finally:
+            gone.cancel()
+        choices = [_text_choice(i, c, prompt, echo, req, tokenizer)
+                   for i, (c, (prompt, _, _), echo) in enumerate(zip(done, jobs, echoes))]
+        return {**meta, "object": "text_completion", "choices": choices, "usage": _text_usage(done, jobs, req.n)}
+
+    return router
+
+
+def _parse_completion(body: Any) -> CompletionRequest:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        req = CompletionRequest.model_validate(body)
+    except ValidationError as e:
+        raise ApiError(400, _validation_message(e.errors())) from None
+    if req.prompt is None:
+        raise ApiError(400, "prompt: required (a string, a list of strings, token ids or lists of token ids)",
+                       param="prompt")
+    if not 1 <= req.n <= MAX_N:
+        raise ApiError(400, f"n must be between 1 and {MAX_N}", param="n")
+    if req.best_of is not None and req.best_of != req.n:
+        raise ApiError(400, "best_of is not supported (only best_of equal to n): leave it out", param="best_of")
+    if req.suffix:
+        raise ApiError(400, "suffix (fill in the middle) is not supported: leave it out", param="suffix")
+    if req.max_tokens is not None and req.max_tokens < 0:
+        raise ApiError(400, "max_tokens must be an integer >= 0 (0: score the prompt, generate nothing)",
+                       param="max_tokens")
+    if req.max_tokens == 0 and req.stream:
+        raise ApiError(400, "max_tokens 0 generates nothing to stream: send stream: false", param="stream")
+    return req
+
+
+def _prompt_items(prompt: Any) -> list[str | list[int]]:
+    """The request's prompts: a string, strings, token ids or lists of token ids (each a prompt)."""
+    def is_ids(x: Any) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    if isinstance(prompt, str):
+        return [prompt]
+    if is_ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_ids(p) for p in prompt):
+        return list(prompt)
+    raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids or a list of lists of "
+                   "token ids (none of them empty)", param="prompt")
+
+
+def _text_prompts(engine, req: CompletionRequest) -> list[tuple[str, Any]]:
+    """(the prompt's text, as echoed; its Prompt) for each prompt of the request."""
+    out = []
+    for item in _prompt_items(req.prompt):
+        try:
+            ids = engine.encode(item, req.model) if isinstance(item, str) else item
+            prompt = engine.prepare_ids(ids, req.model)
+        except PromptTooLong as e:
+            raise ApiError(400, str(e).replace("the messages are", "the prompt is"), param="prompt",
+                           code="context_length_exceeded") from None
+        except UserError as e:
+            raise ApiError(400, str(e), param="prompt") from None
+        text = item if isinstance(item, str) else engine.tokenizer(req.model).decode(item)
+        out.append((text, prompt))
+    return out
+
+
+def _text_choice(index: int, c, prompt, echo: str, req: CompletionRequest, tokenizer) -> dict:
+    head = echo if req.echo else ""
+    logprobs = None
+    if req.logprobs is not None:
+        logprobs = _text_logprobs(tokenizer, list(zip(c.tokens, c.logprobs or ())), len(head))
+        if req.echo:
+            echoed = _text_logprobs(tokenizer, list(zip(prompt.ids, c.prompt_logprobs)))
+            logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
+    return {"index": index, "text": head + c.text, "logprobs": logprobs, "finish_reason": c.finish_reason}
+
+
+def _text_usage(done: list, jobs: list, n: int) -> dict:
+    prompt = sum(len(p.ids) for p, _, _ in jobs[::n])
+    generated = sum(c.completion_tokens for c in done)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+
+
+def _text_chunk(meta: dict, index: int, text: str, logprobs: dict | None = None, finish: str | None = None) -> str:
+    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+    return _sse({**meta, "object": "text_completion", "choices": [choice]})
+
+
+def _echo_chunk(meta: dict, index: int, echo: str, prompt, tracker, req: CompletionRequest, tokenizer) -> str:
+    logprobs = None
+    if req.logprobs is not None:
+        logprobs = _text_logprobs(tokenizer, list(zip(prompt.ids, tracker.prompt_logprobs or ())))
+    return _text_chunk(meta, index, echo, logprobs)
+
+
+async def _text_stream_events(engine, jobs: list, echoes: list[str], req: CompletionRequest, limiter: Limiter,
+                              meta: dict, tokenizer) -> AsyncIterator[str]:
+    """The legacy completions' chunk stream: per choice its text pieces (the echoed prompt first), each
+    with its tokens' log-probabilities when asked for, then its finish reason; usage; [DONE]."""
+    done_all = []
+    try:
+        async with limiter.slot():
+            for i, ((prompt, opts, scored), echo) in enumerate(zip(jobs, echoes)):
+                generation = limiter.track(engine.stream(prompt, score_prompt=scored, **opts))
+                tracker, sent, offset, echoed = generation.trackers[0], 0, 0, not req.echo
+                async for piece, upto in _pump(generation, limiter):
+                    if not echoed:  # the prompt's log-probabilities are known once the first step ran
+                        yield _echo_chunk(meta, i, echo, prompt, tracker, req, tokenizer)
+                        echoed, offset = True, len(echo)
+                    logprobs = None
+                    if tracker.logprobs is not None:
+                        new = list(zip(tracker.tokens[sent:upto], tracker.logprobs[sent:upto]))
+                        logprobs, sent = _text_logprobs(tokenizer, new, offset), upto
+                    offset += len(piece)
+                    yield _text_chunk(meta, i, piece, logprobs)
+                if generation.cancelled:  # the server stops
+                    return
+                if not echoed:
+                    yield _echo_chunk(meta, i, echo, prompt, tracker, req, tokenizer)
+                    offset = len(echo)
+                done = generation.completion
+                done_all.append(done)
+                rest = None
+                if done.logprobs is not None:
+                    rest = _text_logprobs(tokenizer, list(zip(done.tokens[sent:], done.logprobs[sent:])), offset)
+                yield _text_chunk(meta, i, "", rest, done.finish_reason)
+    except Exception:  # headers are sent: report in-band, as OpenAI does
+        traceback.print_exc(file=sys.stderr)
+        yield _sse(internal_error().response().body.decode())
+        return
+    if req.include_usage:
+        yield _sse({**meta, "object": "text_completion", "choices": [], "usage": _text_usage(done_all, jobs, req.n)})
+    yield "data: [DONE]\n\n"

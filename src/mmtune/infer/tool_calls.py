@@ -1,0 +1,133 @@
+"""Tool calls in answers: `tool_choice`, the opening a forced call starts with, and the answer
+parsed into content + calls (chat/tools.py `parse`, the inverse of the family's tool format).
+
+- `auto`: the model decides; `<tool_call>` blocks in its answer become calls.
+- `none`: no call: the answer stops where a call would open, and nothing is parsed.
+- without tools, nothing is parsed either (and nothing stops).
+- `required`: the answer starts with the call opening, so the model writes a call.
+- a named function (`{"type": "function", "function": {"name": N}}`): the answer starts with the
+  call opening and `{"name": N, "arguments":`, so the model writes that function's arguments.
+- `parallel_tool_calls: false`: only the first call is kept.
+
+An answer whose call does not parse (bad JSON, an unclosed block) keeps its text as content:
+a model's mistake is never an error of the server. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mmtune.chat.tools import CALL_OPEN, parse
+from mmtune.data.schema import ToolCall
+from mmtune.errors import UserError
+
+MODES = ("auto", "none", "required")
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    """What to do with tools for one answer (`tool_policy` builds and checks it)."""
+
+    mode: str = "off"  # off (no tools) | auto | none | required | function
+    name: str | None = None  # mode "function": the function to call
+    parallel: bool = True
+
+    @property
+    def prefix(self) -> str:
+        """The text the answer is made to start with (the model continues from it)."""
+        if self.mode == "required":
+            return CALL_OPEN + "\n"
+        if self.mode == "function":
+            return f"{CALL_OPEN}\n{{\"name\": {json.dumps(self.name, ensure_ascii=False)}, \"arguments\":"
+        return ""
+
+    @property
+    def parses(self) -> bool:
+        return self.mode not in ("off", "none")
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (CALL_OPEN,) if self.mode == "none" else ()
+
+    def split(self, text: str) -> tuple[str, list[ToolCall]]:
+        """The answer's content and its calls (each with a fresh `call_…` id)."""
+        if not self.parses:
+            return text, []
+        reply = parse(text)
+        if not reply.tool_calls:
+            return text, []
+        calls = reply.tool_calls[: None if self.parallel else 1]
+        return reply.content, [ToolCall(c.name, c.arguments, f"call_{uuid.uuid4().hex[:24]}") for c in calls]
+
+
+def tool_policy(tools: Sequence[dict] | None, tool_choice: Any = None, parallel: bool | None = None) -> ToolPolicy:
+    """The policy for OpenAI's `tool_choice` / `parallel_tool_calls` over `tools`; UserError naming
+    the fix for a choice that cannot be honoured."""
+    names = [t.get("function", {}).get("name") for t in tools or () if isinstance(t, dict)]
+    parallel = True if parallel is None else bool(parallel)
+    if tool_choice is None:
+        return ToolPolicy("auto" if names else "off", parallel=parallel)
+    if isinstance(tool_choice, str):
+        if tool_choice not in MODES:
+            raise UserError(f"tool_choice must be one of {', '.join(MODES)} or "
+                            '{"type": "function", "function": {"name": ...}} (got ' f"{tool_choice[:40]!r})")
+        if tool_choice == "required" and not names:
+            raise UserError("tool_choice is 'required' but the request has no tools: send `tools`")
+        return ToolPolicy(tool_choice if names else "off", parallel=parallel)
+    name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+    if not isinstance(name, str) or (isinstance(tool_choice, dict) and tool_choice.get("type", "function")
+                                     != "function"):
+        raise UserError('tool_choice must be "auto", "none", "required" or {"type": "function", "function": '
+                        '{"name": ...}}')
+    if name not in names:
+        raise UserError(f"tool_choice names the function {name[:80]!r}, which is not in tools "
+                        f"({', '.join(map(str, names)) or 'none given'})")
+    return ToolPolicy("function", name, parallel)
+
+
+class ContentStream:
+    """Splits streamed answer text into content that is safe to show now and a call being written.
+
+    Text is released until a call opens; a tail that may still grow into the call opening (or the
+    newline before one, which `parse` drops with the call) is held back. Once a call opens the rest
+    is kept for parsing at the end (`Completion.text` and `.tool_calls` are then the whole truth)."""
+
+    def __init__(self, policy: ToolPolicy):
+        self.policy = policy
+        self.text = ""
+        self.shown = 0  # characters of `text` released as content
+        self.calling = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if not self.policy.parses:
+            out, self.shown = self.text[self.shown:], len(self.text)
+            return out
+        if self.calling:
+            return ""
+        at = self.text.find(CALL_OPEN, self.shown)
+        if at >= 0:
+            self.calling = True
+            end = at - 1 if at > 0 and self.text[at - 1] == "\n" else at
+        else:
+            end = len(self.text)
+            for k in range(min(len(CALL_OPEN) - 1, end - self.shown), 0, -1):
+                if self.text.endswith(CALL_OPEN[:k]):
+                    end -= k
+                    break
+            if end > self.shown and self.text[end - 1] == "\n":
+                end -= 1
+        end = max(end, self.shown)
+        out, self.shown = self.text[self.shown:end], end
+        return out
+
+    def rest(self, content: str) -> str:
+        """The content still to show once the answer is complete (`content`: its parsed content)."""
+        return content[self.shown:] if content.startswith(self.text[: self.shown]) else ""
+
+
+__all__ = ["ContentStream", "ToolPolicy", "tool_policy"]

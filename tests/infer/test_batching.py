@@ -1,0 +1,130 @@
+"""Continuous batching (infer/scheduler.py): answers that arrive while others decode join the batch,
+and each is exactly what it would be alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from infer.tiny import tiny_adapter, tiny_base
+
+from mmtune.infer.engine import Engine
+
+QUESTIONS = ["Hi", "Tell me about the sea and the sky, please.", "What is two plus two?", "Name a colour.",
+             "Write one long sentence about a cat that sleeps all day in the sun."]
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = Engine(str(tiny_base("qwen2")))
+    assert e.batches
+    return e
+
+
+def concurrently(engine, jobs: list[dict], stagger: float = 0.02) -> list:
+    """Each job's Completion, the jobs started one after another while the earlier ones decode."""
+    out: list = [None] * len(jobs)
+
+    def run(i):
+        out[i] = engine.complete(**jobs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+        time.sleep(stagger)
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def test_greedy_and_seeded_answers_equal_one_at_a_time(engine):
+    jobs = [dict(messages=ask(q), temperature=0, max_new_tokens=10 + 3 * i) for i, q in enumerate(QUESTIONS)]
+    jobs += [dict(messages=ask(q), temperature=1.0, top_k=20, seed=100 + i, max_new_tokens=12)
+             for i, q in enumerate(QUESTIONS[:3])]
+    jobs.append(dict(messages=ask(QUESTIONS[1]), temperature=0, max_new_tokens=30, stop=["e"]))
+    alone = [engine.complete(**j) for j in jobs]
+    assert engine._batcher.peak == 1
+    together = concurrently(engine, jobs)
+    assert engine._batcher.peak >= 3  # they really decoded in one batch
+    assert [(c.text, c.finish_reason, c.completion_tokens) for c in together] == [
+        (c.text, c.finish_reason, c.completion_tokens) for c in alone]
+    assert engine._batcher.running == 0
+
+
+def test_closed_streams_leave_the_batch_and_the_others_finish(engine):
+    full = engine.complete(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40).text
+    streams = [engine.stream(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40) for _ in range(6)]
+    results: dict[int, str] = {}
+
+    def consume(i, s):
+        pieces = []
+        for piece in s:
+            pieces.append(piece)
+            if i % 2 and len(pieces) == 2:  # every other client leaves after two pieces
+                s.close()
+                break
+        results[i] = "".join(pieces)
+
+    threads = [threading.Thread(target=consume, args=(i, s)) for i, s in enumerate(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(results[i] == full for i in range(0, 6, 2))
+    assert all(full.startswith(results[i]) and results[i] != full for i in range(1, 6, 2))
+    deadline = time.time() + 10
+    while engine._batcher.running and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine._batcher.running == 0 and not engine._batcher._waiting
+
+
+def test_twenty_streams_with_clients_leaving_free_every_slot(engine):
+    import asyncio
+
+    import httpx
+    from serve.running import serving
+
+    from mmtune.serve.app import create_app
+    from mmtune.serve.pool import ModelPool
+
+    body = {"model": engine.name, "messages": ask(QUESTIONS[4]), "temperature": 0, "max_tokens": 40, "stream": True}
+
+    async def client(http, url, leave: bool) -> int:
+        chunks = 0
+        async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                chunks += line.startswith("data: ")
+                if leave and chunks == 3:
+                    break  # the connection closes mid-answer
+        return chunks
+
+    async def main(url):
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*(client(http, url, i % 3 == 0) for i in range(20)))
+
+    engine._batcher.peak = 0
+    with serving(create_app(ModelPool([engine]), max_concurrency=20)) as url:
+        chunks = asyncio.run(main(url))
+        assert engine._batcher.peak >= 8
+        deadline = time.time() + 20
+        while time.time() < deadline and (httpx.get(f"{url}/health").json()["running"] or engine._batcher.running):
+            time.sleep(0.1)
+        assert httpx.get(f"{url}/health").json()["running"] == 0 and engine._batcher.running == 0
+    assert all(c > 3 for i, c in enumerate(chunks) if i % 3)
+
+
+def test_two_adapters_and_the_base_decode_in_one_batch_each_with_its_own_weights():
+    e = Engine(str(tiny_base("qwen2")), adapters={"a": str(tiny_adapter("qwen2", 1)), "b": str(tiny_adapter("qwen2", 2))})
+    names = [e.name, "a", "b"] * 2
+    jobs = [dict(messages=ask(QUESTIONS[i % 5]), model=m, temperature=0, max_new_tokens=12) for i, m in enumerate(names)]
+    # the reference: the one-answer loop, which switches the active adapter (PeftModel.set_adapter)
+    alone = [e.generate_batch([j["messages"]], model=j["model"], temperature=0, max_new_tokens=12)[0] for j in jobs]
+    assert len({(c.text) for c in alone[:3]}) == 3  # the adapters do change the answer
+    together = concurrently(e, jobs)
+    assert e._batcher.peak >= 3
+    assert [c.text for c in together] == [c.text for c in alone]
