@@ -90,7 +90,7 @@ def vision_rows() -> list:
 
 
 def text_hashes(work: Path) -> dict:
-    from mmtune.train.render import render_prompt, render_sample
+    from mmtune.chat.render import render_prompt, render_sample
     from tests.helpers.tokenizers import FAMILIES, make_tokenizer
 
     def row(*args, **kwargs):
@@ -111,11 +111,14 @@ def text_hashes(work: Path) -> dict:
 
 
 def vision_hashes(families: tuple[str, ...] | None = None) -> dict:
-    from mmtune.infer.media import MediaSizes
+    from mmtune.chat.render import MediaSizes, render_sample
     from mmtune.infer.vision import encode
     from mmtune.models.vision import load_processor
-    from mmtune.train.render_vision import render_vision_sample
     from tests.helpers.tiny_vlms import TINY_VLM_FAMILIES, tiny_vlm_dir
+
+    def render(*args, **kwargs) -> dict:
+        r = render_sample(*args, **kwargs)
+        return {**r.features(), "truncated": r.truncated}
 
     def row(fn, *args, **kwargs):
         return {k: _tensor(v) if not isinstance(v, list | int) else v for k, v in fn(*args, **kwargs).items()}
@@ -124,11 +127,11 @@ def vision_hashes(families: tuple[str, ...] | None = None) -> dict:
     out: dict = {}
     for family in families or TINY_VLM_FAMILIES:
         processor = load_processor(str(tiny_vlm_dir(family)))
+        four = MediaSizes(video_frames=4)
         for name, s in rows:
-            h = {m: _guard(row, render_vision_sample, s, processor, train_on=m, video_frames=4) for m in MODES}
-            h["assistant@short"] = _guard(row, render_vision_sample, s, processor, max_length=SHORT * 4,
-                                          video_frames=4)
-            h["prompt"] = _guard(row, encode, [s], processor, sizes=MediaSizes(video_frames=4))
+            h = {m: _guard(row, render, s, processor, train_on=m, sizes=four) for m in MODES}
+            h["assistant@short"] = _guard(row, render, s, processor, max_length=SHORT * 4, sizes=four)
+            h["prompt"] = _guard(row, encode, [s], processor, sizes=four)
             out[f"{family}/{name}"] = h
     return out
 

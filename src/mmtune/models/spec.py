@@ -76,6 +76,8 @@ class ModelSpec:
     language_model: str | None = None
     max_images: int | None = None  # None: no limit; 1: "one image per conversation"
     supports_video: bool = False
+    # how a batch joins media tensors for the forward (train/collate.py): "concat" | "per_row" | "packed"
+    media_layout: str = "concat"
     # Vision tower + projector parameters, in billions, where known from the checkpoint; None: the
     # memory estimate takes params_b minus what the language-model numbers count.
     vision_params_b: float | None = None

@@ -24,7 +24,7 @@ _LLAVA = {"family": "llava", "model_type": "llava", "kind": "vision", "media_pla
           "language_model": "model.language_model", "lora_targets": LLAMA_LIKE_TARGETS}
 _IDEFICS3 = {"family": "idefics3", "model_type": "idefics3", "kind": "vision", "media_placeholder": "<image>",
              "vision_tower": "model.vision_model", "projector": "model.connector",
-             "language_model": "model.text_model", "lora_targets": LLAMA_LIKE_TARGETS}
+             "language_model": "model.text_model", "media_layout": "per_row", "lora_targets": LLAMA_LIKE_TARGETS}
 _QWEN2_5_VL = {**_QWEN2_VL, "family": "qwen2_5_vl", "model_type": "qwen2_5_vl"}
 _LLAVA_NEXT = {**_LLAVA, "family": "llava_next", "model_type": "llava_next"}
 # Qwen3-VL: the deepstack mergers (model.visual.deepstack_merger_list) count with the projector too
@@ -39,14 +39,15 @@ _GEMMA3 = {"family": "gemma3", "model_type": "gemma3", "kind": "vision", "media_
 # Llama 3.2 Vision: cross-attention to one image (up to 4 tiles) per conversation, as Meta trained it
 _MLLAMA = {"family": "mllama", "model_type": "mllama", "kind": "vision", "media_placeholder": "<|image|>",
            "vision_tower": "model.vision_model", "projector": "model.multi_modal_projector",
-           "language_model": "model.language_model", "max_images": 1, "lora_targets": LLAMA_LIKE_TARGETS}
+           "language_model": "model.language_model", "max_images": 1, "media_layout": "per_row",
+           "lora_targets": LLAMA_LIKE_TARGETS}
 # MiniCPM-V 4.6: SigLIP2-400M (with a window-attention merger inside the tower) + model.merger + Qwen3.5's hybrid
 # decoder, whose Gated-DeltaNet layers (in_proj_qkv/in_proj_z/out_proj) take LoRA next to the attention layers' q/k/v/o.
 # OpenBMB's own LoRA recipe (finetune/finetune_lora.sh: --tune_vision true --use_lora true) trains the tower in full.
 _MINICPMV4_6 = {"family": "minicpmv4_6", "model_type": "minicpmv4_6", "kind": "vision",
                 "media_placeholder": "<|image_pad|>", "vision_tower": "model.vision_tower", "projector": "model.merger",
                 "language_model": "model.language_model", "supports_video": True, "default_train_vision": "full",
-                "lora_targets": (*LLAMA_LIKE_TARGETS, "in_proj_qkv", "in_proj_z", "out_proj")}
+                "media_layout": "packed", "lora_targets": (*LLAMA_LIKE_TARGETS, "in_proj_qkv", "in_proj_z", "out_proj")}
 
 VISION_ENTRIES: tuple[ModelSpec, ...] = (
     ModelSpec(name="qwen2-vl-2b-instruct", hf_path="Qwen/Qwen2-VL-2B-Instruct", params_b=2.21,
