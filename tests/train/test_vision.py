@@ -262,3 +262,17 @@ def test_cross_attention_mask_is_cut_with_the_tokens_and_padded_to_the_batch():
     assert torch.equal(batch["cross_attention_mask"][0, :12], torch.as_tensor(cut["cross_attention_mask"][0]))
     assert batch["cross_attention_mask"][0, 12:].sum() == 0 and batch["cross_attention_mask"][1].sum() == 0
     assert batch["pixel_values"].shape[:2] == (2, 1) and batch["pixel_values"][1].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "mllama"])
+def test_train_on_all_trains_every_text_token_of_a_media_row(name):
+    """train_on='all' on a row with an image: every token but the first and the media tokens is a
+    target (it once stopped at the placeholder, as if media were inside a trained turn)."""
+    processor = load_processor(str(tiny_vlm_dir(name)))
+    image_row = _rows(video=False)[0][0]
+    row = render_sample(image_row, processor, train_on="all")
+    media_ids = {getattr(o, a, None) for o in (processor, processor.tokenizer)
+                 for a in ("image_token_id", "video_token_id")} - {None}
+    assert media_ids & set(row.input_ids)
+    want = [IGNORE_INDEX if j == 0 or t in media_ids else t for j, t in enumerate(row.input_ids)]
+    assert row.labels == want

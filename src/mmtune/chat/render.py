@@ -742,21 +742,20 @@ def _render_media(sample: Sample, processor, train_on: str, max_length: int | No
     conv = conversation(sample, view, tool_format, messages=vision_messages(sample), reasoning=reasoning)
     full = _render(view, conv.messages, conv.tools, gen=False, sample=sample)
     trained = _trained_turns(sample, view, conv, train_on, full)
-    chosen = [(0, len(full))] if trained is None else [(t.start, t.end) for t in trained]
     # a trailing space inside the turn (LLaVA's `answer + ' '`) would train the next header's first token
-    spans = chosen if trained is None else [(a, a + len(full[a:b].rstrip()) or b) for a, b in chosen]
+    spans = [(t.start, t.start + len(full[t.start:t.end].rstrip()) or t.end) for t in trained or []]
     images, videos, metadata = media_inputs(sample, video_fps=sizes.video_fps, video_frames=sizes.video_frames)
     out = process(processor, [full], images, videos, metadata, sizes, return_offsets_mapping=True,
                   return_text_replacement_offsets=True)
     ids = out["input_ids"][0].tolist()
-    if "text_replacement_offsets" in out and "offset_mapping" in out:
+    if trained is None:  # every token but the first; media tokens are unlabelled below
+        mask = [j > 0 for j in range(len(ids))]
+    elif "text_replacement_offsets" in out and "offset_mapping" in out:
         offsets = [tuple(o) for o in out["offset_mapping"][0].tolist()]
         replacements = out["text_replacement_offsets"][0] if (images or videos) else []
         mask = _token_mask(offsets, _shift(spans, replacements, sample))
     else:
         mask = _token_mask(_aligned_offsets(processor, full, ids, sample, spans), spans)
-    if trained is None:
-        mask[0] = False
     media_ids = media_token_ids(processor)
     labels = [i if m and i not in media_ids else IGNORE_INDEX for i, m in zip(ids, mask, strict=True)]
     media: dict[str, Any] = {key: out[key][0].tolist() for key in TOKEN_KEYS[2:] if key in out}
