@@ -101,10 +101,10 @@ def answers(model_dir: str | Path, data: str | Path, *, batch_size: int = 16, ma
     """(expected colour, generated answer) for every row of `data`, greedy, through the model's processor."""
     import torch
 
+    from mmtune.chat.render import vision_messages
+    from mmtune.data.media_io import load_image
     from mmtune.data.reader import load_samples
     from mmtune.models.vision import load_processor
-    from mmtune.train.media_io import load_image
-    from mmtune.train.render_vision import vision_messages
 
     if model is None:
         from transformers import AutoModelForImageTextToText

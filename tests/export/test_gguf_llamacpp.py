@@ -210,10 +210,9 @@ def test_llama_cpp_chat_renders_the_training_prompt(family, conversation, root):
     end-of-generation test stops at the template's end-of-turn token."""
     from transformers import AutoTokenizer
 
-    from mmtune.export.gguf import end_of_turn_token
+    from mmtune.chat.render import end_of_turn, render_prompt
     from mmtune.export.llamacpp import is_end, load
     from mmtune.infer.engine import to_sample
-    from mmtune.train.render import render_prompt
 
     messages = CONVERSATIONS[conversation]
     if family == "gemma3":
@@ -222,12 +221,12 @@ def test_llama_cpp_chat_renders_the_training_prompt(family, conversation, root):
     tokenizer = AutoTokenizer.from_pretrained(decisive(family, root))
     want = render_prompt(to_sample(messages, tools), tokenizer)
     llm = load(exported(family, "f32", root), n_ctx=1024)
-    from mmtune.train.render import to_template_messages
+    from mmtune.chat.conversation import to_template_messages
 
     template_messages, _ = to_template_messages(to_sample(messages, tools))
     got = chat_prompt_tokens(llm, template_messages, tools=tools)
     assert got == want, (tokenizer.decode(got), tokenizer.decode(want))
-    eot = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+    eot = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
     assert is_end(llm, eot) and not is_end(llm, want[-1])
     if conversation == "tools":  # Qwen's <tool_call> is a plain added token: one token in both
         call = tokenizer.convert_tokens_to_ids("<tool_call>")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from infer.tiny import messages, tiny_adapter, tiny_base
 
+from mmtune.chat.render import render_prompt
 from mmtune.data.schema import Message, Sample
 from mmtune.errors import UserError
 from mmtune.infer.engine import Engine
-from mmtune.train.render import render_prompt
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from mmtune.train.media_io import load_video_with_metadata, sample_indices
+from mmtune.data.media_io import load_video_with_metadata, sample_indices
 
 
 def make_video(path, n: int, size=(160, 120), rate: int = 10):
@@ -50,7 +50,7 @@ def test_sampled_frames_equal_decoding_everything_then_sampling(tmp_path, suffix
 @pytest.mark.parametrize("declared", [25, 60])
 def test_a_wrong_declared_frame_count_is_corrected(tmp_path, monkeypatch, declared):
     """A container that says 25 or 60 frames for a 40-frame video: sampled from the 40 that are there."""
-    from mmtune.train import media_io
+    from mmtune.data import media_io
 
     path = make_video(tmp_path / "v.mp4", 40)
     every = decode_all(path)
@@ -66,7 +66,7 @@ def test_a_long_video_costs_the_memory_of_its_samples(tmp_path):
     this measures the peak RSS of a fresh process; decoding all of them grew it by about 100 MB); four
     sampled frames are under 4 MB."""
     path = make_video(tmp_path / "long.mp4", 400, size=(640, 480))
-    script = ("import resource, sys; from mmtune.train.media_io import load_video_with_metadata as f; "
+    script = ("import resource, sys; from mmtune.data.media_io import load_video_with_metadata as f; "
               "import av, numpy; before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
               "x = f(sys.argv[1], frames=4)[0] if sys.argv[2] == '1' else None; "
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")

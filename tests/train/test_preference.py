@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import chat, write_jsonl
 
+from mmtune.chat.render import IGNORE_INDEX, render_sample
 from mmtune.cli import main
 from mmtune.config import resolve_config
 from mmtune.data.schema import Message, Sample, ToolCall
 from mmtune.errors import UserError
 from mmtune.train.preference import run_preference
-from mmtune.train.render import IGNORE_INDEX, render_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = [

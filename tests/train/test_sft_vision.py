@@ -14,8 +14,8 @@ from mmtune.cli import main
 from mmtune.config import resolve_config
 from mmtune.errors import UserError
 from mmtune.models.registry import find_spec
+from mmtune.train.setup import part_of
 from mmtune.train.sft import run_sft
-from mmtune.train.vision_parts import part_of
 from tests.helpers.tiny_vlms import tiny_vlm_dir
 
 MEDIA = Path(__file__).resolve().parents[2] / "examples" / "data" / "media"
@@ -211,7 +211,7 @@ def test_rows_keep_no_pixels_and_decode_media_per_item(qwen, tmp_path, monkeypat
     from PIL import Image
 
     from mmtune.train.dataset import build_datasets
-    from mmtune.train.sft_vision import load_vision_processor
+    from mmtune.train.setup import load_vision_processor
 
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "cache"))
     image = tmp_path / "red.png"
@@ -223,7 +223,7 @@ def test_rows_keep_no_pixels_and_decode_media_per_item(qwen, tmp_path, monkeypat
     cfg = cfg_for(qwen, data, tmp_path / "out")
     assert cfg.data_cache
     processor = load_vision_processor(cfg)
-    ds = build_datasets(cfg, processor.tokenizer, processor=processor, spec=find_spec(str(qwen)))
+    ds = build_datasets(cfg, processor, spec=find_spec(str(qwen)))
     assert not (tmp_path / "cache").exists()
     held = [v for item in ds.train.items for v in vars(item).values()]
     assert not any(isinstance(v, torch.Tensor) for v in held)
@@ -249,13 +249,13 @@ def test_parts_train_as_the_flags_say(family, method, vision, projector, expect,
     """Every combination sets exactly the parts asked for (Qwen2-VL's projector sits inside its tower,
     LLaVA's beside it)."""
     from mmtune.models.loader import load_model
-    from mmtune.train.sft_vision import apply_vision_method, part_summary, resolve_parts
+    from mmtune.train.setup import apply_method, part_summary, resolve_parts
 
     folder = tiny_vlm_dir(family)
     spec = find_spec(str(folder))
     cfg = resolve_parts(cfg_for(folder, tmp_path / "x.jsonl", tmp_path / "out", method=method, train_vision=vision,
                                 train_projector=projector), spec, print)
-    model = apply_vision_method(load_model(str(folder), dtype=torch.float32), cfg, spec)
+    model = apply_method(load_model(str(folder), dtype=torch.float32), cfg, spec)
     _, counts, _ = part_summary(model, spec)
     got = {p: "none" if t == 0 else "all" if t == n else "some" for p, (t, n) in counts.items()}
     assert got == expect
@@ -287,19 +287,18 @@ def test_group_by_length_on_vision_data_reads_no_item(qwen, tmp_path, monkeypatc
     """Lengths come from the checked token ids: the sampler decodes no media."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from mmtune.train.dataset import build_datasets
-    from mmtune.train.dataset_vision import LazyVisionDataset
+    from mmtune.train.dataset import RowDataset, build_datasets
+    from mmtune.train.setup import load_vision_processor
     from mmtune.train.sft import build_trainer, load_for_training
-    from mmtune.train.sft_vision import load_vision_processor
 
     cfg = cfg_for(qwen, write(tmp_path / "d.jsonl", rows() * 4), tmp_path / "out", group_by_length=True)
     processor = load_vision_processor(cfg)
-    data = build_datasets(cfg, processor.tokenizer, processor=processor, spec=find_spec(str(qwen)))
+    data = build_datasets(cfg, processor, spec=find_spec(str(qwen)))
     trainer = build_trainer(cfg, load_for_training(cfg, "fp32"), processor.tokenizer, data, "fp32", [])
 
     def no_read(self, i):
         raise AssertionError("the sampler read an item")
 
-    monkeypatch.setattr(LazyVisionDataset, "__getitem__", no_read)
+    monkeypatch.setattr(RowDataset, "__getitem__", no_read)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler) and sorted(sampler) == list(range(len(data.train)))

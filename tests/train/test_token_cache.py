@@ -30,7 +30,7 @@ def test_second_build_is_a_cache_hit_with_the_same_rows_and_warnings(tiny_llama,
     monkeypatch.setattr(dataset, "render_datasets", no_render)
     again: list[str] = []
     hit = build_datasets(cfg, tokenizer, again.append, cache_dir=tmp_path / "c")
-    assert (hit.train, hit.val, hit.stats) == (built.train, built.val, built.stats) and again == first
+    assert (hit.train.rows, hit.val.rows, hit.stats) == (built.train.rows, built.val.rows, built.stats) and again == first
     monkeypatch.undo()
 
     key = token_cache.cache_key(cfg, tokenizer)

@@ -19,9 +19,9 @@ from test_render import ANSWER_RE, WEATHER_TOOL, _char_overlap_mask
 
 from mmtune.chat import tools as toolfmt
 from mmtune.chat.conversation import conversation
+from mmtune.chat.render import IGNORE_INDEX, Row, render_prompt, render_sample
 from mmtune.data.schema import Message, Part, Sample, Source, ToolCall
 from mmtune.errors import UserError
-from mmtune.train.render import IGNORE_INDEX, Rendered, render_prompt, render_sample
 
 M = Message.simple
 
@@ -347,21 +347,20 @@ def test_mmtune_train_trains_the_call_tokens(tiny_llama, tmp_path, template):
 def test_vision_rows_carry_their_calls(family, native):
     from helpers.tiny_vlms import tiny_vlm_dir
 
-    from mmtune.infer.vision import render_text
+    from mmtune.chat.render import prompt_text, template_view
     from mmtune.models.vision import load_processor
-    from mmtune.train.render_vision import render_vision_sample, template_view
 
     processor = load_processor(tiny_vlm_dir(family))
     assert toolfmt.template_support(template_view(processor)).native is native
     row = tool_row()
     media = Path(__file__).resolve().parents[2] / "examples" / "data" / "media" / "red_circle.png"
     row.messages[0] = Message("user", [Part.image(str(media)), Part.of_text("Weather in Paris?")])
-    out = render_vision_sample(row, processor)
+    out = render_sample(row, processor).features()
     t = processor.tokenizer
-    trained = trained_text(Rendered(out["input_ids"], out["labels"]), t)
+    trained = trained_text(Row(out["input_ids"], out["labels"]), t)
     assert "get_weather" in trained and "Paris" in trained and "It is 18°C in Paris." in trained
     assert "temp_c" not in trained
-    prompt = render_text(Sample(row.messages[:3], tools=row.tools), processor)
+    prompt = prompt_text(Sample(row.messages[:3], tools=row.tools), processor)
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     # the fallback writes definitions as Qwen's own templates do: Qwen3-VL's text is the fallback's
     assert toolfmt.tools_block(row.tools) in prompt

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmtune.chat.render import IGNORE_INDEX, MediaSizes, render_sample
 from mmtune.data.schema import Message, Part, Sample
 from mmtune.errors import UserError
 from mmtune.models.registry import REGISTRY, find_spec
 from mmtune.models.vision import load_processor
-from mmtune.train.collate_vision import VisionCollator, media_layout
-from mmtune.train.render import IGNORE_INDEX
-from mmtune.train.render_vision import render_vision_sample
-from mmtune.train.vision_parts import (
+from mmtune.train.collate import PadCollator
+from mmtune.train.setup import (
     PROJECTOR_PARAMS,
     lora_target_regex,
     part_of,
@@ -81,6 +80,12 @@ def _rows(video: bool, multi_image: bool = True) -> list[tuple[Sample, list[str]
     return rows
 
 
+def _features(sample: Sample, processor, *, video_frames=None, max_pixels=None, min_pixels=None, **kw) -> dict:
+    """One training row as the collator takes it (chat.render over the processor)."""
+    sizes = MediaSizes(max_pixels=max_pixels, min_pixels=min_pixels, video_frames=video_frames)
+    return render_sample(sample, processor, sizes=sizes, **kw).features()
+
+
 def _runs(labels: list[int]) -> list[list[int]]:
     runs, cur = [], []
     for t in labels:
@@ -119,7 +124,7 @@ def test_labels_are_exactly_the_assistant_answers_and_one_step_trains(family):
     processor = load_processor(str(folder))
     tok = processor.tokenizer
     rows = _rows(video=spec.supports_video, multi_image=spec.max_images is None)
-    feats = [render_vision_sample(s, processor, video_frames=4, spec=spec) for s, _ in rows]
+    feats = [_features(s, processor, video_frames=4, spec=spec) for s, _ in rows]
     media_ids = {getattr(o, a, None) for o in (processor, tok) for a in ("image_token_id", "video_token_id")} - {None}
     for f, (sample, answers) in zip(feats, rows, strict=True):
         assert len(f["labels"]) == len(f["input_ids"])
@@ -129,7 +134,7 @@ def test_labels_are_exactly_the_assistant_answers_and_one_step_trains(family):
         n_media = sum(f["input_ids"].count(i) for i in media_ids)
         assert (n_media > 0) == bool(sample.media())
 
-    batch = VisionCollator(tok.pad_token_id, media_layout(processor))(feats)
+    batch = PadCollator(tok.pad_token_id, layout=spec.media_layout)(feats)
     assert batch["input_ids"].shape[0] == len(rows)
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(folder)
@@ -150,7 +155,7 @@ def test_labels_are_exactly_the_assistant_answers_and_one_step_trains(family):
                for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed == {"projector", "language_model"}
 
-    one = VisionCollator(tok.pad_token_id, media_layout(processor))([feats[0]])
+    one = PadCollator(tok.pad_token_id, layout=spec.media_layout)([feats[0]])
     one.pop("labels")
     out = model.generate(**one, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == one["input_ids"].shape[1] + 3
@@ -161,23 +166,23 @@ def test_limits_are_enforced_with_a_clear_error():
     two_images = _rows(video=False)[1][0]
     one_image_spec = dataclasses.replace(REGISTRY["qwen2-vl-2b-instruct"], max_images=1)
     with pytest.raises(UserError, match="at most 1 image"):
-        render_vision_sample(two_images, processor, spec=one_image_spec)
+        _features(two_images, processor, spec=one_image_spec)
     video_row = _rows(video=True)[3][0]
     with pytest.raises(UserError, match="does not take video"):
-        render_vision_sample(video_row, processor, spec=REGISTRY["llava-1.5-7b"])
+        _features(video_row, processor, spec=REGISTRY["llava-1.5-7b"])
 
 
 def test_max_pixels_and_video_frames_change_the_media_tokens():
     processor = load_processor(str(tiny_vlm_dir("qwen2_vl")))
     image_row, video_row = _rows(video=True)[0][0], _rows(video=True)[3][0]
-    small = render_vision_sample(image_row, processor)
-    big = render_vision_sample(image_row, processor, max_pixels=28 * 28 * 16, min_pixels=28 * 28 * 16)
+    small = _features(image_row, processor)
+    big = _features(image_row, processor, max_pixels=28 * 28 * 16, min_pixels=28 * 28 * 16)
     assert small["image_grid_thw"].tolist() == [[1, 4, 4]] and big["image_grid_thw"].tolist() == [[1, 8, 8]]
     assert len(big["input_ids"]) - len(small["input_ids"]) == 16 - 4
-    assert render_vision_sample(video_row, processor, video_frames=4)["video_grid_thw"].tolist() == [[2, 4, 4]]
-    assert render_vision_sample(video_row, processor, video_frames=8)["video_grid_thw"].tolist() == [[4, 4, 4]]
+    assert _features(video_row, processor, video_frames=4)["video_grid_thw"].tolist() == [[2, 4, 4]]
+    assert _features(video_row, processor, video_frames=8)["video_grid_thw"].tolist() == [[4, 4, 4]]
     with pytest.raises(UserError, match="resize by area"):
-        render_vision_sample(image_row, load_processor(str(tiny_vlm_dir("llava"))), max_pixels=1000)
+        _features(image_row, load_processor(str(tiny_vlm_dir("llava"))), max_pixels=1000)
 
 
 @pytest.mark.parametrize("name", ["llava_onevision", "llava_next_video"])
@@ -218,7 +223,7 @@ def test_alignment_fallback_gives_the_same_labels_as_reported_offsets(name, monk
     processor = load_processor(str(tiny_vlm_dir(name)))
     spec = _spec(name)
     rows = [s for s, _ in _rows(video=spec.supports_video)]
-    reported = [render_vision_sample(s, processor, video_frames=4) for s in rows]
+    reported = [_features(s, processor, video_frames=4) for s in rows]
     call = type(processor).__call__
 
     def without_offsets(self, *args, **kwargs):
@@ -227,7 +232,7 @@ def test_alignment_fallback_gives_the_same_labels_as_reported_offsets(name, monk
         return out
 
     monkeypatch.setattr(type(processor), "__call__", without_offsets)
-    aligned = [render_vision_sample(s, processor, video_frames=4) for s in rows]
+    aligned = [_features(s, processor, video_frames=4) for s in rows]
     for r, a in zip(reported, aligned, strict=True):
         assert a["input_ids"] == r["input_ids"] and a["labels"] == r["labels"]
         assert any(lab != IGNORE_INDEX for lab in a["labels"])
@@ -236,7 +241,7 @@ def test_alignment_fallback_gives_the_same_labels_as_reported_offsets(name, monk
 def test_one_image_models_refuse_a_second_image():
     processor = load_processor(str(tiny_vlm_dir("mllama")))
     with pytest.raises(UserError, match="llama-3.2-11b-vision-instruct takes at most 1 image"):
-        render_vision_sample(_rows(video=False)[1][0], processor, spec=_spec("mllama"))
+        _features(_rows(video=False)[1][0], processor, spec=_spec("mllama"))
 
 
 def test_cross_attention_mask_is_cut_with_the_tokens_and_padded_to_the_batch():
@@ -246,13 +251,28 @@ def test_cross_attention_mask_is_cut_with_the_tokens_and_padded_to_the_batch():
 
     processor = load_processor(str(tiny_vlm_dir("mllama")))
     image_row, _, text_row = (s for s, _ in _rows(video=False))
-    cut = render_vision_sample(image_row, processor, max_length=12)
-    assert cut["truncated"] > 0 and len(cut["input_ids"]) == 12 and cut["cross_attention_mask"].shape[1] == 12
+    cut_row = render_sample(image_row, processor, max_length=12)
+    cut = cut_row.features()
+    assert cut_row.truncated > 0 and len(cut["input_ids"]) == 12 and cut["cross_attention_mask"].shape[1] == 12
     long_text = dataclasses.replace(text_row, messages=[Message.simple("user", "hi " * 20), *text_row.messages[1:]])
-    rows = [cut, render_vision_sample(long_text, processor)]
-    batch = VisionCollator(processor.tokenizer.pad_token_id, media_layout(processor))(rows)
+    rows = [cut, _features(long_text, processor)]
+    batch = PadCollator(processor.tokenizer.pad_token_id, layout=_spec("mllama").media_layout)(rows)
     longest = batch["input_ids"].shape[1]
     assert longest > 12 and batch["cross_attention_mask"].shape == (2, longest, 1, 2)
     assert torch.equal(batch["cross_attention_mask"][0, :12], torch.as_tensor(cut["cross_attention_mask"][0]))
     assert batch["cross_attention_mask"][0, 12:].sum() == 0 and batch["cross_attention_mask"][1].sum() == 0
     assert batch["pixel_values"].shape[:2] == (2, 1) and batch["pixel_values"][1].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "mllama"])
+def test_train_on_all_trains_every_text_token_of_a_media_row(name):
+    """train_on='all' on a row with an image: every token but the first and the media tokens is a
+    target (it once stopped at the placeholder, as if media were inside a trained turn)."""
+    processor = load_processor(str(tiny_vlm_dir(name)))
+    image_row = _rows(video=False)[0][0]
+    row = render_sample(image_row, processor, train_on="all")
+    media_ids = {getattr(o, a, None) for o in (processor, processor.tokenizer)
+                 for a in ("image_token_id", "video_token_id")} - {None}
+    assert media_ids & set(row.input_ids)
+    want = [IGNORE_INDEX if j == 0 or t in media_ids else t for j, t in enumerate(row.input_ids)]
+    assert row.labels == want

@@ -1,6 +1,6 @@
 """A Sample as the message dicts a chat template takes, in the model's tool format.
 
-Training (train/render.py, train/render_vision.py) and inference (infer/) build what goes into
+Training and inference (chat/render.py, the one renderer both use) build what goes into
 `apply_chat_template` here, so a prompt at inference is the prompt training rendered: the
 OpenAI-style dicts (`to_template_messages`), the tool format written in (`conversation`,
 formats in chat/tools.py), the reasoning written in (chat/reasoning.py), and the checks that

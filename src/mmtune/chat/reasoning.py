@@ -13,7 +13,7 @@ Modes (`TrainConfig.reasoning`, `--reasoning`):
   writes it into the assistant text before the answer as `<think>\\n...\\n</think>\\n\\n`
   (Qwen3's layout: the reasoning's leading and trailing newlines are not doubled). Templates
   that show reasoning only after the last user message (Qwen3, LFM2.5) drop it from earlier
-  turns, as they do at inference: those turns train their answer only (train/render.py counts
+  turns, as they do at inference: those turns train their answer only (chat/render.py counts
   them, the training says so).
 - "drop": the reasoning is left out and the answers train alone (the training says so, in one
   line counting the rows).

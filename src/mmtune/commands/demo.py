@@ -121,8 +121,8 @@ def greedy(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[
     template as training (one batch: a few times faster than one question at a time on a CPU)."""
     import torch
 
+    from mmtune.chat.render import render_prompt
     from mmtune.data.schema import Message, Sample
-    from mmtune.train.render import render_prompt
 
     prompts = [render_prompt(Sample([Message.simple("user", q)]), tokenizer) for q in questions]
     width = max(len(p) for p in prompts)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmtune.chat.render import end_of_turn
 from mmtune.errors import UserError
 from mmtune.infer.artifacts import is_adapter_dir
 
@@ -336,28 +337,6 @@ def _pre_tokenizer(tokenizer, folder: Path) -> str:
     return name
 
 
-def end_of_turn_token(tokenizer) -> str | None:
-    """The special token the chat template closes an assistant turn with, from a probe render
-    (user, assistant, user: so what a template adds only after the last turn is not taken)."""
-    probe, question = "mmtune probe answer 3f9a", "mmtune probe question 2"
-    messages = [
-        {"role": "user", "content": "mmtune probe question"},
-        {"role": "assistant", "content": probe},
-        {"role": "user", "content": question},
-    ]
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:  # no template, or one that refuses the probe
-        return None
-    if not isinstance(text, str) or probe not in text:
-        return None
-    after = text[text.index(probe) + len(probe) :]
-    after = after[: after.find(question)] if question in after else after
-    specials = sorted(set(tokenizer.all_special_tokens), key=len, reverse=True)
-    hits = [(after.find(s), s) for s in specials if s and after.find(s) >= 0]
-    return min(hits)[1] if hits else None
-
-
 def _adds(tokenizer, which: str) -> bool:
     """Whether encoding text adds the BOS (`which="bos"`) or EOS token, as llama.cpp must too."""
     token_id = getattr(tokenizer, f"{which}_token_id", None)
@@ -390,7 +369,7 @@ def _add_tokenizer(w, tokenizer, folder: Path, vocab_size: int, pre: str, model_
     special.add_to_gguf(w, quiet=True)
     if not special.merges:
         raise UserError(f"{folder}/tokenizer.json has no BPE merges: the GGUF tokenizer would not work")
-    eot = end_of_turn_token(tokenizer)
+    eot = end_of_turn(tokenizer)
     if eot is not None:
         eot_id = tokenizer.convert_tokens_to_ids(eot)
         if eot_id != tokenizer.eos_token_id:

@@ -234,13 +234,13 @@ class _HF:
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
-    from mmtune.export.gguf import end_of_turn_token
+    from mmtune.chat.render import end_of_turn
 
     ids = set()
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(gen if isinstance(gen, list) else [gen])
     ids.add(tokenizer.eos_token_id)
-    eot = end_of_turn_token(tokenizer)
+    eot = end_of_turn(tokenizer)
     if eot is not None:
         ids.add(tokenizer.convert_tokens_to_ids(eot))
     ids.discard(None)
@@ -281,7 +281,7 @@ class _GGUF:
 
 
 def _openai_messages(sample) -> list[dict]:
-    from mmtune.train.render import to_template_messages
+    from mmtune.chat.conversation import to_template_messages
 
     messages, _ = to_template_messages(sample)
     return messages
@@ -354,7 +354,7 @@ def verify(
     if exact is None:
         exact = (tgt.file_type in EXACT_TYPES) if is_gguf else True
     report = VerifyReport(source, target, kind, exact, min_agreement)
-    from mmtune.train.render import render_prompt
+    from mmtune.chat.render import render_prompt
 
     for sample in samples:
         prompt = render_prompt(sample, src.tokenizer)

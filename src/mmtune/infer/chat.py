@@ -93,7 +93,7 @@ class ChatSession:
                             "that takes video (e.g. the Qwen2-VL family)")
         resolved = check_ref(ref, kind, self.media)
         if kind == "image" and not resolved.startswith(("http://", "https://")):
-            from mmtune.train.media_io import load_image
+            from mmtune.data.media_io import load_image
 
             load_image(resolved)  # decodes now: a broken file is reported at once
         part = {"type": "image_url", "image_url": {"url": resolved}} if kind == "image" else \

@@ -302,9 +302,9 @@ class Engine:
         processor = self._processors[key]
         if processor is None:
             return len(self.prompt_ids(messages, model))
-        from mmtune.infer.vision import render_text
+        from mmtune.chat.render import prompt_text
 
-        text = render_text(to_sample(messages), processor, self._tool_format)
+        text = prompt_text(to_sample(messages), processor, tool_format=self._tool_format)
         return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prepare(
@@ -374,7 +374,7 @@ class Engine:
         for sample in samples:
             check_media_fits(sample, name, processor)
         if processor is None:
-            from mmtune.train.render import render_prompt
+            from mmtune.chat.render import render_prompt
 
             tokenizer, fmt = self._tokenizers[key], self._tool_format
             return [render_prompt(s, tokenizer, add_generation_prompt=True, tool_format=fmt) for s in samples], None
@@ -498,13 +498,9 @@ class Engine:
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         ids.add(tokenizer.eos_token_id)
-        if processor is not None:  # the template may live on the processor only
-            from mmtune.train.render_vision import template_view
+        from mmtune.chat.render import end_of_turn_id
 
-            end = _end_of_turn_id(template_view(processor), tokenizer)
-        else:
-            end = _end_of_turn_id(tokenizer)
-        ids.add(end)
+        ids.add(end_of_turn_id(processor if processor is not None else tokenizer))  # the processor's template, if any
         ids.discard(None)
         return ids
 
@@ -641,18 +637,6 @@ class Answer(str):
         from mmtune.data.schema import Part
 
         return Message("assistant", [Part("text", text=str(self))] if self else [], list(self.tool_calls))
-
-
-def _end_of_turn_id(template, tokenizer=None) -> int | None:
-    """The token the chat template closes an assistant turn with (e.g. <|im_end|>, <|eot_id|>).
-    `template`: what holds the template (a tokenizer, or a processor's template view)."""
-    from mmtune.train.render import _end_of_turn
-
-    try:
-        token = _end_of_turn(template)
-    except UserError:
-        return None
-    return (tokenizer or template).convert_tokens_to_ids(token) if token else None
 
 
 def _load(model: str, spec, dtype: Any, device: str | None):

@@ -14,7 +14,7 @@ it). A policy may also bound how many images a prompt carries (`max_images`) and
 pixels one image may decode to (`max_image_pixels`); the size is read from the image's header
 before anything is decoded, so a 30000x30000 PNG of 100 KB is refused, not decompressed
 (Pillow's own decompression-bomb refusal is a UserError too). Decoding is Pillow's for images
-and media_io's (PyAV) for videos. No torch here.
+and data/media_io's (PyAV) for videos, with the metadata training gives the processor. No torch here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import base64
 import os
 from dataclasses import dataclass
 
-from mmtune.config import media_size_problems
+from mmtune.chat.render import NO_LIMITS, MediaSizes  # noqa: F401  (the Engine's media sizes: chat/render.py)
 from mmtune.data.media import classify, inside, local_path
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
@@ -74,45 +74,6 @@ class MediaPolicy:
 LOCAL = MediaPolicy()  # chat / infer default: local files yes, remote no
 
 
-@dataclass(frozen=True)
-class MediaSizes:
-    """How large a prompt's media get before the model sees them (the same settings as training's).
-
-    max_pixels/min_pixels bound the resized image (and video frame) area on processors that resize
-    by area (the Qwen2-VL family): a 12-megapixel photo is otherwise thousands of media tokens.
-    video_fps/video_frames choose which frames of a video are decoded and shown (default 2 a second).
-    """
-
-    max_pixels: int | None = None
-    min_pixels: int | None = None
-    video_fps: float | None = None
-    video_frames: int | None = None
-
-    def __post_init__(self):
-        problems = media_size_problems(self.max_pixels, self.min_pixels, self.video_fps, self.video_frames)
-        if problems:
-            raise UserError("; ".join(p.replace("max_pixels", "--max-pixels").replace("min_pixels", "--min-pixels")
-                                      .replace("video_fps", "--video-fps").replace("video_frames", "--video-frames")
-                                      for p in problems))
-
-    @property
-    def is_set(self) -> bool:
-        return any(v is not None for v in (self.max_pixels, self.min_pixels, self.video_fps, self.video_frames))
-
-    def apply(self, processor, *, strict: bool = True):
-        """Set the pixel bounds on `processor` (returned). A processor that resizes to a fixed size
-        is a UserError when `strict` (the user named one model), else left as it is (a server's
-        other models)."""
-        if self.max_pixels is None and self.min_pixels is None:
-            return processor
-        from mmtune.models.vision import resizes_by_area, set_pixel_bounds
-
-        if strict or resizes_by_area(processor):
-            set_pixel_bounds(processor, max_pixels=self.max_pixels, min_pixels=self.min_pixels)
-        return processor
-
-
-NO_LIMITS = MediaSizes()
 
 
 def check_ref(ref: str, kind: str, policy: MediaPolicy, sample_root: str | None = None) -> str:
@@ -178,19 +139,20 @@ def load_media(
     *,
     video_fps: float | None = None,
     video_frames: int | None = None,
-) -> tuple[list, list]:
-    """(images as RGB PIL images, videos as uint8 frames (T, H, W, 3)), in conversation order."""
-    from mmtune.train.media_io import load_video
+) -> tuple[list, list, list[dict]]:
+    """(images as RGB PIL images, videos as uint8 frames (T, H, W, 3), each video's metadata), in
+    conversation order: the videos decoded and sampled as training decodes them (data/media_io.py)."""
+    from mmtune.data.media_io import load_video_with_metadata
 
     check_refs(sample, policy)
     images = [open_image(_loadable(check_ref(p.ref, "image", policy, sample.media_root)), policy.max_image_pixels)
               for p in sample.images]
-    videos = [
-        load_video(_loadable(check_ref(p.ref, "video", policy, sample.media_root)), fps=video_fps,
-                   frames=video_frames)
+    loaded = [
+        load_video_with_metadata(_loadable(check_ref(p.ref, "video", policy, sample.media_root)), fps=video_fps,
+                                 frames=video_frames)
         for p in sample.videos
     ]
-    return images, videos
+    return images, [v for v, _ in loaded], [m for _, m in loaded]
 
 
 def check_refs(sample: Sample, policy: MediaPolicy) -> None:

@@ -4,10 +4,12 @@ A model is a vision-language model when its config has a `vision_config` (every 
 the registry does); it loads with AutoModelForImageTextToText and its processor
 (mmtune.models.vision.load_processor, which also works without torchvision).
 
-A prompt is rendered exactly as training renders it (render_vision: the processor's chat
+A prompt is rendered exactly as training renders it (chat/render.py: the processor's chat
 template over messages whose content lists hold the media parts in place), then the
 processor expands each placeholder into the model's media tokens and makes the media
-tensors. A batch goes through the processor at once, left-padded.
+tensors, called as training calls it (`chat.render.process`: videos decoded here with their
+metadata, so the frames and timestamps are training's). A batch goes through the processor
+at once, left-padded.
 
 The decode loop (infer/decode.py) hands media tensors to the prefill forward only; later
 steps read the KV cache. Qwen2-VL and its successors use 3-D rotary positions (M-RoPE) for
@@ -109,40 +111,25 @@ def check_media_fits(sample: Sample, model_name: str, processor) -> None:
         )
 
 
-def render_text(sample: Sample, processor, tool_format: str = "auto") -> str:
-    """The prompt text (with the model's media placeholders and the generation header), tools
-    written in the model's tool format as training writes them."""
-    from mmtune.chat.conversation import check_tool_definitions
-    from mmtune.train.render import _render
-    from mmtune.train.render_vision import template_view, vision_conversation
-
-    view = template_view(processor)
-    if not view.chat_template:
-        raise UserError("the processor has no chat template: use the model's -Instruct checkpoint")
-    conv = vision_conversation(sample, view, tool_format)
-    text = _render(view, conv.messages, conv.tools, gen=True, sample=sample)
-    if conv.tool_format:
-        check_tool_definitions(sample, conv, text)
-    return text
-
-
 def encode(samples: list[Sample], processor, policy: MediaPolicy = LOCAL, sizes: MediaSizes = NO_LIMITS,
            tool_format: str = "auto") -> dict[str, Any]:
     """The processor's left-padded batch for `samples`: input_ids, attention_mask, media tensors
     (videos sampled as `sizes` says; the processor carries the pixel bounds)."""
+    from mmtune.chat.render import process, prompt_text
     from mmtune.infer.media import check_refs
 
     for sample in samples:  # every refusal before any download or decoding
         check_refs(sample, policy)
-    texts, images, videos = [], [], []
+    texts, images, videos, metadata = [], [], [], []
     for sample in samples:
-        texts.append(render_text(sample, processor, tool_format))
-        imgs, vids = load_media(sample, policy, video_fps=sizes.video_fps, video_frames=sizes.video_frames)
+        texts.append(prompt_text(sample, processor, tool_format=tool_format))
+        imgs, vids, meta = load_media(sample, policy, video_fps=sizes.video_fps, video_frames=sizes.video_frames)
         images.append(imgs)  # per prompt: processors that batch by sample (Gemma 3, Mllama) need it
         videos += vids
+        metadata += meta
     try:
-        out = processor(text=texts, images=images if any(images) else None, videos=videos or None, padding=True,
-                        padding_side="left", add_special_tokens=False, return_tensors="pt")
+        out = process(processor, texts, images if any(images) else [], videos, metadata, NO_LIMITS, padding=True,
+                      padding_side="left")
     except (ValueError, TypeError) as e:
         raise UserError(f"the model's processor refused this prompt: {e}") from None
     return dict(out)

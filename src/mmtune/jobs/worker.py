@@ -48,7 +48,7 @@ MERGED_BASE = "base"  # <job dir>/base: a LoRA fine-tune the job trains on, merg
 def fine_tuned_model_name(job: dict[str, Any]) -> str:
     """`ft:<base>:<suffix>:<job id>` (the suffix part is empty without a suffix, as OpenAI does). A job on an
     earlier job's model keeps that model's <base>: ft:smollm2-135m-instruct:dpo:ftjob-B on ft:...:sft:ftjob-A."""
-    parent = job["params"]["mmtune"].get("parent_model")
+    parent = job["params"].get("mmtune", {}).get("parent_model")
     base = parent.split(":")[1] if parent and parent.count(":") >= 3 else model_base_name(job["model"])
     return f"ft:{base}:{job['suffix'] or ''}:{job['id']}"
 

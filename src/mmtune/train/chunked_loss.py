@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from mmtune.chat.render import IGNORE_INDEX
+
 CHUNK = 1024  # positions per chunk: 1024 x 49k vocab x 4 bytes = 200 MB at most, whatever the batch
 
 

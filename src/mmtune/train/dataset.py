@@ -6,8 +6,15 @@ samples, before tokenization, with a seeded shuffle, so the same data and seed a
 the same split whatever the model. Rows longer than max_length are truncated or, with
 `drop_long`, dropped; either way ONE warning says how many rows and tokens it cost.
 
-Vision-language models (a processor given) render through train/dataset_vision.py: every row
-is checked before the model loads, and media are decoded per item while training.
+One path for every model: each sample is rendered by chat/render.py through the model's
+tokenizer, or its processor for a vision-language model, and checked in full before the
+model loads (a bad image, a video for a model without video, `--max-length` cutting through
+media tokens fail here). A row without media tensors is kept as rendered (cached on disk
+and packable, train/token_cache.py); a row with media keeps its sample and renders again
+when the Trainer reads it, decoding its media then, so memory holds one batch of pixels,
+never the whole data set's. The second render must give the same token ids as the first (a
+changed media file would not): if not, the run stops. Data with media is not cached: media
+files are not part of the cache key.
 """
 
 from __future__ import annotations
@@ -19,17 +26,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmtune.chat.conversation import has_reasoning
+from mmtune.chat.conversation import has_reasoning, where
+from mmtune.chat.render import IGNORE_INDEX, MediaSizes, Row, is_processor, render_sample
 from mmtune.config import TrainConfig
 from mmtune.data.reader import ReadOptions, load_samples
 from mmtune.data.schema import Sample
 from mmtune.errors import UserError
 from mmtune.models.registry import ModelSpec
-from mmtune.train.render import render_sample
-from mmtune.train.render_vision import check_media_limits
 
 Warn = Callable[[str], None]
-Row = dict[str, list[int]]
+Features = dict[str, Any]  # what the collator takes of a row: input_ids, labels (lists), media inputs
 
 
 @dataclass
@@ -55,8 +61,53 @@ class DataStats:
 
 
 @dataclass
+class Item:
+    """What the first pass keeps of a row: its features when they hold no media tensor, else its
+    sample (rendered again on access) and its token ids and labels."""
+
+    input_ids: list[int]
+    labels: list[int]
+    features: Features | None = None
+    sample: Sample | None = None
+
+
+class RowDataset:
+    """Rendered rows for the Trainer (a map-style dataset: len and getitem). `rows` are every row's
+    input_ids and labels without media, for statistics and the cache; `lengths` for grouping."""
+
+    def __init__(self, items: list[Item], template: Callable[[Sample], Row] | None = None):
+        self.items = items
+        self.template = template
+
+    @classmethod
+    def of(cls, rows: list[Features]) -> RowDataset:
+        return cls([Item(r["input_ids"], r["labels"], r) for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def rows(self) -> list[dict[str, list[int]]]:
+        return [{"input_ids": r.input_ids, "labels": r.labels} for r in self.items]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r.input_ids) for r in self.items]
+
+    def __getitem__(self, i: int) -> Features:
+        item = self.items[i]
+        if item.features is not None:
+            return item.features
+        row = self.template(item.sample)
+        if row.input_ids != item.input_ids:
+            raise UserError(f"{where(item.sample)}this row renders to different tokens than when the data was "
+                            "checked (did a media file change during training?): restart the run")
+        return row.features()
+
+
+@dataclass
 class Datasets:
-    train: Any  # list[Row] for text models; a LazyVisionDataset for vision-language models
+    train: Any  # a RowDataset (or a list of features: --stage pt, preference pairs)
     val: Any | None
     stats: DataStats
 
@@ -87,15 +138,27 @@ def split_samples(samples: list[Sample], ratio: float, seed: int) -> tuple[list[
             [s for i, s in enumerate(samples) if i in val_idx])
 
 
-def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats,
-           spec: ModelSpec | None = None) -> list[Row]:
-    """Render each sample to ids/labels; count (and drop, if asked) over-long rows. A row with media
-    for a known text model is an error naming the model."""
-    rows: list[Row] = []
+def renderer(tokenizer, cfg: TrainConfig, spec: ModelSpec | None) -> Callable[[Sample], Row]:
+    """sample -> Row with this run's settings, through the tokenizer or the processor. Pixel bounds
+    are already set on a processor (models/vision.load_processor), so only the video sampling is
+    passed."""
+    sizes = MediaSizes(video_fps=cfg.video_fps, video_frames=cfg.video_frames)
+    fmt = spec.tool_format if spec else "auto"
+
+    def render(sample: Sample) -> Row:
+        return render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length, tool_format=fmt,
+                             reasoning=cfg.reasoning, sizes=sizes, spec=spec)
+
+    return render
+
+
+def encode(samples: list[Sample], render: Callable[[Sample], Row], cfg: TrainConfig, stats: DataStats
+           ) -> RowDataset:
+    """Render each sample; count (and drop, if asked) over-long rows and rows with nothing to train.
+    A row with media for a known text model is an error naming the model."""
+    items: list[Item] = []
     for sample in samples:
-        check_media_limits(sample, spec)
-        r = render_sample(sample, tokenizer, train_on=cfg.train_on, max_length=cfg.max_length,
-                          tool_format=spec.tool_format if spec else "auto", reasoning=cfg.reasoning)
+        r = render(sample)
         if r.truncated:
             if cfg.drop_long:
                 stats.dropped_long_rows += 1
@@ -109,27 +172,30 @@ def encode(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats,
         stats.reasoning_tokens += r.reasoning_tokens
         stats.reasoning_dropped_rows += r.reasoning_dropped > 0
         stats.reasoning_dropped_turns += r.reasoning_dropped
-        rows.append({"input_ids": r.input_ids, "labels": r.labels})
-    return rows
+        features = r.features()
+        lazy = any(not isinstance(v, list) for v in features.values())  # media tensors: decoded again on access
+        items.append(Item(r.input_ids, r.labels, None if lazy else features, sample if lazy else None))
+    return RowDataset(items, render)
 
 
 def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, cache_dir: Path | None = None, *,
-                   processor=None, spec: ModelSpec | None = None) -> Datasets:
-    """Training rows (and validation rows), ready for the collator: from the on-disk cache when an
-    earlier run rendered the same data files with the same tokenizer and settings (its warnings
-    are repeated), else rendered now and cached. With a vision model's `processor`: checked rows
-    that decode their media on access (never cached)."""
-    if processor is not None or not cfg.data_cache:
-        return render_datasets(cfg, tokenizer, warn, processor=processor, spec=spec)
+                   spec: ModelSpec | None = None) -> Datasets:
+    """Training rows (and validation rows), ready for the collator. `tokenizer` is the model's
+    tokenizer, or its processor for a vision-language model. Text data comes from the on-disk
+    cache when an earlier run rendered the same data files with the same tokenizer and settings
+    (its warnings are repeated), else is rendered now and cached; data for a processor is never
+    cached (its media files are not part of the key)."""
+    if is_processor(tokenizer) or not cfg.data_cache:
+        return render_datasets(cfg, tokenizer, warn, spec=spec)
     from mmtune.train.token_cache import cache_key, load_cached, save_cached
 
     key = cache_key(cfg, tokenizer)
     hit = load_cached(key, cache_dir)
     if hit is not None:
-        data, said = hit
+        train, val, stats, said = hit
         for message in said:
             warn(message)
-        return data
+        return Datasets(RowDataset.of(train), RowDataset.of(val) if val is not None else None, DataStats(**stats))
     said: list[str] = []
 
     def record(message: str) -> None:
@@ -137,12 +203,12 @@ def build_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, cache_dir: P
         warn(message)
 
     data = render_datasets(cfg, tokenizer, record, spec=spec)
-    save_cached(key, data, said, cache_dir)
+    save_cached(key, data.train.rows, data.val.rows if data.val is not None else None, data.stats.to_dict(), said,
+                cache_dir)
     return data
 
 
-def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, *, processor=None,
-                    spec: ModelSpec | None = None) -> Datasets:
+def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, *, spec: ModelSpec | None = None) -> Datasets:
     """Read, check, split and render the data files (no cache)."""
     samples = read_files(cfg.data, cfg, warn)
     if cfg.val_data:
@@ -155,25 +221,17 @@ def render_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, *, processo
             warn(f"note: --reasoning drop: {thinking} of {len(train_s) + len(val_s)} rows carry reasoning; their "
                  "answers are trained, the reasoning is not (--reasoning keep trains it)")
     stats = DataStats()
-    if processor is None:
-        train = encode(train_s, tokenizer, cfg, stats, spec)
-        val = encode(val_s, tokenizer, cfg, stats, spec) if val_s else None
-        train_rows = train
-    else:
-        from mmtune.train.dataset_vision import LazyVisionDataset, encode_vision
-
-        train = LazyVisionDataset(encode_vision(train_s, processor, cfg, spec, stats), processor, cfg, spec)
-        val = LazyVisionDataset(encode_vision(val_s, processor, cfg, spec, stats), processor, cfg, spec) \
-            if val_s else None
-        train_rows = train.rows
+    render = renderer(tokenizer, cfg, spec)
+    train = encode(train_s, render, cfg, stats)
+    val = encode(val_s, render, cfg, stats) if val_s else None
     report_losses(stats, len(train_s) + len(val_s), cfg, warn)
     if not len(train):
         raise UserError("no training rows left after rendering: every row was dropped (see the warnings above); "
                         "raise --max-length or check that rows have assistant answers to learn")
     stats.train_rows, stats.val_rows = len(train), len(val) if val is not None else 0
-    stats.train_tokens = sum(len(r["input_ids"]) for r in train_rows)
+    stats.train_tokens = sum(len(r.input_ids) for r in train.items)
     # targets as the loss sees them: labels shifted by one (the first label is never predicted)
-    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"][1:] if x != -100) for r in train_rows)
+    stats.train_supervised_tokens = sum(sum(1 for x in r.labels[1:] if x != IGNORE_INDEX) for r in train.items)
     return Datasets(train, val or None, stats)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmtune.chat.render import IGNORE_INDEX
+
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge")
-IGNORE_INDEX = -100
 
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, seq: torch.Tensor,

@@ -1,7 +1,7 @@
 """Preference training: `run_preference(cfg)` for --stage dpo|simpo|orpo|kto, setup -> train -> save.
 
 The same pipeline as SFT (train/sft.py): the data layer reads and checks every row, the one renderer
-(train/render.py) renders prompt + completion through the model's chat template, and the Hugging
+(chat/render.py) renders prompt + completion through the model's chat template, and the Hugging
 Face Trainer runs the loop (checkpoints, --resume, gradient accumulation, accelerate). What differs:
 
 - rows: a pair renders twice, prompt + chosen and prompt + rejected, with the prompt's own assistant
@@ -34,6 +34,7 @@ from rich.console import Console
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from mmtune.chat.render import IGNORE_INDEX, check_media_limits, render_sample
 from mmtune.config import TrainConfig
 from mmtune.data.reader import KIND_OF_STAGE, ReadOptions, load_samples
 from mmtune.data.schema import Message, Sample
@@ -42,16 +43,13 @@ from mmtune.models.loader import check_quantization_available, load_tokenizer
 from mmtune.models.registry import find_spec
 from mmtune.train import losses
 from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder, save_figure
-from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
+from mmtune.train.collate import PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, DataStats, report_losses, split_samples
 from mmtune.train.output import check_output, discard_failed
-from mmtune.train.render import render_sample
-from mmtune.train.render_vision import check_media_limits
+from mmtune.train.setup import apply_method, count_params, is_vision
 from mmtune.train.sft import (
     MMTuneTrainer,
     SaveMeta,
-    apply_method,
-    count_params,
     finish_output,
     load_for_training,
     make_summary,
@@ -62,7 +60,6 @@ from mmtune.train.sft import (
     save_model,
     training_arguments,
 )
-from mmtune.train.sft_vision import is_vision
 
 PAIRED = ("dpo", "simpo", "orpo")
 STAGES = (*PAIRED, "kto")
@@ -456,12 +453,13 @@ def run_preference(cfg: TrainConfig) -> dict[str, Any]:
 def build_preference_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision: str,
                              callbacks: list[TrainerCallback]) -> PreferenceTrainer:
     has_eval = data.val is not None and cfg.eval_strategy != "no"
+    packed = packs(cfg, model)
     trainer = PreferenceTrainer(
         model=model,
-        args=training_arguments(cfg, precision, has_eval),
+        args=training_arguments(cfg, precision, has_eval, packed),
         train_dataset=data.train,
         eval_dataset=data.val,
-        data_collator=PreferenceCollator(tokenizer.pad_token_id, pack=packs(cfg, model)),
+        data_collator=PreferenceCollator(tokenizer.pad_token_id, pack=packed),
         processing_class=tokenizer,
         callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
         cfg=cfg,

@@ -30,7 +30,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from mmtune import __version__
-from mmtune.config import ALL_LINEAR, TrainConfig
+from mmtune.chat.render import IGNORE_INDEX, is_processor
+from mmtune.config import TrainConfig
 from mmtune.errors import UserError
 from mmtune.files import check_data_files as check_files
 from mmtune.models.loader import check_quantization_available, load_model, load_tokenizer, resolve_model_path
@@ -38,7 +39,7 @@ from mmtune.models.registry import find_spec
 from mmtune.train.attention import packing_safe, use_varlen_attention
 from mmtune.train.callbacks import METRICS_FILE, PLOT_FILE, FinishLine, RichProgress, RunRecorder
 from mmtune.train.chunked_loss import CHUNK, HiddenHead, linear_cross_entropy, plain_head
-from mmtune.train.collate import IGNORE_INDEX, PackCollator, PadCollator
+from mmtune.train.collate import PackCollator, PadCollator
 from mmtune.train.dataset import Datasets, build_datasets
 from mmtune.train.output import (  # noqa: F401  (holds_run, last_checkpoint: this module's public names too)
     STAGING_DIR,
@@ -53,13 +54,13 @@ from mmtune.train.output import (  # noqa: F401  (holds_run, last_checkpoint: th
     open_output,
     record,
 )
-from mmtune.train.sft_vision import (
-    apply_vision_method,
+from mmtune.train.setup import (
+    apply_method,
+    count_params,
     is_vision,
     load_vision_processor,
     part_summary,
     resolve_parts,
-    vision_collator,
 )
 from mmtune.train.throughput import Throughput, attention_pairs, measure_peak_flops, model_flops
 from mmtune.train.tracking import (
@@ -102,13 +103,11 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     cfg = resolve_parts(cfg, spec, say)  # vision models: family defaults; text models: no vision-only flags
     processor = load_vision_processor(cfg) if is_vision(spec) else None  # tokenizer + image/video processors
     tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
-    data = stage_datasets(cfg, tokenizer, say, processor, spec)  # all rows checked here
-    model = load_for_training(cfg, precision)
+    data = stage_datasets(cfg, processor or tokenizer, say, spec)  # all rows checked here
+    model = apply_method(load_for_training(cfg, precision), cfg, spec)
     if processor is not None:
-        model = apply_vision_method(model, cfg, spec)
         table, parts, (trainable, total) = part_summary(model, spec)
     else:
-        model = apply_method(model, cfg)
         parts, (trainable, total) = None, count_params(model)
     say(f"{cfg.method} on {cfg.model}: {data.stats.train_rows} training rows, "
         f"{data.stats.val_rows} validation rows; training {trainable:,} of {total:,} parameters "
@@ -119,8 +118,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     recorder = RunRecorder(cfg.output)
     try:  # the output folder appears from here on (the Trainer makes it)
         trainer = build_trainer(cfg, model, processor or tokenizer, data, precision,
-                                [recorder, RichProgress(console)],
-                                collator=vision_collator(processor) if processor is not None else None)
+                                [recorder, RichProgress(console)], spec=spec)
         prepare_output(cfg, dist.is_main_process, resume_from)
         if dist.is_main_process:
             cfg.save(cfg.output)
@@ -155,11 +153,12 @@ def check_data_files(cfg: TrainConfig) -> None:
     check_files(cfg.val_data, "--val-data")
 
 
-def stage_datasets(cfg: TrainConfig, tokenizer, say, processor, spec) -> Datasets:
-    """Conversations (--stage sft), or plain text with the loss on every token (--stage pt)."""
+def stage_datasets(cfg: TrainConfig, tokenizer, say, spec) -> Datasets:
+    """Conversations (--stage sft), or plain text with the loss on every token (--stage pt).
+    `tokenizer` is a vision-language model's processor."""
     if cfg.stage != "pt":
-        return build_datasets(cfg, tokenizer, warn=say, processor=processor, spec=spec)
-    if processor is not None:
+        return build_datasets(cfg, tokenizer, warn=say, spec=spec)
+    if is_processor(tokenizer):
         raise UserError(f"--stage pt trains text models in this version; {cfg.model} is a vision-language model")
     from mmtune.train.pretrain import build_text_datasets
 
@@ -223,56 +222,6 @@ def load_for_training(cfg: TrainConfig, precision: str):
     if cfg.packing:
         use_varlen_attention(model)  # per-row attention in packed batches (SDPA models; others keep theirs)
     return model
-
-
-def apply_method(model, cfg: TrainConfig):
-    """Freeze what should not train and wrap the model in LoRA adapters (lora/qlora)."""
-    if cfg.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from mmtune.train.lora_dropout import use_sparse_lora_dropout
-
-    if cfg.method == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=resolve_lora_targets(model, cfg), use_dora=cfg.use_dora,
-                      use_rslora=cfg.use_rslora, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    use_sparse_lora_dropout(model)  # same dropout distribution, ~20x fewer random draws (train/lora_dropout.py)
-    if cfg.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
-
-
-def resolve_lora_targets(model, cfg: TrainConfig) -> list[str] | str:
-    """The module names LoRA wraps: the config's, else the registry's for this model, else all-linear.
-
-    Named targets are checked against the model's linear layers, so a typo is an error that
-    lists the valid names instead of PEFT's "target modules not found".
-    """
-    targets = cfg.lora_targets
-    if targets is None:
-        spec = find_spec(cfg.model)
-        targets = list(spec.lora_targets) if spec and spec.lora_targets else [ALL_LINEAR]
-    if targets == [ALL_LINEAR]:
-        return ALL_LINEAR
-    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
-    if missing:
-        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise UserError(f"LoRA target(s) {', '.join(missing)} are not linear layers of {cfg.model}; its linear "
-                        f"layers are: {', '.join(names)}. Set --lora-targets to some of them, or all-linear")
-    return targets
-
-
-def count_params(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
 
 
 class MMTuneTrainer(Trainer):
@@ -359,11 +308,11 @@ class MMTuneTrainer(Trainer):
         """--group-by-length from row lengths known without reading rows (a vision dataset's items
         decode their media when read; the Trainer's own sampler would read every one)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "items"):
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=[len(r.input_ids) for r in dataset.items])
+                                        lengths=dataset.lengths)
         return super()._get_train_sampler(train_dataset)
 
     def _plain_head(self, model):
@@ -374,14 +323,6 @@ class MMTuneTrainer(Trainer):
                                                                    getattr(self.accelerator, "is_fsdp2", False)):
             return None
         return plain_head(self.accelerator.unwrap_model(model))
-
-    def _track_num_input_tokens(self, inputs):
-        """A packed batch has no padding (and no attention_mask): every input id is a real token."""
-        if "attention_mask" not in inputs and "position_ids" in inputs:
-            n = torch.as_tensor(inputs["input_ids"].numel(), device=self.args.device, dtype=torch.int64)
-            self.state.num_input_tokens_seen += int(self.accelerator.gather(n).sum().item())
-            return
-        super()._track_num_input_tokens(inputs)
 
     def throughput(self, runtime: float, peak_flops: float) -> Throughput:
         """This session's supervised tokens/s and achieved FLOP/s as a share of `peak_flops`."""
@@ -424,8 +365,9 @@ class SaveMeta(TrainerCallback):
             write_meta(folder, self.cfg, complete=False)
 
 
-def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool, packed: bool = False) -> TrainingArguments:
     """The Trainer's arguments, all derived from the config (nothing else reaches the Trainer).
+    `packed`: batches are packed rows (no padding, no attention_mask), so every input id counts.
     With --report-to, the trackers' variables are set here too (their callbacks read them when the
     Trainer makes them): their files go to the output folder (train/tracking.py)."""
     tracker_env(cfg.report_to, cfg.output, cfg.run_name, cfg.tracker_project, cfg.tracker_tags,
@@ -462,7 +404,7 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         dataloader_num_workers=cfg.num_workers,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         # vision models: a batch without media leaves the vision parts unused
         ddp_find_unused_parameters=True if cfg.train_vision is not None else False if cfg.uses_lora else None,
         **trainer_arguments(cfg.report_to, cfg.run_name, cfg.tracker_project),
@@ -472,16 +414,19 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool) -> Trai
 
 
 def build_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision: str,
-                  callbacks: list[TrainerCallback], collator=None) -> MMTuneTrainer:
+                  callbacks: list[TrainerCallback], collator=None, spec=None) -> MMTuneTrainer:
     """`tokenizer` is the processing class saved with the model (a vision model's processor);
-    `collator` replaces the text collators (vision batches)."""
+    `collator` replaces the default one (packed or padded batches, media joined by the registry's
+    media_layout for `spec`)."""
     has_eval = data.val is not None and cfg.eval_strategy != "no"
+    packed = collator is None and packs(cfg, model)
     trainer = MMTuneTrainer(
         model=model,
-        args=training_arguments(cfg, precision, has_eval),
+        args=training_arguments(cfg, precision, has_eval, packed),
         train_dataset=data.train,
         eval_dataset=data.val,
-        data_collator=collator or (PackCollator() if packs(cfg, model) else PadCollator(tokenizer.pad_token_id)),
+        data_collator=collator or (PackCollator() if packed else PadCollator(
+            getattr(tokenizer, "tokenizer", tokenizer).pad_token_id, layout=spec.media_layout if spec else "concat")),
         processing_class=tokenizer,
         callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
     )

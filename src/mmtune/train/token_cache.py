@@ -15,19 +15,23 @@ written always stays. Temporary files left by a killed run are removed after an 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mmtune.chat import conversation, reasoning, tools
 from mmtune.config import TrainConfig
 from mmtune.models.registry import find_spec
-from mmtune.train import dataset, render
-from mmtune.train.dataset import Datasets, DataStats, Row
+
+Row = dict[str, list[int]]  # input_ids and labels
+# the modules whose source decides the rows (train/dataset.py imports this one: named, not imported)
+CODE = ("mmtune.chat.render", "mmtune.train.dataset", "mmtune.chat.conversation", "mmtune.chat.reasoning",
+        "mmtune.chat.tools")
 
 FORMAT = 1
 DEFAULT_MAX_GB = 5.0
@@ -63,8 +67,7 @@ def tokenizer_digest(tokenizer) -> str:
 def cache_key(cfg: TrainConfig, tokenizer) -> str:
     parts = {
         "format": FORMAT,
-        "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
-                 for m in (render, dataset, conversation, reasoning, tools)],
+        "code": [hashlib.sha256(Path(importlib.util.find_spec(m).origin).read_bytes()).hexdigest() for m in CODE],
         "tool_format": getattr(find_spec(cfg.model), "tool_format", "auto"),
         "data": [_file_digest(p) for p in cfg.data],
         "val_data": [_file_digest(p) for p in cfg.val_data],
@@ -86,13 +89,15 @@ def _rows(ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> list[Row]
     return [{"input_ids": ids_l[a:b], "labels": labels_l[a:b]} for a, b in zip(off[:-1], off[1:], strict=False)]
 
 
-def save_cached(key: str, data: Datasets, warnings: list[str], cache_dir: Path | None = None) -> Path:
+def save_cached(key: str, train: list[Row], val: list[Row] | None, stats: dict[str, Any], warnings: list[str],
+                cache_dir: Path | None = None) -> Path:
+    """Store the rows, the data statistics and the warnings their render printed under `key`."""
     folder = Path(cache_dir) if cache_dir else default_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {f"train_{k}": v for k, v in _flatten(data.train).items()}
-    if data.val is not None:
-        arrays.update({f"val_{k}": v for k, v in _flatten(data.val).items()})
-    header = {"stats": data.stats.to_dict(), "warnings": warnings}
+    arrays = {f"train_{k}": v for k, v in _flatten(train).items()}
+    if val is not None:
+        arrays.update({f"val_{k}": v for k, v in _flatten(val).items()})
+    header = {"stats": stats, "warnings": warnings}
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
     os.close(fd)
     np.savez(tmp, header=np.array(json.dumps(header)), **arrays)
@@ -140,8 +145,10 @@ def prune(folder: Path, keep: Path | None = None, budget: int | None = None) -> 
     return removed
 
 
-def load_cached(key: str, cache_dir: Path | None = None) -> tuple[Datasets, list[str]] | None:
-    """(datasets, warnings to repeat) from the cache, or None (absent or unreadable: it is rebuilt)."""
+def load_cached(key: str, cache_dir: Path | None = None
+                ) -> tuple[list[Row], list[Row] | None, dict[str, Any], list[str]] | None:
+    """(train rows, val rows, data statistics, warnings to repeat) from the cache, or None (absent or
+    unreadable: it is rebuilt)."""
     path = (Path(cache_dir) if cache_dir else default_dir()) / f"{key}.npz"
     if not path.is_file():
         return None
@@ -156,4 +163,4 @@ def load_cached(key: str, cache_dir: Path | None = None) -> tuple[Datasets, list
         os.utime(path)  # a hit is a use: pruning removes the least recently used entries first
     except OSError:
         pass
-    return Datasets(train, val, DataStats(**header["stats"])), header["warnings"]
+    return train, val, header["stats"], header["warnings"]

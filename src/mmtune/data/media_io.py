@@ -1,4 +1,4 @@
-"""Decoding a sample's media for the processor: images with Pillow, videos with PyAV.
+"""Decoding a sample's media for the processor: images with Pillow, videos with PyAV (no torch).
 
 Videos are decoded here (not by transformers, whose decoders need torchvision or
 torchcodec) into uint8 frames (T, H, W, 3), sampled either to a fixed number of frames
@@ -114,3 +114,13 @@ def _decode_frames(source, keep: set[int]) -> tuple[list, int]:
             if seen - 1 in keep:
                 picked.append(frame.to_ndarray(format="rgb24"))
     return picked, seen
+
+
+def media_inputs(sample, *, video_fps: float | None = None, video_frames: int | None = None):
+    """(images, videos, video_metadata) of a training sample, decoded in the order they appear in the
+    conversation; the metadata (source fps, sampled frame indices) gives Qwen2.5-VL/Qwen3-VL their
+    frame timing."""
+    images = [load_image(p.ref, sample.media_root) for p in sample.images]
+    loaded = [load_video_with_metadata(p.ref, sample.media_root, fps=video_fps, frames=video_frames)
+              for p in sample.videos]
+    return images, [v for v, _ in loaded], [m for _, m in loaded]
