@@ -1,8 +1,8 @@
 """Vision-language models in the Engine: detection, loading, prompts, and positions.
 
-A model is a vision-language model when its config has a `vision_config` (every family in
-the registry does); it loads with AutoModelForImageTextToText and its processor
-(mmtune.models.vision.load_processor, which also works without torchvision).
+A model is a vision-language model when its registry entry's `kind` is "vision"; it loads through
+models/loader.py (the one loading path) with its processor (mmtune.models.vision.load_processor,
+which also works without torchvision).
 
 A prompt is rendered exactly as training renders it (chat/render.py: the processor's chat
 template over messages whose content lists hold the media parts in place), then the
@@ -23,7 +23,6 @@ model).
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,48 +37,6 @@ _TOKEN_KEYS = ("input_ids", "attention_mask")
 # per-token inputs that every decode step needs too, for its new token: the prompt's last row
 # (Mllama's cross-attention mask: which images and tiles a text token may attend to)
 _EVERY_STEP = ("cross_attention_mask",)
-
-
-def vision_path(model: str) -> str | None:
-    """What to load for `model` when it is a vision-language model, else None (a text model)."""
-    from mmtune.models.loader import resolve_model_path
-
-    path = resolve_model_path(model)
-    config = _config(path)
-    return path if isinstance(config.get("vision_config"), dict) else None
-
-
-def _config(path: str) -> dict:
-    local = Path(path) / "config.json"
-    if local.is_file():
-        try:
-            return json.loads(local.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {}
-    try:  # a hub id: its (cached) config
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(path).to_dict()
-    except (OSError, ValueError):
-        return {}
-
-
-def load_vision(path: str, dtype: Any, device: str):
-    """(model on `device`, eval mode; processor) for a vision-language model folder or hub id."""
-    from transformers import AutoModelForImageTextToText
-
-    from mmtune.models.loader import resolve_dtype
-    from mmtune.models.vision import load_processor
-
-    processor = load_processor(path)
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    try:
-        net = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
-    except ValueError as e:
-        raise UserError(f"{path} is a vision model transformers cannot load for image-text-to-text: {e}") from None
-    net.to(device).eval()
-    return net, processor
 
 
 def adapter_processor(path: str):
