@@ -25,7 +25,6 @@ Deterministic: fixed seeds throughout.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -203,27 +202,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("MMTUNE_CACHE", Path.home() / ".cache" / "mmtune"))
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """Exclusive lock across processes (POSIX flock; a no-op where fcntl is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached_base(log=print) -> Path:
     """The base model folder, built once per machine under the mmtune cache: it appears whole (built aside,
     renamed into place, under a lock), so concurrent callers wait and then share it."""
     root = cache_root() / f"picture-demo-v{VERSION}"
+    from mmtune.models.loader import file_lock
+
     with file_lock(cache_root() / f"picture-demo-v{VERSION}.lock"):
         if not (root / "base" / "model_index.json").is_file():
             root.parent.mkdir(parents=True, exist_ok=True)

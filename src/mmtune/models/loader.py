@@ -152,7 +152,7 @@ def gguf_to_hf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     if (final / SOURCE_FILE).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock"):
         if (final / SOURCE_FILE).is_file():  # another process finished while we waited
             return final
         for stale in root.glob(f".tmp-{key}-*"):  # left by a killed run; we hold the lock
@@ -181,13 +181,14 @@ def gguf_to_hf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock across processes (POSIX flock; a no-op where fcntl is unavailable)."""
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock across processes (POSIX flock; a no-op where fcntl is unavailable); its folder is made."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
