@@ -468,24 +468,32 @@ def chat_router() -> APIRouter:
         limiter: Limiter = request.app.state.limiter
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
         if req.stream:  # Starlette cancels the stream when the client leaves; _pump then stops the generation
-            events = _stream_events(engine, prompt, options, limiter, meta, req.include_usage)
-            return StreamingResponse(
-                events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        gone = watch_disconnect(request)
-        try:
-            async with limiter.slot(gone):
-                completions = await _complete_all(limiter, engine, prompt, options, gone)
-        except ClientGone:
-            return JSONResponse(error_body("the client closed the connection", code="client_closed"),
-                                status_code=499)  # nobody reads it; for the access log
-        finally:
-            gone.cancel()
-        return _completion_body(meta, completions, engine.tokenizer(req.model))
+            return _event_stream(_stream_events(engine, prompt, options, limiter, meta, req.include_usage))
+        return await _in_slot(request, limiter,
+                              lambda gone: _complete_all(limiter, engine, prompt, options, gone),
+                              lambda completions: _completion_body(meta, completions, engine.tokenizer(req.model)))
 
     return router
+
+
+def _event_stream(events) -> StreamingResponse:
+    """Server-sent events, unbuffered (chat and text completions stream alike)."""
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _in_slot(request: Request, limiter: Limiter, work, body):
+    """`body(await work(gone))` inside a concurrency slot, `gone` set when the client leaves; a 499 when it
+    left first (nobody reads it; it is for the access log)."""
+    gone = watch_disconnect(request)
+    try:
+        async with limiter.slot(gone):
+            done = await work(gone)
+    except ClientGone:
+        return JSONResponse(error_body("the client closed the connection", code="client_closed"), status_code=499)
+    finally:
+        gone.cancel()
+    return body(done)
 
 
 def _parse_chat(body: Any) -> ChatCompletionRequest:
@@ -832,24 +840,14 @@ def completions_router() -> APIRouter:
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model}
         tokenizer = engine.tokenizer(req.model)
         if req.stream:
-            events = _text_stream_events(engine, jobs, echoes, req, limiter, meta, tokenizer)
-            return StreamingResponse(
-                events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        gone = watch_disconnect(request)
-        try:
-            async with limiter.slot(gone):
-                done = await _complete_jobs(limiter, engine, jobs, gone)
-        except ClientGone:
-            return JSONResponse(error_body("the client closed the connection", code="client_closed"),
-                                status_code=499)
-        finally:
-            gone.cancel()
-        choices = [_text_choice(i, c, prompt, echo, req, tokenizer)
-                   for i, (c, (prompt, _, _), echo) in enumerate(zip(done, jobs, echoes))]
-        return {**meta, "object": "text_completion", "choices": choices, "usage": _text_usage(done, jobs, req.n)}
+            return _event_stream(_text_stream_events(engine, jobs, echoes, req, limiter, meta, tokenizer))
+
+        def body(done):
+            choices = [_text_choice(i, c, prompt, echo, req, tokenizer)
+                       for i, (c, (prompt, _, _), echo) in enumerate(zip(done, jobs, echoes))]
+            return {**meta, "object": "text_completion", "choices": choices, "usage": _text_usage(done, jobs, req.n)}
+
+        return await _in_slot(request, limiter, lambda gone: _complete_jobs(limiter, engine, jobs, gone), body)
 
     return router
 

@@ -7,16 +7,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class ChatCompletionRequest(BaseModel):
-    """`/v1/chat/completions` body. Fields we do not implement are accepted and ignored
-    (clients send defaults such as `frequency_penalty: 0`); the ones below are honoured."""
+class _Generation(BaseModel):
+    """What chat and text completion requests share: the model, sampling and streaming fields.
+    Fields we do not implement are accepted and ignored (clients send defaults such as
+    `frequency_penalty: 0`); the ones declared are honoured."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -26,6 +24,22 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "repetition_penalty": self.repetition_penalty, "stop": self.stop or None, "seed": self.seed}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+
+class ChatCompletionRequest(_Generation):
+    """`/v1/chat/completions` body."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None  # "auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}
     parallel_tool_calls: bool | None = None
@@ -35,38 +49,22 @@ class ChatCompletionRequest(BaseModel):
     def gen_options(self) -> dict[str, Any]:
         """Keyword options for Engine (None = the engine's default)."""
         return {
-            **_sampling(self),
+            **self.sampling(),
             "max_new_tokens": self.max_completion_tokens or self.max_tokens,
             "logprobs": (self.top_logprobs or 0) if self.logprobs else None,
         }
 
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
 
-
-class CompletionRequest(BaseModel):
+class CompletionRequest(_Generation):
     """`/v1/completions` body (the legacy text completions that evaluation harnesses score with).
     `prompt`: a string, a list of strings, a list of token ids or a list of such lists; each is
     answered with `n` choices (choice index = prompt index * n + choice). `echo` puts the prompt
     before the answer (and, with `logprobs`, its tokens' log-probabilities first); `max_tokens` 0
     generates nothing (scoring only); its default is 16, as OpenAI's."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str
     prompt: Any = None
     max_tokens: int | None = 16
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    n: int = 1
     best_of: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
@@ -76,22 +74,7 @@ class CompletionRequest(BaseModel):
         return None
 
     def gen_options(self) -> dict[str, Any]:
-        return {**_sampling(self), "max_new_tokens": self.max_tokens, "logprobs": self.logprobs}
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
-
-
-def _sampling(req: Any) -> dict[str, Any]:
-    return {
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "top_k": req.top_k,
-        "repetition_penalty": req.repetition_penalty,
-        "stop": req.stop or None,
-        "seed": req.seed,
-    }
+        return {**self.sampling(), "max_new_tokens": self.max_tokens, "logprobs": self.logprobs}
 
 
 def error_body(
