@@ -83,6 +83,25 @@ def test_closed_streams_leave_the_batch_and_the_others_finish(engine):
     assert engine._batcher.running == 0 and not engine._batcher._waiting
 
 
+def test_a_stream_cancelled_during_its_prefill_runs_no_decode_step(engine):
+    """A client that leaves while its prompt is prefilled (the serving test's race) costs no decode step."""
+    generation = engine.stream(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40)
+    forwards: list[int] = []
+
+    def hook(module, args, kwargs):
+        forwards.append(kwargs["input_ids"].shape[-1])
+        generation.cancel()  # the client leaves during this forward (the prefill)
+
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        pieces = list(generation)
+    finally:
+        handle.remove()
+    assert generation.cancelled and len(pieces) <= 1  # (the prefill picks the first token)
+    assert len(forwards) == 1 and forwards[0] > 1, forwards  # the prefill only: no one-token decode step
+    assert engine._batcher.running == 0
+
+
 def test_twenty_streams_with_clients_leaving_free_every_slot(engine):
     import asyncio
 

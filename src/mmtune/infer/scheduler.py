@@ -101,22 +101,16 @@ class Batcher:
                             slot.out.put(END)
                             continue
                         cache = self._prefill(slot)
-                        if slot.tracker.done:
+                        if slot.tracker.done or slot.cancel.is_set():  # (its client may leave during the prefill)
                             slot.out.put(END)
                             continue
                         state = _join(state, cache, len(slot.ids))
                         rows.append(slot)
+                    rows, state = self._drop_ended(rows, state)  # cancelled while others were prefilled
                     if rows:
                         self.running, self.peak = len(rows), max(self.peak, len(rows))
                         state = self._step(rows, state)
-                    keep = [i for i, s in enumerate(rows) if not (s.tracker.done or s.cancel.is_set())]
-                    if len(keep) < len(rows):
-                        left = [s for i, s in enumerate(rows) if i not in keep]
-                        rows = [rows[i] for i in keep]
-                        state = _select(state, keep) if rows else None
-                        self.running = len(rows)
-                        for slot in left:
-                            slot.out.put(END)
+                    rows, state = self._drop_ended(rows, state)
             except BaseException as e:  # a failure ends every answer in the batch with it, not the thread silently
                 for slot in rows + joining:
                     slot.out.put(e)
@@ -124,6 +118,18 @@ class Batcher:
             self.running = len(rows)
             if not rows:
                 engine._gate.release()
+
+    def _drop_ended(self, rows: list[Slot], state):
+        """The rows still generating (and their cache); finished or cancelled ones get END now."""
+        keep = [i for i, s in enumerate(rows) if not (s.tracker.done or s.cancel.is_set())]
+        if len(keep) == len(rows):
+            return rows, state
+        for i, slot in enumerate(rows):
+            if i not in keep:
+                slot.out.put(END)
+        rows = [rows[i] for i in keep]
+        self.running = len(rows)
+        return rows, (_select(state, keep) if rows else None)
 
     def _prefill(self, slot: Slot):
         import torch
