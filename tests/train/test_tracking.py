@@ -101,7 +101,7 @@ def test_tensorboard_and_wandb_at_once_log_every_step(tiny_llama, repeated_data,
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
-                    reason="mlflow is not installed (the pinned importlib_metadata 10 excludes mlflow >= 2 here)")
+                    reason="mlflow is not installed (`pip install mlflow-skinny`, in the tracking extra)")
 def test_mlflow_logs_to_a_local_file_store(tiny_llama, repeated_data, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)

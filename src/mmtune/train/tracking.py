@@ -47,7 +47,7 @@ def check_trackers(names: Iterable[str]) -> None:
     if missing:
         packages = " ".join(PACKAGES[n][1] for n in missing)
         raise UserError(f"--report-to {' '.join(missing)} needs the {packages} package(s), which are not installed: "
-                        f"`.venv/bin/pip install {packages}` (tensorboard and wandb also come with "
+                        f"`.venv/bin/pip install {packages}` (tensorboard, wandb and mlflow also come with "
                         "`pip install -e '.[tracking]'`), or drop them from --report-to")
 
 
@@ -80,7 +80,9 @@ def tracker_env(names: Iterable[str], output: str | Path, run_name: str | None, 
         if entity:
             wanted["WANDB_ENTITY"] = entity
     if "mlflow" in names:
-        wanted["MLFLOW_TRACKING_URI"] = (out / MLFLOW_DIR).as_uri()
+        if "MLFLOW_TRACKING_URI" not in env:  # the run's own file store: MLflow >= 3.7 wants this opt-in for it
+            wanted["MLFLOW_TRACKING_URI"] = (out / MLFLOW_DIR).as_uri()
+            wanted["MLFLOW_ALLOW_FILE_STORE"] = "true"
         if project:
             wanted["MLFLOW_EXPERIMENT_NAME"] = project
         if tags:
