@@ -140,3 +140,7 @@ def test_tracker_env_keeps_what_the_user_set(tmp_path):
     assert env["WANDB_PROJECT"] == "mine" and "WANDB_PROJECT" not in set_now
     assert env["WANDB_TAGS"] == "a,b" and env["MLFLOW_EXPERIMENT_NAME"] == "theirs"
     assert env["MLFLOW_TRACKING_URI"] == (tmp_path.resolve() / "mlruns").as_uri()
+    assert env["MLFLOW_ALLOW_FILE_STORE"] == "true"  # MLflow 3 refuses the run's file store without it
+    theirs = {"MLFLOW_TRACKING_URI": "sqlite:///their.db"}
+    tracking.tracker_env(["mlflow"], tmp_path, None, None, [], theirs)
+    assert theirs == {"MLFLOW_TRACKING_URI": "sqlite:///their.db"}  # their store, and no file-store opt-in
