@@ -51,7 +51,7 @@ picture-demo: install
 
 test: $(TEST_STAMP)
 	$(PY) examples/make_media.py
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=40 tests
 
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
