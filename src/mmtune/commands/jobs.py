@@ -360,6 +360,10 @@ def add_service_arguments(s: argparse.ArgumentParser) -> None:
         help="a job's `model` may be a Hugging Face hub id (org/name), which its training run downloads "
         "(default: off)",
     )
+    s.add_argument("--gpus", metavar="IDS",
+                   help="the GPUs jobs share, e.g. 0,1,2,3: each running job gets its own (a job asks for N with "
+                   "extra_body gpus; no ask: one) and waits while they are taken; none: hand out no GPU "
+                   "(default: CUDA_VISIBLE_DEVICES, else every GPU torch sees; local executor only)")
     s.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where jobs train: local (subprocesses on this machine) or ray (actors on a Ray cluster's "
                    "nodes; --data-dir on storage they share; pip install -e '.[cluster]') (default: local)")
@@ -371,6 +375,7 @@ def add_service_arguments(s: argparse.ArgumentParser) -> None:
 
 def make_service(args: argparse.Namespace):
     """The JobService the flags of `add_service_arguments` describe (not started)."""
+    from mmtune.jobs.gpus import parse_devices
     from mmtune.jobs.params import Limits
     from mmtune.jobs.service import JobService, Settings
 
@@ -388,6 +393,7 @@ def make_service(args: argparse.Namespace):
         allow_hub_models=args.allow_hub_models,
         executor=args.executor,
         ray=ray_settings(args),
+        gpus=None if args.gpus is None else parse_devices(args.gpus),
     )
     return JobService(args.data_dir, settings)
 

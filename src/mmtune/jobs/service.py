@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 from mmtune.errors import UserError
 from mmtune.jobs.errors import APIError, bad_request, not_found
 from mmtune.jobs.executor import RaySettings, make_executor
+from mmtune.jobs.gpus import GpuPool, detect
 from mmtune.jobs.layout import Layout, default_data_dir
 from mmtune.jobs.params import Limits, ModelRules, parse_create
 from mmtune.jobs.store import ACTIVE, FINAL, Store, new_id, now, valid_id
@@ -69,6 +70,7 @@ class Settings:
     allow_hub_models: bool = False  # whether a job may name a hub id (the training run downloads it)
     executor: str = "local"  # where runs run: local (subprocesses here) | ray (a Ray cluster: jobs/executor.py)
     ray: RaySettings = field(default_factory=RaySettings)  # with executor "ray"
+    gpus: tuple[str, ...] | None = None  # devices the local executor shares out among jobs (None: detect them)
 
 
 class JobService:
@@ -85,12 +87,16 @@ class JobService:
         self._hooks: list[SuccessHook] = []
         self._lock_fd: int | None = None
         self.executor = None
+        self.gpus = GpuPool(())  # the devices jobs get (jobs/gpus.py), set at start
+        self._claiming = threading.Lock()
 
     # ================================================================ life cycle
     def start(self) -> JobService:
         """Take the data dir, re-queue jobs cut off by the last stop, start the threads."""
         self.lock()
         self.executor = make_executor(self.settings.executor, self.settings.ray)  # None: local subprocesses
+        if self.executor is None:  # (a Ray cluster counts its own GPUs)
+            self.gpus = GpuPool(detect() if self.settings.gpus is None else self.settings.gpus)
         self.recover()
         self._spawn("mmtune-jobs-validator", self._validate_loop)
         for i in range(self.settings.concurrency):
@@ -294,6 +300,10 @@ class JobService:
                            lambda name: self.fine_tuned_models().get(name))
         job = parse_create(body, self.settings.limits, self.store.get_file, rules)
         self._check_file_kinds(job)
+        asked = job["params"]["mmtune"].get("gpus", 0)
+        problem = self.gpus.problem(asked) or (self.executor.check(asked) if self.executor is not None else None)
+        if problem:
+            raise bad_request(f"the job {problem}", "gpus", "insufficient_resources")
         with storage_errors("the job"):
             row = self.store.add_job(job)
         self.wake()
@@ -378,13 +388,19 @@ class JobService:
 
     def _run_loop(self) -> None:
         while not self.stopping.is_set():
-            job = self.store.claim_next("queued", "running")
+            with self._claiming:  # the oldest queued job whose GPUs are free, and those GPUs, together
+                job = self.store.claim_next("queued", "running", accept=self.gpus.fits if self.gpus.devices else None)
+                devices = self.gpus.take(job["id"], job["params"]) if job else None
             if job is None:
                 self._sleep(1.0)
                 continue
             if job["started_at"] is None:
                 self.store.update_job(job["id"], started_at=now())
-            self._guard(job["id"], "running", lambda j=job: JobRunner(self, j).run())
+            try:
+                self._guard(job["id"], "running", lambda j=job, d=devices: JobRunner(self, j, devices=d).run())
+            finally:
+                self.gpus.give_back(job["id"])
+                self.wake()  # a job waiting for these GPUs may start now
 
     def _guard(self, job_id: str, status: str, work: Callable[[], None]) -> None:
         """Run `work`; a bug in it fails this job (with the traceback in an event), not the thread."""

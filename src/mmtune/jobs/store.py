@@ -19,7 +19,7 @@ import sqlite3
 import string
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -284,10 +284,16 @@ class Store:
                 self._event(db, job_id, *event)
         return changed
 
-    def claim_next(self, status: str, new_status: str, **values: Any) -> dict[str, Any] | None:
-        """Atomically move the oldest job in `status` to `new_status` and return it (None: none waiting)."""
+    def claim_next(self, status: str, new_status: str, accept: Callable[[dict[str, Any]], bool] | None = None,
+                   **values: Any) -> dict[str, Any] | None:
+        """Atomically move the oldest job in `status` to `new_status` and return it (None: none waiting).
+        With `accept` (called with a job's params), the oldest job it accepts."""
         with self.tx() as db:
-            row = db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (status,)).fetchone()
+            if accept is None:
+                row = db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (status,)).fetchone()
+            else:
+                rows = db.execute("SELECT id, params_json FROM jobs WHERE status = ? ORDER BY seq", (status,))
+                row = next((r for r in rows if accept(json.loads(r["params_json"]))), None)
             if row is None:
                 return None
             cols = {"status": new_status, **values}

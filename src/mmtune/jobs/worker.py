@@ -289,8 +289,9 @@ def rewards_text(rec: dict[str, Any], prefix: str = "") -> str:
 class JobRunner:
     """Runs one claimed job (status `running`) until it ends or the service stops."""
 
-    def __init__(self, service: RunnerHost, job: dict[str, Any]):
+    def __init__(self, service: RunnerHost, job: dict[str, Any], devices: tuple[str, ...] | None = None):
         self.svc = service
+        self.devices = devices  # the GPUs this job holds (jobs/gpus.py); () or None: no GPU accounting
         self.store = service.store
         self.job = job
         self.id = job["id"]
@@ -338,7 +339,7 @@ class JobRunner:
             log.write(f"=== merge: {' '.join(args)}\n".encode())
             log.flush()
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.svc.layout.job_dir(self.id), env=training_env(),
+                                    cwd=self.svc.layout.job_dir(self.id), env=self.env(),
                                     start_new_session=True, preexec_fn=_pdeathsig())
         outcome = self.follow(proc)
         if outcome != "exited":
@@ -348,6 +349,13 @@ class JobRunner:
                       f"{proc.returncode}): {log_error(self.svc.layout.log(self.id))}")
             return "failed"
         return "merged"
+
+    def env(self) -> dict[str, str]:
+        """The training process's environment: the service's, and only this job's GPUs visible."""
+        env = training_env()
+        if self.devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
+        return env
 
     def command(self, base: Path | None = None) -> list[str]:
         files = self.svc.job_file_paths(self.job)
@@ -381,11 +389,13 @@ class JobRunner:
         else:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        cwd=self.svc.layout.job_dir(self.id), env=training_env(),
+                                        cwd=self.svc.layout.job_dir(self.id), env=self.env(),
                                         start_new_session=True, preexec_fn=_pdeathsig())
+        where = f" on GPU {', '.join(self.devices)}" if self.devices else ""
         self.store.update_job(self.id, pid=proc.pid, attempts=attempt,
-                              event=("info", "message", "Fine-tuning job started" if attempt == 1 else
-                                     f"Fine-tuning job started again (attempt {attempt})"))
+                              event=("info", "message", (f"Fine-tuning job started{where}" if attempt == 1 else
+                                     f"Fine-tuning job started again{where} (attempt {attempt})"),
+                                     {"gpus": list(self.devices)} if self.devices else None))
         return proc
 
     def follow(self, proc: subprocess.Popen) -> str:
