@@ -81,6 +81,9 @@ def test_jobs_get_their_own_gpus_and_wait_for_taken_ones(serve, chat_file, tmp_p
     assert by_job[a.id]["gpus"] == "0,1" and by_job[c.id]["gpus"] == "2" and by_job[b.id]["gpus"] == "0,1"
     assert by_job[c.id]["start"] < by_job[a.id]["end"]  # the later one-GPU job did not wait behind b
     assert by_job[b.id]["start"] >= by_job[a.id]["end"] - 0.05  # b waited for a's GPUs
+    waited = [e["message"] for e in s.service.store.all_events(b.id) if e["message"].startswith("Waiting")]
+    assert waited == ["Waiting for 2 GPUs: 1 of 3 are free (the others are in use by running jobs)"] or waited == [
+        "Waiting for 2 GPUs: 0 of 3 are free (the others are in use by running jobs)"], waited
     started = [e for e in s.service.store.all_events(b.id) if e["message"].startswith("Fine-tuning job started")]
     assert started[0]["message"] == "Fine-tuning job started on GPU 0, 1" and started[0]["data"] == {"gpus": ["0", "1"]}
     deadline = time.monotonic() + 10

@@ -89,6 +89,7 @@ class JobService:
         self.executor = None
         self.gpus = GpuPool(())  # the devices jobs get (jobs/gpus.py), set at start
         self._claiming = threading.Lock()
+        self._waiting_noted: set[str] = set()
 
     # ================================================================ life cycle
     def start(self) -> JobService:
@@ -391,6 +392,8 @@ class JobService:
             with self._claiming:  # the oldest queued job whose GPUs are free, and those GPUs, together
                 job = self.store.claim_next("queued", "running", accept=self.gpus.fits if self.gpus.devices else None)
                 devices = self.gpus.take(job["id"], job["params"]) if job else None
+                if job is None and self.gpus.devices:
+                    self._note_waiting()
             if job is None:
                 self._sleep(1.0)
                 continue
@@ -401,6 +404,16 @@ class JobService:
             finally:
                 self.gpus.give_back(job["id"])
                 self.wake()  # a job waiting for these GPUs may start now
+
+    def _note_waiting(self) -> None:
+        """One event on each queued job that waits for GPUs, saying how many it waits for."""
+        free = self.gpus.free()
+        for job in self.store.jobs_with_status("queued"):
+            need = self.gpus.need(job["params"])
+            if need > len(free) and job["id"] not in self._waiting_noted:
+                self._waiting_noted.add(job["id"])
+                self.store.add_event(job["id"], "info", f"Waiting for {need} GPUs: {len(free)} of "
+                                     f"{len(self.gpus.devices)} are free (the others are in use by running jobs)")
 
     def _guard(self, job_id: str, status: str, work: Callable[[], None]) -> None:
         """Run `work`; a bug in it fails this job (with the traceback in an event), not the thread."""
