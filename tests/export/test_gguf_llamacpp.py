@@ -98,9 +98,9 @@ def wide(root) -> Path:
     return folder
 
 
-def dequantised(folder: Path, gguf_file: Path, out: Path) -> Path:
-    """`folder`'s model with every weight replaced by the file's tensor, dequantised by gguf-py
-    (and Q/K rows permuted back to Hugging Face's layout)."""
+def dequantised(folder: Path, tensors: dict, out: Path) -> Path:
+    """`folder`'s model with every weight replaced by the file's tensor (name -> gguf-py ReaderTensor),
+    dequantised by gguf-py (and Q/K rows permuted back to Hugging Face's layout)."""
     import gguf
     import numpy as np
     import torch
@@ -109,7 +109,6 @@ def dequantised(folder: Path, gguf_file: Path, out: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    tensors = {t.name: t for t in gguf.GGUFReader(gguf_file).tensors}
     state = {}
     for hf_name, weight in model.state_dict().items():
         if hf_name == "lm_head.weight":
@@ -148,9 +147,10 @@ def test_every_type_loads_and_runs_the_weights_it_holds(dtype, tensor_type, wide
     import gguf
 
     out = export_gguf(str(wide), root / f"wide-{dtype}.gguf", dtype=dtype)
-    types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    tensors = {t.name: t for t in gguf.GGUFReader(out).tensors}  # (one read: gguf-py's reader is slow)
+    types = {t.tensor_type.name for t in tensors.values()}
     assert tensor_type in types and "F32" in types  # norms stay f32
-    twin = dequantised(wide, out, root / f"wide-{dtype}-dequantised")
+    twin = dequantised(wide, tensors, root / f"wide-{dtype}-dequantised")
     report = verify(str(twin), str(out), prompts=PROMPTS, max_new_tokens=10, min_agreement=0.75)
     assert report.target_kind == f"gguf {dtype.upper()}"
     assert all(r.tokens_match for r in report.results)

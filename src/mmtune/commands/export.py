@@ -133,9 +133,8 @@ def _tokenizer(model: str):
 
 
 def _context(path) -> int | None:
-    import gguf
+    from mmtune.export.gguf_header import read_metadata
 
-    reader = gguf.GGUFReader(path)
-    arch = reader.fields["general.architecture"].contents()
-    field = reader.fields.get(f"{arch}.context_length")
-    return int(field.contents()) if field is not None else None
+    arch = read_metadata(path, {"general.architecture"}).get("general.architecture")
+    value = read_metadata(path, {f"{arch}.context_length"}).get(f"{arch}.context_length") if arch else None
+    return int(value) if value is not None else None

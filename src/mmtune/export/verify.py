@@ -322,8 +322,11 @@ def gguf_file_type(path: Path) -> str:
     """The file's general.file_type as llama.cpp names it without the prefix: F16, Q8_0, Q4_K_M..."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    value = reader.fields["general.file_type"].contents()
+    from mmtune.export.gguf_header import read_metadata
+
+    value = read_metadata(path, {"general.file_type"}).get("general.file_type")
+    if value is None:
+        raise UserError(f"{path} has no general.file_type: export it again with `mmtune export`")
     name = gguf.LlamaFileType(value).name
     return name.replace("MOSTLY_", "").replace("ALL_", "")
 
