@@ -95,7 +95,8 @@ class JobService:
 
     # ================================================================ life cycle
     def start(self) -> JobService:
-        """Take the data dir, re-queue jobs cut off by the last stop, start the threads."""
+        """Take the data dir, re-queue jobs cut off by the last stop, start the threads (again after `close`)."""
+        self.stopping.clear()
         self.lock()
         self.executor = make_executor(self.settings.executor, self.settings.ray)  # None: local subprocesses
         self.recover()
