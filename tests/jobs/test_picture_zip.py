@@ -267,6 +267,20 @@ def test_picture_config_and_resume_from_a_picture_checkpoint(tmp_path):
     assert scan_checkpoints(tmp_path / "out") == {2: "checkpoint-2"}  # a picture checkpoint, complete
 
 
+def test_jobs_create_cli_uploads_a_zip_for_a_picture_job(shared, tmp_path, capsys):
+    import json
+
+    from mmtune.cli import main
+
+    z = make_zip(tmp_path / "pics.zip", good_entries(2))
+    assert main(["jobs", "create", str(z), "--model", "flux.1-schnell", "--trigger-word", "TOK", "--repeats", "3",
+                 "--resolution", "256", "--max-steps", "5", "--base-url", shared.base_url, "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    own = job["mmtune"]
+    assert (job["model"], own["trigger_word"], own["repeats"], own["resolution"], own["max_steps"]) == (
+        "flux.1-schnell", "TOK", 3, 256, 5)
+
+
 def test_upload_names(shared):
     with pytest.raises(openai.BadRequestError, match="a .zip of pictures"):
         shared.client.files.create(file=("pics.tar", b"x"), purpose="fine-tune")
