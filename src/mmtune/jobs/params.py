@@ -585,7 +585,7 @@ def is_picture_job(job: dict[str, Any]) -> bool:
     """A job that tunes an image-generation model on a zip of pictures (its params say so)."""
     from mmtune.models.imagegen_registry import IMAGE_KIND
 
-    return job["params"]["mmtune"].get("kind") == IMAGE_KIND
+    return (job.get("params") or {}).get("mmtune", {}).get("kind") == IMAGE_KIND
 
 
 def _refuse_other_kind(body: dict[str, Any], other: Mapping[str, Any], what: str, mine: Mapping[str, Any]) -> None:
