@@ -118,6 +118,10 @@ def _add_create(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--stage", help="sft, pt, dpo, simpo, orpo or kto; the data must be of that stage's kind "
                    "(default: sft; a dpo..kto job is OpenAI's method dpo)")
     c.add_argument("--beta", type=float, help="dpo/simpo/kto: the preference strength (default: the stage's)")
+    c.add_argument("--trigger-word", help="picture jobs (DATA a .zip of pictures with .txt captions, --model "
+                   "flux.1-dev): the word put in front of every caption")
+    c.add_argument("--repeats", type=int, help="picture jobs: times each picture is seen per epoch (default: 10)")
+    c.add_argument("--resolution", type=int, help="picture jobs: training side in pixels (default: the model's)")
     for flag, kind, text in (
         ("--lora-rank", int, "LoRA rank"),
         ("--lora-alpha", float, "LoRA alpha"),
@@ -215,6 +219,9 @@ def run_create(args: argparse.Namespace) -> int:
         "save_steps",
         "stage",
         "beta",
+        "trigger_word",
+        "repeats",
+        "resolution",
     ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)

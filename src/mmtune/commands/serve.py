@@ -152,8 +152,10 @@ def run(args: argparse.Namespace) -> int:
             pool = build_pool(text_models, dtype=args.dtype, sizes=media_sizes(args))
         extra = {} if service is None else jobs_extension(service, pool)
         image_pool = None
-        if pictures:
+        if pictures or service is not None:  # the picture jobs' models are served beside the chat models
             extra, image_pool = with_images(extra, pictures)
+            if service is not None:
+                image_pool.sources.append(service.fine_tuned_pictures)
         app = create_app(pool, api_key=args.api_key, max_concurrency=args.max_concurrency, media=media,
                          max_body_bytes=limit, max_tokens_cap=args.max_tokens_cap, **extra)
         if image_pool is not None:

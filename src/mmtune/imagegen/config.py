@@ -100,10 +100,12 @@ class PictureConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, folder: str | Path) -> None:
-        Path(folder, "config.yaml").write_text("# mmtune picture LoRA config, resolved (defaults < preset < "
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder, "config.yaml")
+        path.write_text("# mmtune picture LoRA config, resolved (defaults < preset < "
                                                "--config < flags)\n" + yaml.safe_dump(self.to_dict(), sort_keys=False),
                                                encoding="utf-8")
+        return path
 
     def validate(self) -> None:
         checks = [

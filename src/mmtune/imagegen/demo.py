@@ -19,7 +19,11 @@ What the numbers show (tests/imagegen/test_learning.py asserts it): with the tri
 draws yellow circles; prompts that name a colour keep it, with no yellow, and the base never draws yellow.
 What does not hold yet at this scale: the bare prompt "a circle" (the concept's caption without the trigger
 word) also turns partly yellow (DreamBooth's "language drift"; the regularization pictures reduce it but,
-in these few CPU steps, do not remove it): `score` reports it and `verdict` does not count it.
+in these few CPU steps, do not remove it): `score` reports it and `verdict` does not count it. More
+counter-examples do not cure it: six more regularization pictures captioned "a circle" (red, green, blue;
+as many bare circles per epoch as concept pictures) measured worse, "a circle" 0.56 yellow and "zkx, a circle"
+0.75 (below the bar), against 0.45 and 0.91 with this recipe: with character-level tokenizers and random
+encoders "zkx, a circle" and "a circle" encode too alike for the LoRA to tell apart.
 Deterministic: fixed seeds throughout.
 """
 

@@ -1,11 +1,12 @@
 """Where the job service keeps things: every path is made here from server-made ids.
 
     <data dir>/jobs.db                   the SQLite store
-    <data dir>/files/<file id>.<ext>     uploaded files (ext: jsonl | json | csv)
+    <data dir>/files/<file id>.<ext>     uploaded files (ext: jsonl | json | zip) and results (csv | png)
     <data dir>/jobs/<job id>/config.yaml the job's training config (what `mmtune train --config` reads)
     <data dir>/jobs/<job id>/train.log   the training subprocess's output
     <data dir>/jobs/<job id>/output/     the run: adapter, metrics.jsonl, summary.json, checkpoint-*/
     <data dir>/jobs/<job id>/base/       a job on an earlier LoRA job's model: that model merged (worker.py)
+    <data dir>/jobs/<job id>/pictures/   a picture job's zip, unpacked (jobs/pictures.py)
     <data dir>/service.lock              held by the running service (one service per data dir)
 
 The data dir is $MMTUNE_HOME, else ~/.local/share/mmtune.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from mmtune.jobs.store import DB_FILE, valid_id
 
-STORED_EXTENSIONS = (".jsonl", ".json", ".csv")
+STORED_EXTENSIONS = (".jsonl", ".json", ".csv", ".zip", ".png")  # .zip: pictures; .png: a job's samples
 
 
 def default_data_dir() -> Path:

@@ -121,6 +121,10 @@ def parse_create(body: Any, limits: Limits, file_exists: Callable[[str], dict | 
     """The job row for a create request, or APIError(400/404) naming the field at fault."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_request")
+    picture = picture_model(body.get("model"), models or ModelRules())
+    if picture is not None:
+        return parse_picture_create(body, picture, limits, file_exists)
+    _refuse_other_kind(body, picture_fields(limits), "image-generation (FLUX) models", mmtune_fields(limits))
     integrations = check_integrations(body)
     extras = {k: v for k, v in body.items() if k not in TOP_LEVEL}
     method = body.get("method")
@@ -484,3 +488,187 @@ def check_integrations(body: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"type": "wandb", "wandb": {"project": w["project"], "name": w.get("name"),
                                                "entity": w.get("entity"), "tags": list(tags)}})
     return out
+
+
+# ------------------------------------------------------------------ picture (image-generation) jobs
+
+
+def picture_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
+    """The `mmtune train` picture settings a picture job takes (by their config names) and their checks."""
+    from mmtune.imagegen.config import OPTIMIZERS, PICTURE_PRESETS, SCHEDULES, TIMESTEP_SAMPLING
+
+    return {
+        "preset": _choice(tuple(PICTURE_PRESETS)),
+        "trigger_word": _trigger_word,
+        "repeats": _int(1, 1000),
+        "resolution": _int(16, 2048),
+        "buckets": _bool,
+        "lora_rank": _int(1, 256),
+        "lora_alpha": _num(0, 4096, lo_open=True),
+        "lora_dropout": _num(0, 1, hi_open=True),
+        "max_steps": _int(1, 1_000_000),
+        "save_steps": _int(1, 1_000_000),
+        "logging_steps": _int(1, 100_000),
+        "warmup_steps": _int(0, 1_000_000),
+        "scheduler": _choice(SCHEDULES),
+        "optimizer": _choice(OPTIMIZERS),
+        "gradient_checkpointing": _bool,
+        "guidance": _num(0, 30),
+        "timestep_sampling": _choice(TIMESTEP_SAMPLING),
+        "max_sequence_length": _int(1, 512),
+        "sample_prompt": _prompts,
+        "sample_steps": _int(1, 100),
+    }
+
+
+PICTURE_DEFAULTS = {"repeats": 10, "save_steps": 200, "logging_steps": 1, "lora_dropout": 0.0}
+MAX_SAMPLE_PROMPTS = 8
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _trigger_word(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.strip() or len(v) > 64 or any(ch.isspace() for ch in v.strip()):
+        return "must be one word (1 to 64 characters, no spaces), such as TOK"
+    return None
+
+
+def _prompts(v: Any) -> str | None:
+    items = [v] if isinstance(v, str) else v
+    if (not isinstance(items, list) or not 1 <= len(items) <= MAX_SAMPLE_PROMPTS
+            or not all(isinstance(p, str) and 0 < len(p.strip()) and len(p) <= 1000 for p in items)):
+        return f"must be a prompt or a list of 1 to {MAX_SAMPLE_PROMPTS} prompts (each 1 to 1000 characters)"
+    return None
+
+
+def picture_model(model: Any, rules: ModelRules) -> str | None:
+    """The model of a picture job when `model` names an image-generation model (a FLUX registry name or alias,
+    its hub id with `allow_hub`, or a FLUX diffusers folder inside a model root), else None (a text job). A
+    fine-tuned picture model is refused by name: a picture job trains on a base FLUX model."""
+    import os
+
+    from mmtune.imagegen.run import read_run
+    from mmtune.models.imagegen_registry import IMAGE_REGISTRY, find_image_spec
+
+    if not isinstance(model, str) or not model.strip():
+        return None
+    model = model.strip()
+    for spec in IMAGE_REGISTRY.values():
+        if model.lower() in {spec.name, *(a.lower() for a in spec.aliases)}:
+            return spec.name
+        if model.lower() == spec.hf_path.lower():
+            if not rules.allow_hub:
+                raise bad_request(f"model {model!r} is a hub id, and this server does not download hub models: "
+                                  f"use the registry name {spec.name!r} (the same model), or start the server with "
+                                  "--allow-hub-models", "model", "model_not_allowed")
+            return spec.hf_path
+    if model.startswith("ft:"):
+        folder = rules.fine_tuned(model)
+        if folder is not None and read_run(folder) is not None:
+            base = read_run(folder).get("base_model")
+            raise bad_request(f"model {model[:200]!r} is a fine-tuned picture model: a picture job trains a new "
+                              f"LoRA on a base FLUX model; create it on {base!r} with all the pictures",
+                              "model", "model_not_supported")
+        return None
+    if model.startswith(("/", "~", ".")):
+        path = os.path.realpath(os.path.expanduser(model))
+        roots = [os.path.realpath(r) for r in rules.roots]
+        inside = any(os.path.commonpath([path, r]) == r for r in roots)
+        if inside and os.path.isfile(os.path.join(path, "model_index.json")) and find_image_spec(path) is not None:
+            return path
+    return None
+
+
+def is_picture_job(job: dict[str, Any]) -> bool:
+    """A job that tunes an image-generation model on a zip of pictures (its params say so)."""
+    from mmtune.models.imagegen_registry import IMAGE_KIND
+
+    return (job.get("params") or {}).get("mmtune", {}).get("kind") == IMAGE_KIND
+
+
+def _refuse_other_kind(body: dict[str, Any], other: Mapping[str, Any], what: str, mine: Mapping[str, Any]) -> None:
+    """A 400 for a setting of the other kind of job (a picture setting for a text model, or back), anywhere the
+    request may hold settings: top level (extra_body), `hyperparameters`, `method.<type>.hyperparameters`."""
+    places: list[tuple[str, Any]] = [("", body), ("hyperparameters.", body.get("hyperparameters"))]
+    method = body.get("method")
+    if isinstance(method, dict):
+        kind = method.get("type", "supervised")
+        sub = method.get(kind) if isinstance(method.get(kind), dict) else {}
+        places.append((f"method.{kind}.hyperparameters.", sub.get("hyperparameters")))
+    for where, values in places:
+        if not isinstance(values, dict):
+            continue
+        for key in values:
+            if key in other and key not in mine and key not in OPENAI_HYPER and key not in TOP_LEVEL:
+                raise bad_request(f"{where}{key} is a setting of {what}, not of this model {str(body.get('model'))[:80]!r}"
+                                  f": drop it, or name such a model", f"{where}{key}", "unknown_parameter")
+
+
+def parse_picture_create(body: dict[str, Any], model: str, limits: Limits,
+                         file_exists: Callable[[str], dict | None]) -> dict[str, Any]:
+    """The job row of a picture job: `model` an image-generation model, `training_file` a zip of pictures with
+    captions, the picture settings (trigger_word, repeats, resolution, ...) at the top level (`extra_body`) or in
+    the hyper-parameter objects, as a text job's mmtune settings are."""
+    from mmtune.imagegen.config import PICTURE_PRESETS
+    from mmtune.models.imagegen_registry import IMAGE_KIND
+
+    if body.get("integrations"):
+        raise bad_request("integrations (W&B) are not available for picture jobs yet: leave them out (the job's "
+                          "events carry its loss and sample pictures)", "integrations", "unsupported")
+    own = picture_fields(limits)
+    method = body.get("method")
+    if method is not None and not isinstance(method, dict):
+        raise bad_request("method must be OpenAI's method object ({\"type\": \"supervised\"}); a picture job trains "
+                          "a LoRA (mmtune's method names are for text models)", "method")
+    if isinstance(method, dict) and method.get("type", "supervised") != "supervised":
+        raise bad_request(f"method type {str(method.get('type'))[:40]!r} does not apply to an image-generation "
+                          "model: a picture job is supervised (leave method out, or type 'supervised')",
+                          "method.type", "unsupported")
+    _refuse_other_kind(body, mmtune_fields(limits), "text models", own)
+    extras = {k: v for k, v in body.items() if k not in TOP_LEVEL}
+    _refuse_unknown(extras, own, "")
+    hyper, nested = _hyperparameters(body, own)
+    settings = _merge(extras, nested)
+    for name, value in settings.items():
+        _check(name, value, own[name])
+    if body.get("validation_file") is not None:
+        raise bad_request("a picture job takes no validation_file (the flow-matching loss of held-out pictures says "
+                          "little; the job's sample pictures show the progress): leave it out", "validation_file")
+    training = _file_param(body, "training_file", file_exists, required=True)
+    preset = settings.get("preset", "standard")
+    base = PICTURE_PRESETS[preset]
+
+    def pick(name: str, default: Any) -> Any:
+        value = hyper.get(name, "auto")
+        return default if value == "auto" else value
+
+    multiplier = float(pick("learning_rate_multiplier", 1.0))
+    lr = base["learning_rate"] * multiplier
+    if not 0 < lr <= limits.max_learning_rate:
+        raise bad_request(f"learning_rate_multiplier {multiplier} gives a learning rate of {lr:g} (picture preset "
+                          f"{preset}: {base['learning_rate']:g} x multiplier); it must be in "
+                          f"(0, {limits.max_learning_rate:g}]", "hyperparameters.learning_rate_multiplier")
+    prompts = settings.get("sample_prompt")
+    values = {"kind": IMAGE_KIND, "preset": preset, "learning_rate": lr,
+              "lora_rank": settings.get("lora_rank", base["lora_rank"]),
+              "lora_alpha": settings.get("lora_alpha", base["lora_alpha"]),
+              **{k: settings.get(k, v) for k, v in PICTURE_DEFAULTS.items()},
+              "max_steps": settings.get("max_steps"),
+              **{k: v for k, v in settings.items() if k not in ("preset", "lora_rank", "lora_alpha", "max_steps")
+                 and k not in PICTURE_DEFAULTS},
+              **({"sample_prompt": [prompts] if isinstance(prompts, str) else list(prompts)} if prompts else {})}
+    return {
+        "id": new_id("job"),
+        "model": model,
+        "training_file": training,
+        "validation_file": None,
+        "suffix": _suffix(body.get("suffix")),
+        "seed": _seed(body.get("seed")),
+        "metadata": _metadata(body.get("metadata")),
+        "params": {"hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
+                                       "batch_size": pick("batch_size", base["batch_size"]),
+                                       "learning_rate_multiplier": multiplier},
+                   "mmtune": values},
+    }

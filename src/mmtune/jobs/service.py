@@ -38,7 +38,14 @@ from mmtune.jobs.errors import APIError, bad_request, not_found
 from mmtune.jobs.executor import RaySettings, make_executor
 from mmtune.jobs.gpus import GpuPool, detect
 from mmtune.jobs.layout import Layout, default_data_dir
-from mmtune.jobs.params import Limits, ModelRules, parse_create
+from mmtune.jobs.params import Limits, ModelRules, is_picture_job, parse_create
+from mmtune.jobs.pictures import (
+    check_picture_zip,
+    describe_zip_finding,
+    is_zip_name,
+    zip_failure_message,
+    zip_problems,
+)
 from mmtune.jobs.store import ACTIVE, FINAL, Store, new_id, now, valid_id
 from mmtune.jobs.validate import check_upload, describe, failure_message, kind_problem, stage_kind
 from mmtune.jobs.worker import (
@@ -50,7 +57,7 @@ from mmtune.jobs.worker import (
 )
 
 SuccessHook = Callable[[str, Path, dict[str, Any]], None]
-UPLOAD_EXTENSIONS = (".jsonl", ".json")
+UPLOAD_EXTENSIONS = (".jsonl", ".json", ".zip")  # .zip: pictures with captions (a picture job)
 ORGANIZATION = "org-mmtune-local"
 COPY_CHUNK = 1 << 20
 
@@ -93,7 +100,8 @@ class JobService:
 
     # ================================================================ life cycle
     def start(self) -> JobService:
-        """Take the data dir, re-queue jobs cut off by the last stop, start the threads."""
+        """Take the data dir, re-queue jobs cut off by the last stop, start the threads (again after `close`)."""
+        self.stopping.clear()
         self.lock()
         self.executor = make_executor(self.settings.executor, self.settings.ray)  # None: local subprocesses
         if self.executor is None:  # (a Ray cluster counts its own GPUs)
@@ -189,19 +197,36 @@ class JobService:
             except Exception as e:  # a broken hook must not fail the finished job
                 self.store.add_event(job["id"], "warn", f"a success hook failed: {e!r}")
 
-    def fine_tuned_models(self) -> dict[str, Path]:
-        """Model name (`ft:<base>:<suffix>:<job id>`) -> output dir, for every succeeded job."""
+    def fine_tuned_models(self, pictures: bool | None = False) -> dict[str, Path]:
+        """Model name (`ft:<base>:<suffix>:<job id>`) -> output dir, for every succeeded job: of text models
+        (the chat pool's), of image-generation models with `pictures=True` (the image pool's), None: all."""
         out = {}
         for job in self.store.succeeded_jobs():
             folder = self.layout.output(job["id"])
-            if folder.is_dir():
+            if folder.is_dir() and (pictures is None or is_picture_job(job) == pictures):
                 out[job["fine_tuned_model"]] = folder
         return out
 
-    def checkpoint_models(self) -> dict[str, Path]:
-        """Checkpoint name (`<fine-tuned name>:ckpt-step-<n>`) -> checkpoint dir, for every job."""
+    def fine_tuned_pictures(self) -> dict[str, Path]:
+        """The picture jobs' fine-tuned models and their checkpoints (of finished runs, which a checkpoint's
+        LoRA loads over), and each picture job's base: what `/v1/images/generations` serves."""
+        out: dict[str, Path] = {}
+        for job in self.store.jobs_with_status(*ACTIVE, *FINAL):
+            if is_picture_job(job):
+                out.setdefault(job["model"], job["model"])
+        out.update(self.fine_tuned_models(pictures=True))
+        out.update(self.checkpoint_models(pictures=True))
+        return out
+
+    def checkpoint_models(self, pictures: bool = False) -> dict[str, Path]:
+        """Checkpoint name (`<fine-tuned name>:ckpt-step-<n>`) -> checkpoint dir, for every job of text models
+        (with `pictures`: of picture jobs whose run has finished)."""
         out = {}
         for job in self.store.jobs_with_status(*ACTIVE, *FINAL):
+            if is_picture_job(job) != pictures:
+                continue
+            if pictures and not (self.layout.output(job["id"]) / "mmtune.json").is_file():
+                continue
             for ck in self.store.list_checkpoints(job["id"], None, 10_000)[0]:
                 folder = self.layout.output(job["id"]) / ck["dir_name"]
                 if folder.is_dir():
@@ -226,6 +251,8 @@ class JobService:
                     size = self._store_bytes(source, final)
                 else:
                     os.replace(stored, final)
+                if ext == ".zip":
+                    refuse_bad_zip(final, name)
                 try:
                     row = self.store.add_file(file_id, name, purpose, size, final.name)
                 except BaseException:
@@ -256,12 +283,14 @@ class JobService:
             tmp.unlink(missing_ok=True)
         return size
 
-    def add_result_file(self, job_id: str, content: bytes) -> str:
+    def add_result_file(self, job_id: str, content: bytes, filename: str = "step_metrics.csv") -> str:
+        """A file of the job's results (its step metrics; a picture job's sample pictures), purpose
+        fine-tune-results: GET /v1/files/{id}/content downloads it."""
         file_id = new_id("file")
-        path = self.layout.file_path(f"{file_id}.csv")
+        path = self.layout.file_path(f"{file_id}{Path(filename).suffix}")
         path.write_bytes(content)
         try:
-            self.store.add_file(file_id, "step_metrics.csv", "fine-tune-results", len(content), path.name)
+            self.store.add_file(file_id, filename, "fine-tune-results", len(content), path.name)
         except BaseException:
             path.unlink(missing_ok=True)  # no file without its row
             raise
@@ -298,7 +327,7 @@ class JobService:
     # ================================================================ jobs
     def create_job(self, body: Any) -> dict[str, Any]:
         rules = ModelRules(self.settings.model_roots, self.settings.allow_hub_models,
-                           lambda name: self.fine_tuned_models().get(name))
+                           lambda name: self.fine_tuned_models(pictures=None).get(name))
         job = parse_create(body, self.settings.limits, self.store.get_file, rules)
         self._check_file_kinds(job)
         asked = job["params"]["mmtune"].get("gpus", 0)
@@ -313,10 +342,22 @@ class JobService:
     def _check_file_kinds(self, job: dict[str, Any]) -> None:
         """A 400 when a file holds another kind of data than the job trains (chat data for a dpo job, pairs
         for a supervised one), naming the method that trains it."""
+        if is_picture_job(job):
+            row = self._file(job["training_file"])
+            if not is_zip_name(row["stored_name"]):
+                raise bad_request(f"training_file {row['id']} ({row['filename']}) is not a .zip: a picture job "
+                                  f"({job['model']}) trains on a zip of pictures with same-name .txt captions "
+                                  "(upload one with purpose fine-tune)", "training_file", "invalid_file_kind")
+            return
         stage = job["params"]["mmtune"]["stage"]
         for param in ("training_file", "validation_file"):
             if job[param]:
                 row = self._file(job[param])
+                if is_zip_name(row["stored_name"]):
+                    raise bad_request(f"{param} {row['id']} ({row['filename']}) is a zip of pictures, and "
+                                      f"{job['model']} is a text model: picture jobs tune an image-generation "
+                                      "model (model flux.1-dev or flux.1-schnell, `mmtune models`)", param,
+                                      "invalid_file_kind")
                 problem = kind_problem(param, row, self.layout.file_path(row["stored_name"]), stage)
                 if problem:
                     raise bad_request(problem, param, "invalid_file_kind")
@@ -428,6 +469,9 @@ class JobService:
 
     def validate_job(self, job: dict[str, Any]) -> None:
         """validating_files -> queued, or -> failed naming the file, line and rule."""
+        if is_picture_job(job):
+            self.validate_picture_job(job)
+            return
         rows = 0
         for param in ("training_file", "validation_file"):
             file_id = job[param]
@@ -456,6 +500,36 @@ class JobService:
                                  event=("info", "message", "Files validated, moving job to queued state")):
             self.wake()
 
+    def validate_picture_job(self, job: dict[str, Any]) -> None:
+        """A picture job's zip, unpacked into the job's folder and checked (jobs/pictures.py): -> queued, or
+        -> failed naming the entry and rule."""
+        row = self.store.get_file(job["training_file"])
+        if row is None:
+            self._fail_validation(job, "training_file", "file_not_found", f"training_file {job['training_file']} "
+                                  "was deleted")
+            return
+        check = check_picture_zip(self.layout.file_path(row["stored_name"]), self.picture_folder(job["id"]))
+        self.store.set_file_check(row["id"], {k: v for k, v in check.items() if k != "folder"})
+        if check["errors"]:
+            self._fail_validation(job, "training_file", "invalid_training_file",
+                                  zip_failure_message("training_file", row, check))
+            return
+        if check["warnings"]:
+            warns = [f for f in check["findings"] if f["severity"] != "error"]
+            self.store.add_event(job["id"], "warn", f"training_file {row['id']} has {check['warnings']} warning(s): "
+                                 + "; ".join(describe_zip_finding(f) for f in warns[:3]), {"findings": warns[:20]})
+        skipped = f" ({check['skipped']} __MACOSX/ entries left out)" if check["skipped"] else ""
+        self.store.add_event(job["id"], "info", f"{check['rows']} pictures unpacked and checked{skipped}",
+                             {"pictures": check["rows"], "skipped_entries": check["skipped"]})
+        if self.store.update_job(job["id"], when=("validating_files",), status="queued",
+                                 total_steps=estimate_total_steps(job, check["rows"]),
+                                 event=("info", "message", "Files validated, moving job to queued state")):
+            self.wake()
+
+    def picture_folder(self, job_id: str) -> Path:
+        """Where a picture job's zip is unpacked."""
+        return self.layout.job_dir(job_id) / "pictures"
+
     def _fail_validation(self, job: dict[str, Any], param: str, code: str, message: str) -> None:
         self.store.update_job(job["id"], when=("validating_files",), status="failed", finished_at=now(),
                               error={"code": code, "message": message, "param": param},
@@ -470,9 +544,20 @@ def upload_name(filename: str | None) -> tuple[str, str]:
     name = clean_filename(filename)
     ext = next((e for e in UPLOAD_EXTENSIONS if name.lower().endswith(e)), None)
     if ext is None:
-        raise bad_request(f"file {name!r} must be a .jsonl file (one JSON object per line) or a .json array",
+        raise bad_request(f"file {name!r} must be a .jsonl file (one JSON object per line), a .json array, or a "
+                          ".zip of pictures with .txt captions (a picture job)",
                           "file", "invalid_file_format")
     return name, ext
+
+
+def refuse_bad_zip(path: Path, name: str) -> None:
+    """A 400 listing every problem of an uploaded picture zip's directory (the file is not kept)."""
+    problems = zip_problems(path)
+    if problems:
+        path.unlink(missing_ok=True)
+        shown = "; ".join(describe_zip_finding(f) for f in problems[:5])
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise bad_request(f"{name} cannot be a picture training file: {shown}{more}", "file", "invalid_file")
 
 
 def upload_too_large(limit: int) -> APIError:

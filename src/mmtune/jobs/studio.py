@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mmtune.jobs.api import json_body
 from mmtune.jobs.errors import APIError, bad_request
-from mmtune.jobs.params import ModelRules, parse_create
+from mmtune.jobs.params import ModelRules, is_picture_job, parse_create
 from mmtune.jobs.service import JobService
 from mmtune.jobs.store import ACTIVE, FINAL
 from mmtune.jobs.validate import check_upload
@@ -191,6 +191,9 @@ def estimate(service: JobService, body: Any) -> dict[str, Any]:
     rules = ModelRules(service.settings.model_roots, service.settings.allow_hub_models,
                        lambda name: service.fine_tuned_models().get(name))
     job = parse_create(body, service.settings.limits, service.store.get_file, rules)
+    if is_picture_job(job):
+        raise bad_request("estimates are made for text jobs only (tokens, memory): a picture job's steps are its "
+                          "pictures x repeats x epochs / batch size", "model", "unsupported")
     hyper, own = job["params"]["hyperparameters"], job["params"]["mmtune"]
     check = _cached_check(service, job["training_file"])
     steps = estimate_total_steps(job, check["rows"]) if not check["errors"] else None
@@ -344,7 +347,8 @@ def job_bases(service: JobService) -> Callable[[], dict[str, str]]:
     def source() -> dict[str, str]:
         out = {}
         for job in service.store.jobs_with_status(*ACTIVE, *FINAL):
-            out.setdefault(job["model"], job["model"])
+            if not is_picture_job(job):  # a picture job's base is the image pool's (service.fine_tuned_pictures)
+                out.setdefault(job["model"], job["model"])
         return out
 
     return source

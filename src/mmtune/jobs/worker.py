@@ -29,13 +29,15 @@ import mmtune
 from mmtune.config import TrainConfig
 from mmtune.errors import UserError
 from mmtune.jobs.host import RunnerHost
-from mmtune.jobs.params import is_adapter_folder, model_base_name
+from mmtune.jobs.params import is_adapter_folder, is_picture_job, model_base_name
 from mmtune.jobs.store import now
 
 # what `mmtune train` writes (mmtune.train.callbacks / sft; not imported here: they import torch)
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+PICTURE_STATE_FILE = "state.json"  # what a picture run's checkpoint holds (mmtune.imagegen.train)
+SAMPLES_FOLDER = "samples"  # a picture run's sample pictures: sample-<i>.png with its prompt in sample-<i>.txt
 LOG_TAIL_BYTES = 64 * 1024
 
 
@@ -73,6 +75,27 @@ def train_config(job: dict[str, Any], data: Path, val: Path | None, output: Path
     return TrainConfig.from_dict(values, f"job {job['id']}")
 
 
+# a picture job's settings that go to its PictureConfig as they are (the rest are resolved in params.py)
+PICTURE_PASSED = ("trigger_word", "repeats", "resolution", "buckets", "lora_dropout", "max_steps", "save_steps",
+                  "logging_steps", "warmup_steps", "scheduler", "optimizer", "gradient_checkpointing", "guidance",
+                  "timestep_sampling", "max_sequence_length", "sample_prompt", "sample_steps")
+
+
+def picture_config(job: dict[str, Any], pictures: Path, output: Path):
+    """The `mmtune train` config of a picture job (an image-generation model's PictureConfig, validated):
+    the unpacked pictures, checked under the hosted (strict) rules."""
+    from mmtune.imagegen.config import PictureConfig
+
+    hyper, own = job["params"]["hyperparameters"], job["params"]["mmtune"]
+    values = {"model": job["model"], "data": [str(pictures)], "output": str(output), "preset": own["preset"],
+              "learning_rate": own["learning_rate"], "epochs": hyper["n_epochs"], "batch_size": hyper["batch_size"],
+              "lora_rank": own["lora_rank"], "lora_alpha": own["lora_alpha"], "seed": job["seed"], "rules": "strict",
+              **{k: own[k] for k in PICTURE_PASSED if own.get(k) is not None}}
+    cfg = PictureConfig(**values)
+    cfg.validate()
+    return cfg
+
+
 def tracking_values(job: dict[str, Any]) -> dict[str, Any]:
     """The job's W&B integration as `mmtune train` settings: the run named after the job unless the
     integration names it, tagged as OpenAI tags its runs (with mmtune's names)."""
@@ -90,6 +113,8 @@ def estimate_total_steps(job: dict[str, Any], rows: int) -> int:
     own, hyper = job["params"]["mmtune"], job["params"]["hyperparameters"]
     if own["max_steps"]:
         return int(own["max_steps"])
+    if is_picture_job(job):  # each picture seen `repeats` times an epoch (a bucket's last batch may add one)
+        rows *= int(own["repeats"])
     return max(1, math.ceil(rows / hyper["batch_size"])) * int(hyper["n_epochs"])
 
 
@@ -102,13 +127,14 @@ def last_checkpoint(output: Path) -> tuple[int, Path] | None:
 
 
 def scan_checkpoints(output: Path) -> dict[int, str]:
-    """step -> folder name of each complete checkpoint (the Trainer writes trainer_state.json last)."""
+    """step -> folder name of each complete checkpoint (the Trainer writes trainer_state.json last; a picture
+    run writes its checkpoint aside, state.json included, and renames it into place)."""
     out: dict[int, str] = {}
     if not output.is_dir():
         return out
     for path in output.glob(f"{CHECKPOINT_PREFIX}*"):
         step = path.name[len(CHECKPOINT_PREFIX):]
-        if step.isdigit() and (path / "trainer_state.json").is_file():
+        if step.isdigit() and ((path / "trainer_state.json").is_file() or (path / PICTURE_STATE_FILE).is_file()):
             out[int(step)] = path.name
     return out
 
@@ -359,7 +385,13 @@ class JobRunner:
 
     def command(self, base: Path | None = None) -> list[str]:
         files = self.svc.job_file_paths(self.job)
-        cfg = train_config(self.job, files["training_file"], files.get("validation_file"), self.output, base)
+        if is_picture_job(self.job):
+            from mmtune.jobs.pictures import unpack
+
+            pictures, _ = unpack(files["training_file"], self.svc.picture_folder(self.id))  # kept from validation
+            cfg = picture_config(self.job, pictures, self.output)
+        else:
+            cfg = train_config(self.job, files["training_file"], files.get("validation_file"), self.output, base)
         folder = self.svc.layout.job_dir(self.id)
         folder.mkdir(parents=True, exist_ok=True)
         config_path = cfg.save(folder)
@@ -428,8 +460,32 @@ class JobRunner:
         found = scan_checkpoints(self.output)
         if set(found) != self.known_checkpoints:
             metrics = {step: (name, self._checkpoint_metrics(step)) for step, name in found.items()}
-            self.store.sync_checkpoints(self.id, metrics)
+            new = self.store.sync_checkpoints(self.id, metrics)
             self.known_checkpoints = set(found)
+            if is_picture_job(self.job):
+                for step in new:
+                    self._post_samples(self.output / found[step] / SAMPLES_FOLDER, step)
+
+    def _post_samples(self, folder: Path, step: int, final: bool = False) -> list[dict[str, Any]]:
+        """A picture run's sample pictures (one per sample prompt, seed fixed) as result files of the job, and
+        one event naming them: `client.files.content(file_id)` downloads each PNG."""
+        samples = []
+        for png in sorted(folder.glob("sample-*.png"), key=lambda p: int(p.stem.split("-")[1])
+                          if p.stem.split("-")[1].isdigit() else 0):
+            try:
+                content = png.read_bytes()
+                prompt = png.with_suffix(".txt").read_text(encoding="utf-8").strip()
+            except OSError:  # a checkpoint rotated away meanwhile: its samples are gone with it
+                continue
+            name = png.name if final else f"step-{step}-{png.name}"
+            samples.append({"file_id": self.svc.add_result_file(self.id, content, name), "filename": name,
+                            "prompt": prompt, "step": step})
+        if samples:
+            what = "the fine-tuned model" if final else f"the checkpoint at step {step}"
+            prompts = "; ".join(repr(s["prompt"]) for s in samples)
+            self.store.add_event(self.id, "info", f"Sample pictures of {what}: {prompts} (files "
+                                 f"{', '.join(s['file_id'] for s in samples)})", {"step": step, "samples": samples})
+        return samples
 
     def _record_metrics(self, records: list[dict[str, Any]]) -> None:
         total = self.job.get("total_steps")
@@ -485,13 +541,18 @@ class JobRunner:
         cost = round(tokens / 1e6 * self.svc.settings.price_per_million_tokens, 6)
         name = fine_tuned_model_name(self.job)
         result = self.svc.add_result_file(self.id, metrics_csv(self.records))
+        results = [result]
+        if is_picture_job(self.job):
+            results += [s["file_id"] for s in self._post_samples(self.output / SAMPLES_FOLDER,
+                                                                  int(summary.get("steps") or self.last_step),
+                                                                  final=True)]
         self.store.add_event(self.id, "info", f"New fine-tuned model created: {name}",
                              {"fine_tuned_model": name, "trained_tokens": tokens, "estimated_cost": cost,
                               "final_train_loss": summary.get("final_train_loss"),
                               "final_valid_loss": summary.get("final_eval_loss")})
         done = self.store.update_job(
             self.id, when=("running",), status="succeeded", fine_tuned_model=name, trained_tokens=tokens,
-            estimated_cost=cost, finished_at=now(), estimated_finish=None, pid=None, result_files=[result],
+            estimated_cost=cost, finished_at=now(), estimated_finish=None, pid=None, result_files=results,
             event=("info", "message", "The job has successfully completed"))
         if done:
             self.svc.notify_success(self.store.get_job(self.id), self.output)
