@@ -10,8 +10,14 @@ SmolLM2 (`mmtune.models.compose`) learns this in a few minutes.
     mmtune train --config examples/configs/vision_shapes.yaml      # tower + projector, LM frozen
     python examples/shapes.py score runs/shapes-llava-tuned runs/shapes-data/test.jsonl
 
-(`make shapes` runs all four.) Everything is deterministic: the same seed draws the same
-images; the test split uses its own seed, so its images differ from the training ones.
+(`make shapes` runs all four.) The same task by preference training alone, on the composed base:
+
+    python examples/shapes.py pairs runs/shapes-data               # train_pairs.jsonl, test_pairs.jsonl
+    mmtune train --config examples/configs/vision_shapes_dpo.yaml  # DPO: right colour over a wrong one
+    python examples/shapes.py score-pairs runs/shapes-llava-dpo runs/shapes-data/test_pairs.jsonl
+
+Everything is deterministic: the same seed draws the same images; the test split uses its own
+seed, so its images differ from the training ones.
 """
 
 from __future__ import annotations
@@ -89,6 +95,54 @@ def make_data(out: str | Path, train: int = 240, test: int = 60) -> tuple[Path, 
     return make_split(out, "train", train, TRAIN_SEED), make_split(out, "test", test, TEST_SEED)
 
 
+def make_pairs(sft: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """Preference pairs from a split's rows (OpenAI's preference format): the same image and question,
+    the right colour preferred to a wrong one (drawn with `seed`). Image paths stay relative to the
+    images/ folder beside `sft`, so `out` goes in the same folder."""
+    rng = random.Random(seed)
+    lines = []
+    for line in Path(sft).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        user, answer = row["messages"]
+        wrong = rng.choice([c for c in COLOURS if c != answer["content"]])
+        lines.append(json.dumps({"input": {"messages": [user]},
+                                 "preferred_output": [answer],
+                                 "non_preferred_output": [{"role": "assistant", "content": wrong}]}))
+    out = Path(out)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def pair_accuracy(model_dir: str | Path, pairs: str | Path, *, batch_size: int = 8, model=None) -> float:
+    """Share of pairs whose preferred answer the model gives the higher log-probability, each side scored
+    exactly as preference training renders and scores it (mmtune.train.preference)."""
+    import torch
+
+    from mmtune.config import resolve_config
+    from mmtune.models.registry import find_spec
+    from mmtune.train.preference import PreferenceCollator, build_preference_datasets, completion_logps
+    from mmtune.train.setup import load_vision_processor
+
+    cfg = resolve_config({"model": str(model_dir), "data": [str(pairs)], "stage": "dpo", "max_length": 128,
+                          "packing": False})
+    spec = find_spec(str(model_dir))
+    processor = load_vision_processor(cfg)
+    rows = build_preference_datasets(cfg, processor, lambda _: None, spec).train
+    if model is None:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    collate = PreferenceCollator(processor.tokenizer.pad_token_id, pack=False, layout=spec.media_layout)
+    right = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        with torch.inference_mode():
+            logps = completion_logps(model, collate(chunk))[0]
+        right += int((logps[:len(chunk)] > logps[len(chunk):]).sum())
+    return right / max(len(rows), 1)
+
+
 def colour_said(text: str) -> str | None:
     """The one colour name an answer says, else None (none, or several)."""
     words = {w.strip(".,!;:'\"()").lower() for w in text.split()}
@@ -146,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--text-model", default="smollm2-135m-instruct")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("pairs", help="preference pairs (right colour over a wrong one) from a data folder's splits")
+    p.add_argument("out", help="the folder `data` wrote: train_pairs.jsonl and test_pairs.jsonl go beside its splits")
+    p = sub.add_parser("score-pairs", help="share of pairs whose right colour the model gives the higher log-prob")
+    p.add_argument("model")
+    p.add_argument("pairs")
     p = sub.add_parser("score", help="greedy answers on a split: share of answers naming the right colour")
     p.add_argument("model")
     p.add_argument("data")
@@ -155,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
         train, test = make_data(args.out, args.train, args.test)
         print(f"wrote {train} ({args.train} rows) and {test} ({args.test} rows)")
+    elif args.command == "pairs":
+        for split, seed in (("train", 0), ("test", 1)):
+            print(f"wrote {make_pairs(Path(args.out) / f'{split}.jsonl', Path(args.out) / f'{split}_pairs.jsonl', seed)}")
+    elif args.command == "score-pairs":
+        start = time.perf_counter()
+        print(f"prefers the right colour on {pair_accuracy(args.model, args.pairs):.1%} of the pairs "
+              f"({time.perf_counter() - start:.0f}s)")
     elif args.command == "compose":
         from mmtune.models.compose import compose_llava
 

@@ -36,6 +36,7 @@ full, or frozen), the vision tower by --train-vision none|lora|full, the project
 --train-projector/--no-train-projector. A shapes demo: python examples/shapes.py --help
   mmtune train --model qwen2-vl-2b-instruct --data images.jsonl --output runs/vl --max-pixels 401408
   mmtune train --model llava-1.5-7b --data images.jsonl --output runs/proj --method frozen
+  mmtune train --stage dpo --model qwen2-vl-2b-instruct --data image_pairs.jsonl --output runs/vl-dpo
 """
 
 

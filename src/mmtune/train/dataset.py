@@ -70,6 +70,13 @@ class Item:
     features: Features | None = None
     sample: Sample | None = None
 
+    @classmethod
+    def of(cls, row: Row, sample: Sample) -> Item:
+        """A rendered row as kept: its features, or (media tensors in them) its sample, to render again."""
+        features = row.features()
+        lazy = any(not isinstance(v, list) for v in features.values())  # media tensors: decoded again on access
+        return cls(row.input_ids, row.labels, None if lazy else features, sample if lazy else None)
+
 
 class RowDataset:
     """Rendered rows for the Trainer (a map-style dataset: len and getitem). `rows` are every row's
@@ -172,9 +179,7 @@ def encode(samples: list[Sample], render: Callable[[Sample], Row], cfg: TrainCon
         stats.reasoning_tokens += r.reasoning_tokens
         stats.reasoning_dropped_rows += r.reasoning_dropped > 0
         stats.reasoning_dropped_turns += r.reasoning_dropped
-        features = r.features()
-        lazy = any(not isinstance(v, list) for v in features.values())  # media tensors: decoded again on access
-        items.append(Item(r.input_ids, r.labels, None if lazy else features, sample if lazy else None))
+        items.append(Item.of(r, sample))
     return RowDataset(items, render)
 
 

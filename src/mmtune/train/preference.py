@@ -1,18 +1,27 @@
 """Preference training: `run_preference(cfg)` for --stage dpo|simpo|orpo|kto, setup -> train -> save.
 
-The same pipeline as SFT (train/sft.py): the data layer reads and checks every row, the one renderer
-(chat/render.py) renders prompt + completion through the model's chat template, and the Hugging
-Face Trainer runs the loop (checkpoints, --resume, gradient accumulation, accelerate). What differs:
+The same pipeline as SFT (train/sft.py), for text and vision-language models: the data layer reads
+and checks every row, SFT's renderer renders prompt + completion through the model's chat template
+(its processor's, with the prompt's media), SFT's model set-up trains the parts the flags (or the
+family's defaults) name, and the Hugging Face Trainer runs the loop (checkpoints, --resume, gradient
+accumulation, accelerate). What differs:
 
-- rows: a pair renders twice, prompt + chosen and prompt + rejected, with the prompt's own assistant
-  turns at weight 0, so each side's labels are exactly the tokens SFT would train on in its
-  completion (answer, tool calls, end-of-turn token) and nothing of the prompt;
+- rows (train/preference_data.py): a pair renders twice, prompt + chosen and prompt + rejected, with
+  the prompt's own assistant turns at weight 0, so each side's labels are exactly the tokens SFT
+  would train on in its completion (answer, tool calls, end-of-turn token) and nothing of the
+  prompt; both sides carry the prompt's images and videos;
 - one forward pass per step: chosen and rejected rows go through the model together (laid end to
-  end when packing is exact for the model, else padded), and the output layer runs only where a
-  completion token is predicted (`logits_to_keep`);
-- the reference: with LoRA, the same model with its adapter switched off (no second copy); with
-  full fine-tuning, reference log-probabilities computed once before training. SimPO and ORPO
-  have none;
+  end when packing is exact for the model, else padded, media laid out by the family's
+  media_layout), and the output layer runs only where a completion token is predicted
+  (`logits_to_keep`);
+- the reference is always the starting model. Where the run has LoRA adapters (on the language
+  model or the vision tower), it is the same model with them switched off: parts trained in full
+  beside LoRA (a vision tower, a projector) are PEFT `modules_to_save` copies, which switch off
+  with the adapters to the frozen originals PEFT keeps, so there is no second copy of the model.
+  Without adapters (--method full, or --method frozen with the tower or projector trained in
+  full), the reference log-probabilities of every row are computed once before training: no
+  frozen copy in memory and one forward pass per row in all, where a copy costs one per step.
+  SimPO and ORPO have none;
 - metrics.jsonl carries the implicit rewards (reward_chosen, reward_rejected, reward_margin,
   reward_accuracy, and for KTO kl), rewards.png plots the reward accuracy beside loss.png.
 
@@ -21,11 +30,10 @@ The losses are in train/losses.py, held to TRL's on the same batch by tests/trai
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +42,33 @@ from rich.console import Console
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from mmtune.chat.render import IGNORE_INDEX, check_media_limits, render_sample
+from mmtune.chat.render import IGNORE_INDEX
 from mmtune.config import TrainConfig
-from mmtune.data.reader import KIND_OF_STAGE, ReadOptions, load_samples
-from mmtune.data.schema import Message, Sample
-from mmtune.errors import UserError
 from mmtune.models.loader import check_quantization_available, load_tokenizer
 from mmtune.models.registry import find_spec
 from mmtune.train import losses
 from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder, save_figure
-from mmtune.train.collate import PackCollator, PadCollator
-from mmtune.train.dataset import Datasets, DataStats, report_losses, split_samples
+from mmtune.train.dataset import Datasets
 from mmtune.train.output import check_output, discard_failed
-from mmtune.train.setup import apply_method, count_params, is_vision
+from mmtune.train.preference_data import (  # noqa: F401  (the rows' public names are this module's too)
+    PAIRED,
+    PreferenceCollator,
+    PreferenceRows,
+    build_preference_datasets,
+    completion_sample,
+    encode_pairs,
+    encode_unpaired,
+    render_completion,
+)
+from mmtune.train.setup import (
+    apply_method,
+    count_params,
+    is_vision,
+    load_vision_processor,
+    part_summary,
+    resolve_parts,
+    saved_in_full,
+)
 from mmtune.train.sft import (
     MMTuneTrainer,
     SaveMeta,
@@ -61,7 +83,6 @@ from mmtune.train.sft import (
     training_arguments,
 )
 
-PAIRED = ("dpo", "simpo", "orpo")
 STAGES = (*PAIRED, "kto")
 REWARD_PLOT = "rewards.png"
 _NOT_MODEL = ("labels", "seq_ids", "n_pairs", "desirable", "ref_logps", "kl_batch")
@@ -71,142 +92,6 @@ Warn = Callable[[str], None]
 
 def uses_reference(stage: str) -> bool:
     return stage in ("dpo", "kto")
-
-
-# ---------------------------------------------------------------------------- rows
-
-
-def completion_sample(sample: Sample, completion: list[Message]) -> Sample:
-    """The prompt followed by one completion, as a conversation whose only trainable turns are the
-    completion's: an assistant turn inside the prompt (an earlier answer) gets weight 0."""
-    prompt = [dataclasses.replace(m, weight=0.0) if m.role == "assistant" else m for m in sample.messages]
-    return Sample(prompt + list(completion), sample.tools, sample.media_root, sample.source)
-
-
-def render_completion(sample: Sample, completion: list[Message], tokenizer, max_length: int):
-    """Token ids and labels of prompt + completion, labels on the completion's tokens only."""
-    return render_sample(completion_sample(sample, completion), tokenizer, train_on="assistant",
-                         max_length=max_length)
-
-
-def _row(r) -> dict[str, list[int]]:
-    return {"input_ids": r.input_ids, "labels": r.labels}
-
-
-def encode_pairs(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats, spec) -> list[dict]:
-    """dpo/simpo/orpo rows: {"chosen": row, "rejected": row}. A pair is kept or lost whole: when either
-    side is over --max-length both are truncated (or, with --drop-long, the pair is dropped), and a
-    pair whose truncation left a side with no completion token is dropped (all counted)."""
-    rows = []
-    for s in samples:
-        check_media_limits(s, spec)
-        sides = [render_completion(s, side, tokenizer, cfg.max_length) for side in (s.chosen, s.rejected)]
-        if _count_losses(sides, cfg, stats):
-            rows.append({"chosen": _row(sides[0]), "rejected": _row(sides[1])})
-    return rows
-
-
-def encode_unpaired(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats, spec) -> list[dict]:
-    """kto rows: {"completion": row, "kl": row, "desirable": bool}. `kl` is this row's prompt with the
-    previous row's completion (a mismatched pair, as TRL builds them): KTO's reference point is the
-    policy/reference log-ratio on such pairs."""
-    rows = []
-    for i, s in enumerate(samples):
-        check_media_limits(s, spec)
-        other = samples[i - 1] if len(samples) > 1 else s
-        sides = [render_completion(s, s.completion, tokenizer, cfg.max_length),
-                 render_completion(s, other.completion, tokenizer, cfg.max_length)]
-        if _count_losses(sides, cfg, stats):
-            rows.append({"completion": _row(sides[0]), "kl": _row(sides[1]), "desirable": bool(s.label)})
-    return rows
-
-
-def _count_losses(sides, cfg: TrainConfig, stats: DataStats) -> bool:
-    cut = [r.truncated for r in sides if r.truncated]
-    if cut:
-        if cfg.drop_long:
-            stats.dropped_long_rows += 1
-            return False
-        stats.truncated_rows += 1
-        stats.truncated_tokens += sum(cut)
-    if any(r.n_supervised == 0 for r in sides):
-        stats.dropped_empty_rows += 1
-        return False
-    return True
-
-
-def build_preference_datasets(cfg: TrainConfig, tokenizer, warn: Warn = print, spec=None) -> Datasets:
-    """Read (the stage's kind only), check, split and render the data files."""
-    kind = KIND_OF_STAGE["dpo" if cfg.stage in PAIRED else cfg.stage]
-    options = ReadOptions(media_root=cfg.media_root, enforce_root=cfg.media_root is not None)
-
-    def read(paths: list[str]) -> list[Sample]:
-        return [s for p in paths for s in load_samples(p, options, skip_bad_rows=cfg.skip_bad_rows, warn=warn,
-                                                        kind=kind)]
-
-    samples = read(cfg.data)
-    train_s, val_s = (samples, read(cfg.val_data)) if cfg.val_data else split_samples(samples, cfg.val_ratio,
-                                                                                        cfg.seed)
-    encode = encode_pairs if cfg.stage in PAIRED else encode_unpaired
-    stats = DataStats()
-    train = encode(train_s, tokenizer, cfg, stats, spec)
-    val = encode(val_s, tokenizer, cfg, stats, spec) if val_s else None
-    report_losses(stats, len(train_s) + len(val_s), cfg, warn)
-    if not train:
-        raise UserError("no training rows left after rendering: every row was dropped (see the warnings above); "
-                        "raise --max-length or check that every completion has an assistant answer")
-    if cfg.stage == "kto" and cfg.batch_size < 2:
-        raise UserError("--stage kto needs --batch-size >= 2: its reference point is estimated from mismatched "
-                        "pairs within a batch")
-    stats.train_rows, stats.val_rows = len(train), len(val) if val else 0
-    seqs = [r[k] for r in train for k in _sides(cfg.stage)]
-    stats.train_tokens = sum(len(r["input_ids"]) for r in seqs)
-    stats.train_supervised_tokens = sum(sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in seqs)
-    return Datasets(train, val or None, stats)
-
-
-def _sides(stage: str) -> tuple[str, ...]:
-    return ("chosen", "rejected") if stage in PAIRED else ("completion",)
-
-
-# ---------------------------------------------------------------------------- batches
-
-
-@dataclasses.dataclass
-class PreferenceCollator:
-    """One batch of sequences for one forward pass: a pair batch is [chosen_1..n, rejected_1..n], a KTO batch
-    its completions (and, in `kl_batch`, the mismatched pairs). `seq_ids` says which sequence each
-    token belongs to (-1 on padding), so per-sequence log-probs come out the same packed or padded.
-    Precomputed reference log-probs travel as `ref_logps` (one per sequence, same order)."""
-
-    pad_token_id: int
-    pack: bool = True
-
-    def sequences(self, seqs: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
-        if self.pack:
-            batch = PackCollator()(seqs)
-            seq_ids = torch.cat([torch.full((len(s["input_ids"]),), i) for i, s in enumerate(seqs)])[None]
-        else:
-            batch = PadCollator(self.pad_token_id)(seqs)
-            rows = torch.arange(len(seqs))[:, None].expand_as(batch["labels"])
-            seq_ids = torch.where(batch["attention_mask"].bool(), rows, -1)
-        batch["seq_ids"] = seq_ids.long()
-        return batch
-
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        if "chosen" in rows[0]:
-            batch = self.sequences([r["chosen"] for r in rows] + [r["rejected"] for r in rows])
-            batch["n_pairs"] = len(rows)
-            if "ref" in rows[0]:
-                batch["ref_logps"] = torch.tensor([r["ref"][0] for r in rows] + [r["ref"][1] for r in rows])
-            return batch
-        batch = self.sequences([r["completion"] for r in rows])
-        batch["desirable"] = torch.tensor([r["desirable"] for r in rows], dtype=torch.bool)
-        batch["kl_batch"] = self.sequences([r["kl"] for r in rows])
-        if "ref" in rows[0]:
-            batch["ref_logps"] = torch.tensor([r["ref"][0] for r in rows])
-            batch["kl_batch"]["ref_logps"] = torch.tensor([r["ref"][1] for r in rows])
-        return batch
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +122,9 @@ class PreferenceTrainer(MMTuneTrainer):
         self.model_accepts_loss_kwargs = False  # each micro-batch's loss is a mean: the Trainer divides by grad_accum
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def supervised_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The preference loss, in place of SFT's (MMTuneTrainer.compute_loss keeps a batch that reaches
+        no trainable weight, text-only rows while only vision parts train, connected to them)."""
         loss, metrics = preference_loss(model, inputs, self.cfg, self._reference(model))
         mode = "train" if model.training else "eval"
         for key, value in metrics.items():
@@ -245,7 +132,8 @@ class PreferenceTrainer(MMTuneTrainer):
         return (loss, {}) if return_outputs else loss  # no outputs kept (evaluation reports losses and rewards)
 
     def _reference(self, model):
-        """log-probs of the reference policy for a batch: the adapter switched off (LoRA)."""
+        """log-probs of the reference policy for a batch: the adapters switched off, and with them the
+        fully trained copies of vision parts (PEFT modules_to_save) back to their frozen originals."""
         unwrapped = self.accelerator.unwrap_model(model)
 
         def reference(batch):
@@ -268,9 +156,8 @@ class PreferenceTrainer(MMTuneTrainer):
         if self.args.train_sampling_strategy == "group_by_length":
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
-            lengths = [sum(len(r[k]["input_ids"]) for k in _sides(self.cfg.stage)) for r in dataset]
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=lengths)
+                                        lengths=dataset.lengths)  # no row read: a vision row decodes its media
         return super()._get_train_sampler(train_dataset)
 
 
@@ -327,27 +214,28 @@ def preference_loss(model, batch: dict[str, Any], cfg: TrainConfig, reference=No
 
 
 @torch.no_grad()
-def precompute_reference(trainer: PreferenceTrainer, rows: list[dict], stage: str) -> None:
-    """Reference log-probs of every row, computed once with the model as loaded (full fine-tuning: the
-    reference is the starting model, and no second copy is kept). Stored in each row as `ref`."""
+def precompute_reference(trainer: PreferenceTrainer, rows: PreferenceRows, stage: str) -> None:
+    """Reference log-probs of every row, computed once with the model as loaded (no adapters: the reference
+    is the starting model, and no second copy is kept), in eval mode, batch by batch (a vision row's media
+    decoded for its batch only). Stored as `rows.ref`: each row's two sequences."""
     model, collator = trainer.model, trainer.data_collator
     was_training = model.training
     model.eval()
+    rows.ref = None
+    refs: list[list[float]] = []
     step = max(1, trainer.args.per_device_eval_batch_size)
     for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        batch = trainer._prepare_inputs(collator([{k: v for k, v in r.items() if k != "ref"} for r in chunk]))
+        chunk = [rows[i] for i in range(start, min(start + step, len(rows)))]
+        batch = trainer._prepare_inputs(collator(chunk))
         with trainer.autocast_smart_context_manager():
+            lp = completion_logps(model, batch)[0].tolist()
             if stage in PAIRED:
-                lp = completion_logps(model, batch)[0].tolist()
                 n = len(chunk)
-                refs = list(zip(lp[:n], lp[n:], strict=True))
+                refs += [[a, b] for a, b in zip(lp[:n], lp[n:], strict=True)]
             else:
-                lp = completion_logps(model, batch)[0].tolist()
                 kl = completion_logps(model, batch["kl_batch"])[0].tolist()
-                refs = list(zip(lp, kl, strict=True))
-        for r, ref in zip(chunk, refs, strict=True):
-            r["ref"] = list(ref)
+                refs += [[a, b] for a, b in zip(lp, kl, strict=True)]
+    rows.ref = refs
     model.train(was_training)
 
 
@@ -399,27 +287,35 @@ def run_preference(cfg: TrainConfig) -> dict[str, Any]:
     # ---- setup
     check_quantization_available(cfg.quantization)
     spec = find_spec(cfg.model)
-    if is_vision(spec):
-        raise UserError(f"--stage {cfg.stage} trains text models in this version; {cfg.model} is a vision-language "
-                        "model (train it with --stage sft, or pick a text model from `mmtune models`)")
     out = Path(cfg.output)
     resume_from = check_output(out, overwrite=cfg.overwrite, resume=cfg.resume)  # nothing is written yet
     created = not out.exists()
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
-    tokenizer = load_tokenizer(cfg.model)
-    data = build_preference_datasets(cfg, tokenizer, say, spec)
-    model = apply_method(load_for_training(cfg, precision), cfg)
-    trainable, total = count_params(model)
-    reference = ("none" if not uses_reference(cfg.stage) else "the base model (adapter switched off)"
-                 if cfg.uses_lora else "the starting model, log-probs computed once before training")
+    cfg = resolve_parts(cfg, spec, say)  # vision models: family defaults; text models: no vision-only flags
+    processor = load_vision_processor(cfg) if is_vision(spec) else None  # tokenizer + image/video processors
+    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
+    data = build_preference_datasets(cfg, processor or tokenizer, say, spec)  # all rows checked here
+    model = apply_method(load_for_training(cfg, precision), cfg, spec)
+    if processor is not None:
+        table, parts, (trainable, total) = part_summary(model, spec)
+    else:
+        parts, (trainable, total) = None, count_params(model)
+    adapters = hasattr(model, "disable_adapter")  # a PEFT model: the reference is the adapters switched off
+    in_full = ", parts trained in full as their frozen originals" if is_vision(spec) and saved_in_full(cfg, spec) else ""
+    reference = ("none" if not uses_reference(cfg.stage) else f"the starting model (adapters switched off{in_full})"
+                 if adapters else "the starting model, log-probs computed once before training")
     say(f"{cfg.stage} ({cfg.method}) on {cfg.model}: {data.stats.train_rows} training "
         f"{'pairs' if cfg.stage in PAIRED else 'rows'}, {data.stats.val_rows} validation; training {trainable:,} of "
         f"{total:,} parameters ({100 * trainable / total:.2f}%), precision {precision}; reference: {reference}")
+    if parts is not None:
+        say(f"trainable parameters by part (vision tower: {cfg.train_vision}, projector: "
+            f"{'trains' if cfg.train_projector else 'frozen'}, language model: {cfg.method}):\n{table}")
     recorder = PreferenceRecorder(cfg.output)
     try:  # the output folder appears from here on
-        trainer = build_preference_trainer(cfg, model, tokenizer, data, precision, [recorder, RichProgress(console)])
-        if uses_reference(cfg.stage) and not cfg.uses_lora:
+        trainer = build_preference_trainer(cfg, model, processor or tokenizer, data, precision,
+                                           [recorder, RichProgress(console)], spec=spec)
+        if uses_reference(cfg.stage) and not adapters:
             precompute_reference(trainer, data.train, cfg.stage)
             if data.val is not None:
                 precompute_reference(trainer, data.val, cfg.stage)
@@ -438,6 +334,8 @@ def run_preference(cfg: TrainConfig) -> dict[str, Any]:
         raise
     summary = make_summary(cfg, trainer, result.metrics, recorder, data, (trainable, total), resume_from)
     summary["stage"] = cfg.stage
+    if parts is not None:
+        summary["trainable_by_part"] = {p: {"trainable": t, "total": n} for p, (t, n) in parts.items()}
     for key in ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "kl"):
         for prefix in ("", "eval_"):
             value = recorder.last(prefix + key)
@@ -451,7 +349,9 @@ def run_preference(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_preference_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets, precision: str,
-                             callbacks: list[TrainerCallback]) -> PreferenceTrainer:
+                             callbacks: list[TrainerCallback], spec=None) -> PreferenceTrainer:
+    """`tokenizer` is the processing class saved with the model (a vision model's processor); batches
+    join media by the registry's media_layout for `spec`."""
     has_eval = data.val is not None and cfg.eval_strategy != "no"
     packed = packs(cfg, model)
     trainer = PreferenceTrainer(
@@ -459,7 +359,8 @@ def build_preference_trainer(cfg: TrainConfig, model, tokenizer, data: Datasets,
         args=training_arguments(cfg, precision, has_eval, packed),
         train_dataset=data.train,
         eval_dataset=data.val,
-        data_collator=PreferenceCollator(tokenizer.pad_token_id, pack=packed),
+        data_collator=PreferenceCollator(getattr(tokenizer, "tokenizer", tokenizer).pad_token_id, pack=packed,
+                                         layout=spec.media_layout if is_vision(spec) else "concat"),
         processing_class=tokenizer,
         callbacks=[*callbacks, FinishLine(has_eval), SaveMeta(cfg)],
         cfg=cfg,
