@@ -88,3 +88,16 @@ def test_convert_split_stats_commands(tmp_path):
     assert out.returncode == 0 and "(6 rows)" in out.stdout
     st = json.loads(run("data", "stats", str(EXAMPLES / "swift.jsonl"), "--json").stdout)
     assert st["rows"] == 5 and st["images"] == 5
+
+
+def test_list_flags_take_several_values():
+    """`--data a.jsonl b.jsonl` and `--report-to tensorboard wandb` (list fields that are not Optional) once
+    took one value only: argparse refused the second as an unrecognized argument."""
+    from mmtune.cli import build_parser
+    from mmtune.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--data", "a.jsonl", "b.jsonl", "--val-data", "v.jsonl",
+                                      "--report-to", "tensorboard", "wandb", "--output", "o"])
+    cfg = config_from_args(args, validate=False)
+    assert cfg.data == ["a.jsonl", "b.jsonl"] and cfg.val_data == ["v.jsonl"]
+    assert cfg.report_to == ["tensorboard", "wandb"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 import typing
 from typing import Any
 
@@ -82,7 +83,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         help_text = field_help(f).replace("%", "%%")
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         hint = field_type(f.name)
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        base = hint
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None -> X (list[str] stays a list)
+            base = next(a for a in typing.get_args(hint) if a is not type(None))
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is list:
