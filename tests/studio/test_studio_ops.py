@@ -28,17 +28,19 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from infer.tiny import tiny_adapter
-
-    adapter = tiny_adapter("llama")
     work = tmp_path_factory.mktemp("ops")
     service = JobService(work / "data", Settings(concurrency=0))
     service.start()
     files: dict[str, Path] = {}
-    models = {"ft:tiny:x:ftjob-a": {"path": adapter, "job": "ftjob-a", "base": False, "validation_file": "file-val"},
-              "ft:tiny:x:ftjob-b": {"path": work / "gone", "job": "ftjob-b", "base": False, "validation_file": None},
-              "tiny-base": {"path": json.loads((adapter / "mmtune.json").read_text())["base_model"], "job": "ftjob-a",
-                            "base": True, "validation_file": "file-val"}}
+    state = {"adapter": work / "not-built"}  # the tiny adapter, built by the test that runs on it
+
+    def models() -> dict:
+        adapter = state["adapter"]
+        meta = adapter / "mmtune.json"
+        return {"ft:tiny:x:ftjob-a": {"path": adapter, "job": "ftjob-a", "base": False, "validation_file": "file-val"},
+                "ft:tiny:x:ftjob-b": {"path": work / "gone", "job": "ftjob-b", "base": False, "validation_file": None},
+                "tiny-base": {"path": json.loads(meta.read_text())["base_model"] if meta.is_file() else "x",
+                              "job": "ftjob-a", "base": True, "validation_file": "file-val"}}
 
     def file_path(file_id: str) -> Path:
         if file_id not in files:
@@ -51,11 +53,11 @@ def client(tmp_path_factory):
     val.write_text("".join(json.dumps(r) + "\n" for r in rows))
     files["file-val"] = val
     stopping = threading.Event()
-    ops = Operations(work / "operations", lambda: models, file_path, stopping)
+    ops = Operations(work / "operations", models, file_path, stopping)
     app = create_app(ModelPool(), api_key=KEY, routers=(create_jobs_router(service),
                                                         create_studio_router(service, operations=ops)))
     c = TestClient(app)
-    c.service, c.ops, c.work = service, ops, work
+    c.service, c.ops, c.work, c.state = service, ops, work, state
     yield c
     stopping.set()
     ops.wake()
@@ -74,6 +76,9 @@ def wait(client, op_id: str, timeout: float = 240) -> dict:
 
 @pytest.mark.slow
 def test_export_and_eval_run_the_cli_and_list_their_files(client):
+    from infer.tiny import tiny_adapter
+
+    client.state["adapter"] = tiny_adapter("llama")
     post = lambda body: client.post("/v1/fine_tuning/operations", headers=AUTH, json=body)  # noqa: E731
     export = post({"kind": "export", "model": "ft:tiny:x:ftjob-a", "dtype": "F16", "verify": False}).json()
     ev = post({"kind": "eval", "model": "ft:tiny:x:ftjob-a", "max_tokens": 4}).json()
@@ -133,14 +138,13 @@ def test_bad_requests_name_the_field_and_failures_carry_the_fix(client):
 
 def test_a_queued_operation_cancels_and_a_running_one_survives_a_restart(client, tmp_path):
     stopping = threading.Event()
+    stopping.set()  # no runner thread: operations stay as the test puts them
     gate = threading.Event()
     models = {"m": {"path": "x", "job": "ftjob-a", "base": False, "validation_file": None}}
     ops = Operations(tmp_path, lambda: models if gate.is_set() else {}, lambda f: Path(f), stopping)
     with pytest.raises(APIError):
         ops.create({"kind": "merge", "model": "m"})  # not (yet) a model of a job
     gate.set()
-    stopping.set()  # the runner thread stops: the operation stays queued
-    ops.wake()
     queued = ops.create({"kind": "merge", "model": "m"})
     assert ops.cancel(queued["id"])["status"] == "cancelled"
     other = ops.create({"kind": "merge", "model": "m"})
@@ -170,3 +174,19 @@ def test_token_lengths_count_with_the_models_chat_template_and_flag_long_rows(cl
     assert t["tokens_over_max_length"] == sum(n - 60 for n in expected if n > 60)
     r = client.get(f"/v1/files/{fid}/tokens?model=gpt-9", headers=AUTH)
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_prompts_split_each_row_into_its_conversation_and_reference(client):
+    with open(EXAMPLES / "bad.jsonl", "rb") as f:
+        r = client.post("/v1/files", headers=AUTH, files={"file": ("bad.jsonl", f)}, data={"purpose": "fine-tune"})
+    fid = r.json()["id"]
+    p = client.get(f"/v1/files/{fid}/prompts?limit=2", headers=AUTH).json()
+    lines = [json.loads(x) for x in (EXAMPLES / "bad.jsonl").read_text().splitlines()[7:9]]
+    # bad.jsonl's rows 1-4 and 7 are rejected by the checker, 6 holds an image; 5 (no answer) is a prompt
+    # without a reference
+    assert (p["total"], p["skipped"], p["skipped_media"]) == (4, 5, 1)
+    assert [d["line"] for d in p["data"]] == [5, 8]
+    assert p["data"][0]["reference"] is None
+    assert p["data"][1]["messages"] == lines[0]["messages"][:-1]
+    assert p["data"][1]["reference"] == lines[0]["messages"][-1]["content"]
+    assert client.get(f"/v1/files/{fid}/prompts?offset=3", headers=AUTH).json()["data"][0]["line"] == 10

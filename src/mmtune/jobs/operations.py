@@ -269,6 +269,8 @@ class Operations:
                 "--skip-bad-rows", "--max-new-tokens", str(op["params"]["max_tokens"]), "--temperature", "0"], target
 
     def run(self, op_id: str) -> None:
+        if self.stopping.is_set():
+            return
         folder = self._dir(op_id)
         out = folder / OUTPUT
         if out.exists():  # an earlier, cut-off attempt: start clean

@@ -8,6 +8,8 @@
                                          memory per method, time and cost; nothing is stored or started
     GET  /fine_tuning/jobs/{id}/log?offset=  the training log from a byte offset (negative: from the end)
     GET  /fine_tuning/models             the registry: what each model accepts, memory per method
+    GET  /files/{id}/prompts?offset=&limit=  each row as a prompt (its conversation before the last answer)
+                                         and that answer as the reference: the playground's inputs
     GET  /files/{id}/tokens?model=&max_length=  tokens per row with a model's tokenizer and chat template,
                                          a histogram, and the rows over max_length
     POST /fine_tuning/operations         start a tracked merge / GGUF export / evaluation (operations.py)
@@ -115,6 +117,13 @@ def create_studio_router(service: JobService, prefix: str = "/v1", operations: O
         model = request.query_params.get("model") or None
         max_length = _int_param(request, "max_length", 0, 0, 10**7) or None
         return await call(token_lengths, service, file_id, model, max_length)
+
+    @router.get("/files/{file_id}/prompts")
+    @answer_errors
+    async def file_prompts(file_id: str, request: Request):
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+        limit = _int_param(request, "limit", 50, 1, MAX_PROMPTS)
+        return await call(read_prompts, service, file_id, offset, limit)
 
     @router.post("/fine_tuning/operations")
     @answer_errors
@@ -294,6 +303,37 @@ def token_lengths(service: JobService, file_id: str, model: str | None, max_leng
             "tokens_over_max_length": over_tokens, "over": over,
             "method": "the model's tokenizer over each row rendered with its chat template (a preference pair: "
                       "its longer side)"}
+
+
+MAX_PROMPTS = 200
+
+
+def read_prompts(service: JobService, file_id: str, offset: int, limit: int) -> dict[str, Any]:
+    """Rows `offset`.. of an uploaded file as `{"line", "messages", "reference"}`: the conversation before
+    its last assistant turn (OpenAI messages) and that turn's text, as `mmtune infer` splits them. Rows the
+    checker rejects are counted in `skipped`, never given as prompts; rows with images or videos (local
+    paths a browser cannot send) in `skipped_media` (`mmtune infer` and an eval operation run them)."""
+    from mmtune.data.formats import openai
+    from mmtune.data.reader import ReadOptions, read_samples
+    from mmtune.infer.batch import PROMPT_ONLY_RULES
+
+    service.retrieve_file(file_id)
+    path, name = service.file_content(file_id)
+    data, total, skipped, media = [], 0, 0, 0
+    for r in read_samples(str(path), ReadOptions(check_media=False)):
+        if r.sample is None or any(f.is_error and f.rule not in PROMPT_ONLY_RULES for f in r.findings):
+            skipped += 1
+            continue
+        if r.sample.images or r.sample.videos:
+            media += 1
+            continue
+        if offset <= total < offset + limit:
+            prompt, answer = r.sample.prompt_and_answer()
+            data.append({"line": r.line, "messages": openai.dump(prompt, [])["messages"],
+                         "reference": answer.text if answer is not None else None})
+        total += 1
+    return {"object": "list", "file_id": file_id, "filename": name, "data": data, "total": total,
+            "skipped": skipped, "skipped_media": media, "offset": offset}
 
 
 # ------------------------------------------------------------------ estimate
