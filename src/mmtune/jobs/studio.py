@@ -301,8 +301,8 @@ def token_lengths(service: JobService, file_id: str, model: str | None, max_leng
             "rows": len(counts), "unreadable_rows": unreadable, "tokens": summarize(counts),
             "histogram": histogram(counts, HISTOGRAM_BINS), "rows_over_max_length": over_count,
             "tokens_over_max_length": over_tokens, "over": over,
-            "method": "the model's tokenizer over each row rendered with its chat template (a preference pair: "
-                      "its longer side)"}
+            "method": "the model's tokenizer over each row's text rendered with its chat template (a preference "
+                      "pair: its longer side); the tokens an image or video takes are not included"}
 
 
 MAX_PROMPTS = 200
