@@ -238,7 +238,10 @@ class Operations:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            queued = [o for o in self._all() if o["status"] == "queued"]
+            try:
+                queued = [o for o in self._all() if o["status"] == "queued"]
+            except OSError:  # the data dir is gone (a test's temporary one): nothing more to run
+                return
             if not queued:
                 with self._wake:
                     self._wake.wait(1.0)
