@@ -42,7 +42,13 @@ def prepare(server: Server) -> dict:
         if time.time() > deadline:
             raise SystemExit(f"the job {job['id']} did not finish in time")
         time.sleep(2)
-    return {"bad": bad, "good": good, "job": job["id"], "model": status["fine_tuned_model"]}
+    op = httpx.post(f"{server.url}/v1/fine_tuning/operations", headers=server.auth, timeout=60, json={
+        "kind": "eval", "model": status["fine_tuned_model"], "file_id": good, "max_tokens": 16}).json()
+    while server.api(f"/v1/fine_tuning/operations/{op['id']}")["status"] in ("queued", "running"):
+        if time.time() > deadline:
+            raise SystemExit(f"the evaluation {op['id']} did not finish in time")
+        time.sleep(2)
+    return {"bad": bad, "good": good, "job": job["id"], "model": status["fine_tuned_model"], "op": op["id"]}
 
 
 def shoot(page, out: Path, name: str, settle_ms: int = 1500) -> None:
@@ -80,10 +86,16 @@ def main() -> int:
                         page.wait_for_selector("body[data-signed-in]")
                         screens = [("data", f"#/data/{ids['bad']}?rules=default"), ("new", f"#/new?training_file={ids['good']}"),
                                    ("jobs", "#/jobs"), ("job", f"#/jobs/{ids['job']}"), ("models", "#/models"),
+                                   ("checkpoints", "#/checkpoints"), ("eval", f"#/ops/{ids['op']}"),
                                    ("playground", f"#/playground?models=smollm2-135m-instruct,{ids['model']}")]
                         for name, hash_ in screens:
                             page.goto(f"{server.url}/ui/{hash_}")
                             page.wait_for_selector("body[data-signed-in]")
+                            if name == "data":
+                                page.wait_for_selector("#tokens-button")
+                                page.fill("#tok-max-length", "64")
+                                page.click("#tokens-button")
+                                page.wait_for_selector("#histogram rect.bar", timeout=120_000)
                             if name == "new":
                                 page.wait_for_selector("#estimate-button")
                                 page.fill("#f-max_steps", "4")

@@ -1,7 +1,8 @@
 """Where the job service keeps things: every path is made here from server-made ids.
 
     <data dir>/jobs.db                   the SQLite store
-    <data dir>/files/<file id>.<ext>     uploaded files (ext: jsonl | json | zip) and results (csv | png)
+    <data dir>/files/<file id>.<ext>     uploaded files (ext: jsonl | json | zip of pictures) and results (csv | png)
+    <data dir>/files/<file id>/<name>    an uploaded media zip, unpacked: its data file and media (media_zip.py)
     <data dir>/jobs/<job id>/config.yaml the job's training config (what `mmtune train --config` reads)
     <data dir>/jobs/<job id>/train.log   the training subprocess's output
     <data dir>/jobs/<job id>/output/     the run: adapter, metrics.jsonl, summary.json, checkpoint-*/
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from mmtune.jobs.store import DB_FILE, valid_id
 
-STORED_EXTENSIONS = (".jsonl", ".json", ".csv", ".zip", ".png")  # .zip: pictures; .png: a job's samples
+STORED_EXTENSIONS = (".jsonl", ".json", ".csv", ".zip", ".png")  # .zip: pictures (or a media zip being unpacked)
 
 
 def default_data_dir() -> Path:
@@ -46,6 +47,12 @@ class Layout:
 
     def file_path(self, stored_name: str) -> Path:
         """The stored file `stored_name` (`<file id><ext>`, made by the server; re-checked anyway)."""
+        folder, slash, inner = stored_name.partition("/")
+        if slash:  # <file id>/<data file>: an unpacked media zip's data file, one level down
+            if (not valid_id("file", folder) or not inner or "/" in inner or "\\" in inner or inner.startswith(".")
+                    or not inner.lower().endswith((".jsonl", ".json"))):
+                raise ValueError(f"not a stored file name: {stored_name!r}")
+            return self.files / folder / inner
         stem, dot, ext = stored_name.partition(".")
         if not valid_id("file", stem) or f"{dot}{ext}" not in STORED_EXTENSIONS:
             raise ValueError(f"not a stored file name: {stored_name!r}")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mmtune.errors import UserError
+from mmtune.jobs import media_zip
 from mmtune.jobs.errors import APIError, bad_request, not_found
 from mmtune.jobs.executor import RaySettings, make_executor
 from mmtune.jobs.gpus import GpuPool, detect
@@ -57,7 +58,7 @@ from mmtune.jobs.worker import (
 )
 
 SuccessHook = Callable[[str, Path, dict[str, Any]], None]
-UPLOAD_EXTENSIONS = (".jsonl", ".json", ".zip")  # .zip: pictures with captions (a picture job)
+UPLOAD_EXTENSIONS = (".jsonl", ".json", ".zip")  # .zip: a chat data file and its media, or pictures with captions
 ORGANIZATION = "org-mmtune-local"
 COPY_CHUNK = 1 << 20
 
@@ -251,17 +252,30 @@ class JobService:
                     size = self._store_bytes(source, final)
                 else:
                     os.replace(stored, final)
-                if ext == ".zip":
+                stored_as = final.name
+                if ext == ".zip" and media_zip.holds_chat_data(final):  # a data file with its media: unpacked
+                    stored_as = self._unpack_media_zip(file_id, final)  # and checked (a 400 names the fix)
+                elif ext == ".zip":  # pictures with captions, for a picture job
                     refuse_bad_zip(final, name)
                 try:
-                    row = self.store.add_file(file_id, name, purpose, size, final.name)
+                    row = self.store.add_file(file_id, name, purpose, size, stored_as)
                 except BaseException:
                     final.unlink(missing_ok=True)
+                    media_zip.remove_folder(self.layout.files, file_id)
                     raise
         finally:
             if stored is not None:
                 stored.unlink(missing_ok=True)
         return file_object(row)
+
+    def _unpack_media_zip(self, file_id: str, zip_path: Path) -> str:
+        """Unpack an uploaded media zip into files/<file id>/ (the zip itself is not kept: all of it is
+        unpacked); the stored name of the file is its data file in that folder."""
+        try:
+            info = media_zip.unpack_media_zip(zip_path, self.layout.files / file_id)
+        finally:
+            zip_path.unlink(missing_ok=True)
+        return media_zip.stored_name(file_id, info["data_file"])
 
     def upload_target(self) -> Path:
         """A fresh temporary path in the files folder for an upload being received (see upload_file)."""
@@ -316,6 +330,7 @@ class JobService:
             raise bad_request(f"file {file_id} is used by job {job['id']}, which is {job['status']}: cancel the job "
                               "or wait for it to finish", "file_id", "file_in_use")
         self.layout.file_path(row["stored_name"]).unlink(missing_ok=True)
+        media_zip.remove_folder(self.layout.files, file_id)  # an unpacked media zip's folder
         return {"id": file_id, "object": "file", "deleted": True}
 
     def _file(self, file_id: str) -> dict[str, Any]:
@@ -545,8 +560,8 @@ def upload_name(filename: str | None) -> tuple[str, str]:
     ext = next((e for e in UPLOAD_EXTENSIONS if name.lower().endswith(e)), None)
     if ext is None:
         raise bad_request(f"file {name!r} must be a .jsonl file (one JSON object per line), a .json array, or a "
-                          ".zip of pictures with .txt captions (a picture job)",
-                          "file", "invalid_file_format")
+                          ".zip of one such file with the images it names, or a .zip of pictures with .txt "
+                          "captions (a picture job)", "file", "invalid_file_format")
     return name, ext
 
 

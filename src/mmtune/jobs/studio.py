@@ -8,10 +8,18 @@
                                          memory per method, time and cost; nothing is stored or started
     GET  /fine_tuning/jobs/{id}/log?offset=  the training log from a byte offset (negative: from the end)
     GET  /fine_tuning/models             the registry: what each model accepts, memory per method
+    GET  /files/{id}/prompts?offset=&limit=  each row as a prompt (its conversation before the last answer)
+                                         and that answer as the reference: the playground's inputs
+    GET  /files/{id}/tokens?model=&max_length=  tokens per row with a model's tokenizer and chat template,
+                                         a histogram, and the rows over max_length
+    POST /fine_tuning/operations         start a tracked merge / GGUF export / evaluation (operations.py)
+    GET  /fine_tuning/operations[?job_id=&model=], /{id}, /{id}/log?offset=, /{id}/rows, /{id}/files/{name}
+    POST /fine_tuning/operations/{id}/cancel
 
 It is mounted next to `create_jobs_router` by `mmtune serve`, behind the app's key check; errors
-leave as OpenAI error objects like the jobs router's. Everything here reads: no job, file or
-event is written (a file's check result is cached on its row, as job validation does).
+leave as OpenAI error objects like the jobs router's. Everything here reads (a file's check result is
+cached on its row, as job validation does), except the operations, which write only under
+`<data dir>/operations/`.
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from mmtune.jobs.api import json_body
 from mmtune.jobs.errors import APIError, bad_request
+from mmtune.jobs.operations import Operations, for_service
 from mmtune.jobs.params import ModelRules, is_picture_job, parse_create
 from mmtune.jobs.service import JobService
 from mmtune.jobs.store import ACTIVE, FINAL
@@ -65,9 +74,11 @@ def answer_errors(fn: Endpoint) -> Endpoint:
     return wrapper
 
 
-def create_studio_router(service: JobService, prefix: str = "/v1") -> APIRouter:
+def create_studio_router(service: JobService, prefix: str = "/v1", operations: Operations | None = None) -> APIRouter:
     router = APIRouter(prefix=prefix, tags=["studio"])
     call = run_in_threadpool
+    ops = operations or for_service(service)
+    router.operations = ops  # for tests and the server's shutdown
 
     @router.get("/files/{file_id}/check")
     @answer_errors
@@ -99,6 +110,60 @@ def create_studio_router(service: JobService, prefix: str = "/v1") -> APIRouter:
     @answer_errors
     async def trainable_models(request: Request):
         return await call(registry_models)
+
+    @router.get("/files/{file_id}/tokens")
+    @answer_errors
+    async def file_tokens(file_id: str, request: Request):
+        model = request.query_params.get("model") or None
+        max_length = _int_param(request, "max_length", 0, 0, 10**7) or None
+        return await call(token_lengths, service, file_id, model, max_length)
+
+    @router.get("/files/{file_id}/prompts")
+    @answer_errors
+    async def file_prompts(file_id: str, request: Request):
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+        limit = _int_param(request, "limit", 50, 1, MAX_PROMPTS)
+        return await call(read_prompts, service, file_id, offset, limit)
+
+    @router.post("/fine_tuning/operations")
+    @answer_errors
+    async def create_operation(request: Request):
+        return await call(ops.create, await json_body(request))
+
+    @router.get("/fine_tuning/operations")
+    @answer_errors
+    async def list_operations(request: Request):
+        q = request.query_params
+        return await call(ops.list, q.get("job_id") or None, q.get("model") or None)
+
+    @router.get("/fine_tuning/operations/{op_id}")
+    @answer_errors
+    async def get_operation(op_id: str):
+        return await call(ops.get, op_id)
+
+    @router.post("/fine_tuning/operations/{op_id}/cancel")
+    @answer_errors
+    async def cancel_operation(op_id: str):
+        return await call(ops.cancel, op_id)
+
+    @router.get("/fine_tuning/operations/{op_id}/log")
+    @answer_errors
+    async def operation_log(op_id: str, request: Request):
+        offset = _int_param(request, "offset", 0, -(2**62), 2**62)
+        return await call(lambda: read_log_file(ops.log(op_id), offset))
+
+    @router.get("/fine_tuning/operations/{op_id}/rows")
+    @answer_errors
+    async def operation_rows(op_id: str, request: Request):
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+        limit = _int_param(request, "limit", 50, 1, 200)
+        return await call(ops.rows, op_id, offset, limit)
+
+    @router.get("/fine_tuning/operations/{op_id}/files/{name:path}")
+    @answer_errors
+    async def operation_file(op_id: str, name: str):
+        path = await call(ops.result_file, op_id, name)
+        return FileResponse(path, filename=Path(name).name, media_type="application/octet-stream")
 
     return router
 
@@ -175,6 +240,100 @@ def read_lines(service: JobService, file_id: str, line: int, count: int) -> dict
                 text = raw.decode("utf-8", "replace").rstrip("\r\n")
                 out.append({"line": number, "text": text[:MAX_LINE_CHARS], "cut": len(text) > MAX_LINE_CHARS})
     return {"object": "file.lines", "file_id": file_id, "line": line, "data": out}
+
+
+MAX_OVER_ROWS = 1000  # rows over max_length listed (the count stays exact)
+HISTOGRAM_BINS = 20
+DEFAULT_MAX_LENGTH = 2048  # what a job trains on unless told (params.py)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str):
+    from mmtune.models.loader import load_tokenizer
+
+    return load_tokenizer(source)
+
+
+def token_lengths(service: JobService, file_id: str, model: str | None, max_length: int | None) -> dict[str, Any]:
+    """Tokens per row of an uploaded file with `model`'s tokenizer, rendered through its chat template
+    (data/stats.py's counter, as `mmtune data stats --tokenizer` counts), a histogram, and every row over
+    `max_length` (line and tokens): the rows a job with that max_length would cut."""
+    from mmtune.data.reader import FileReader, ReadOptions
+    from mmtune.data.stats import histogram, summarize, token_counter
+    from mmtune.models.registry import DEFAULT_MODEL, REGISTRY
+
+    service.retrieve_file(file_id)
+    path, name = service.file_content(file_id)
+    model = model or DEFAULT_MODEL
+    tuned = service.fine_tuned_models()
+    if model in REGISTRY:
+        if REGISTRY[model].kind == "image-generation":
+            raise bad_request(f"{model} makes pictures: it has no chat tokenizer to count with", "model")
+        source = model
+    elif model in tuned:
+        source = str(tuned[model])
+    else:
+        raise bad_request(f"model {model[:200]!r} is neither a registry model (GET /v1/fine_tuning/models) nor a "
+                          "fine-tuned model of this server", "model", "model_not_found")
+    max_length = max_length or DEFAULT_MAX_LENGTH
+    try:
+        count = token_counter(_tokenizer(source))
+    except Exception as e:  # noqa: BLE001 - a tokenizer that will not load is the user's to fix
+        raise APIError(422, f"the tokenizer of {model} did not load: {e}", param="model",
+                       code="tokenizer_unavailable") from None
+    counts: list[int] = []
+    over: list[dict[str, int]] = []
+    over_count = over_tokens = unreadable = 0
+    for r in FileReader(str(path), ReadOptions(check_media=False)):
+        if r.index < 0:
+            continue
+        if r.sample is None:
+            unreadable += 1
+            continue
+        n = count(r.sample)
+        counts.append(n)
+        if n > max_length:
+            over_count += 1
+            over_tokens += n - max_length
+            if len(over) < MAX_OVER_ROWS:
+                over.append({"line": r.line, "tokens": n})
+    return {"object": "file.tokens", "file_id": file_id, "filename": name, "model": model, "max_length": max_length,
+            "rows": len(counts), "unreadable_rows": unreadable, "tokens": summarize(counts),
+            "histogram": histogram(counts, HISTOGRAM_BINS), "rows_over_max_length": over_count,
+            "tokens_over_max_length": over_tokens, "over": over,
+            "method": "the model's tokenizer over each row's text rendered with its chat template (a preference "
+                      "pair: its longer side); the tokens an image or video takes are not included"}
+
+
+MAX_PROMPTS = 200
+
+
+def read_prompts(service: JobService, file_id: str, offset: int, limit: int) -> dict[str, Any]:
+    """Rows `offset`.. of an uploaded file as `{"line", "messages", "reference"}`: the conversation before
+    its last assistant turn (OpenAI messages) and that turn's text, as `mmtune infer` splits them. Rows the
+    checker rejects are counted in `skipped`, never given as prompts; rows with images or videos (local
+    paths a browser cannot send) in `skipped_media` (`mmtune infer` and an eval operation run them)."""
+    from mmtune.data.formats import openai
+    from mmtune.data.reader import ReadOptions, read_samples
+    from mmtune.infer.batch import PROMPT_ONLY_RULES
+
+    service.retrieve_file(file_id)
+    path, name = service.file_content(file_id)
+    data, total, skipped, media = [], 0, 0, 0
+    for r in read_samples(str(path), ReadOptions(check_media=False)):
+        if r.sample is None or any(f.is_error and f.rule not in PROMPT_ONLY_RULES for f in r.findings):
+            skipped += 1
+            continue
+        if r.sample.images or r.sample.videos:
+            media += 1
+            continue
+        if offset <= total < offset + limit:
+            prompt, answer = r.sample.prompt_and_answer()
+            data.append({"line": r.line, "messages": openai.dump(prompt, [])["messages"],
+                         "reference": answer.text if answer is not None else None})
+        total += 1
+    return {"object": "list", "file_id": file_id, "filename": name, "data": data, "total": total,
+            "skipped": skipped, "skipped_media": media, "offset": offset}
 
 
 # ------------------------------------------------------------------ estimate
@@ -293,7 +452,11 @@ def read_log(service: JobService, job_id: str, offset: int) -> dict[str, Any]:
     """Up to LOG_CHUNK bytes of the job's training log from `offset` (negative: that many bytes before
     the end). The text ends on a whole UTF-8 character; `next_offset` is where to ask next."""
     service.retrieve_job(job_id)
-    path = service.layout.log(job_id)
+    return read_log_file(service.layout.log(job_id), offset)
+
+
+def read_log_file(path: Path, offset: int) -> dict[str, Any]:
+    """read_log for any log file (an operation's too)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:

@@ -42,6 +42,13 @@ export async function upload(file) {
   return answer(await fetch('/v1/files', { method: 'POST', headers: headers(), body: form }));
 }
 
+// A file the API sends (a result download) as a Blob, fetched with the key.
+export async function fetchBlob(path) {
+  const r = await fetch(path, { headers: headers() });
+  if (!r.ok) return answer(r);
+  return r.blob();
+}
+
 // Whether `key` opens the API (a server without a key takes any): /health lists the models only to a
 // caller with the key, and never answers 401 (so a wrong key is no failed request).
 export async function tryKey(key) {

@@ -8,6 +8,8 @@ import { newJobScreen } from './newjob.js';
 import { jobScreen, jobsScreen } from './jobs.js';
 import { playgroundScreen } from './playground.js';
 import { modelsScreen } from './models.js';
+import { checkpointsScreen } from './checkpoints.js';
+import { opScreen } from './ops.js';
 
 const view = document.getElementById('view');
 let stopCurrent = null;
@@ -23,11 +25,11 @@ async function render() {
   if (stopCurrent) { stopCurrent(); stopCurrent = null; }
   const r = route();
   for (const a of document.querySelectorAll('#nav a')) {
-    a.classList.toggle('active', a.getAttribute('href') === `#/${r.name}`);
+    a.classList.toggle('active', a.getAttribute('href') === `#/${r.name === 'ops' ? 'checkpoints' : r.name}`);
   }
   clear(view);
   const screens = { data: dataScreen, new: newJobScreen, jobs: r.arg ? jobScreen : jobsScreen,
-                    playground: playgroundScreen, models: modelsScreen };
+                    playground: playgroundScreen, models: modelsScreen, checkpoints: checkpointsScreen, ops: opScreen };
   const screen = screens[r.name] || dataScreen;
   view.dataset.screen = r.name;
   try {

@@ -51,3 +51,29 @@ export function drawChart(svg, series, weight) {
 }
 
 function fmt(v) { return Math.abs(v) < 0.01 && v !== 0 ? v.toExponential(1) : v.toFixed(3); }
+
+// A histogram of tokens per row: one <rect class="bar"> per bin (data-lo, data-hi, data-count), bins
+// holding rows over max_length marked "over", and the max_length line when it falls inside the range.
+export function drawHistogram(svg, bins, maxLength) {
+  clear(svg);
+  const w = 640, hgt = 200, pad = { l: 40, r: 12, t: 12, b: 30 };
+  svg.setAttribute('viewBox', `0 0 ${w} ${hgt}`);
+  if (!bins.length) return;
+  const lo = bins[0].lo, hi = bins[bins.length - 1].hi + 1;
+  const top = Math.max(...bins.map((b) => b.count), 1);
+  const x = (v) => pad.l + ((v - lo) / Math.max(hi - lo, 1)) * (w - pad.l - pad.r);
+  const y = (c) => hgt - pad.b - (c / top) * (hgt - pad.t - pad.b);
+  svg.append(s('rect', { class: 'frame', x: pad.l, y: pad.t, width: w - pad.l - pad.r, height: hgt - pad.t - pad.b }));
+  for (const b of bins) {
+    const over = b.hi > maxLength;
+    svg.append(s('rect', { class: `bar${over ? ' over' : ''}`, x: x(b.lo) + 0.5, y: y(b.count), width: Math.max(1, x(b.hi + 1) - x(b.lo) - 1),
+                           height: hgt - pad.b - y(b.count), 'data-lo': b.lo, 'data-hi': b.hi, 'data-count': b.count },
+                  s('title', {}, `${b.lo}–${b.hi} tokens: ${b.count} rows`)));
+  }
+  for (const v of [0, Math.round(top / 2), top]) svg.append(s('text', { class: 'tick', x: pad.l - 4, y: y(v) + 4, 'text-anchor': 'end' }, String(v)));
+  for (const v of [lo, Math.round((lo + hi) / 2), hi - 1]) svg.append(s('text', { class: 'tick', x: x(v), y: hgt - 10, 'text-anchor': 'middle' }, String(v)));
+  if (maxLength >= lo && maxLength < hi) {
+    svg.append(s('line', { class: 'limit', id: 'max-length-line', x1: x(maxLength + 1), x2: x(maxLength + 1), y1: pad.t, y2: hgt - pad.b }),
+               s('text', { class: 'tick limit-label', x: x(maxLength + 1) + 3, y: pad.t + 10 }, `max_length ${maxLength}`));
+  }
+}

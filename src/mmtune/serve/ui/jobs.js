@@ -4,6 +4,7 @@ import { get, post } from './api.js';
 import { drawChart } from './chart.js';
 import { clear, copyButton, fmtDuration, fmtTime, h, s } from './dom.js';
 import { t } from './i18n.js';
+import { opActions, opsTable } from './ops.js';
 
 const ACTIVE = ['validating_files', 'queued', 'running'];
 const POLL_MS = 1000;
@@ -52,6 +53,7 @@ export async function jobScreen(view, jobId) {
   const logPre = h('pre', { id: 'log', class: 'log' });
   const ckpts = h('tbody', { id: 'checkpoints' });
   const error = h('p', { id: 'job-error', class: 'error' });
+  const [opsEl, opsRefresh, opsStop] = opsTable(`job_id=${id}`);
   view.append(
     h('p', {}, h('a', { href: '#/jobs', text: `← ${t('jobs.title')}` })), head, resumed, error, progress, facts,
     h('section', {}, h('h2', { text: t('job.chart') }),
@@ -59,11 +61,12 @@ export async function jobScreen(view, jobId) {
         h('span', { class: 'key lr', text: t('job.lr') }), h('label', {}, t('job.smoothing'), ' ', weight)), svg),
     h('section', {}, h('h2', { text: t('job.checkpoints') }), h('table', { class: 'checkpoints' },
       h('thead', {}, h('tr', {}, ['step', 'train_loss', 'valid_loss', 'model', ''].map((c) => h('th', { text: c })))), ckpts)),
+    h('section', {}, h('h2', { text: t('ops.title') }), opsEl),
     h('div', { class: 'split' },
       h('section', {}, h('h2', { text: t('job.events') }), eventsList),
       h('section', {}, h('h2', { text: t('job.log') }), logPre)));
 
-  let events = [], logOffset = -16384, logText = '', lastJob = null;
+  let events = [], logOffset = -16384, logText = '', lastJob = null, shownCkpts = '';
   const redraw = () => {
     const series = { train: [], valid: [], lr: [] };
     const seen = { train: new Set(), valid: new Set(), lr: new Set() };
@@ -85,7 +88,7 @@ export async function jobScreen(view, jobId) {
       get(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`),
       get(`/v1/fine_tuning/jobs/${id}/log?offset=${logOffset}`)]);
     events = ev.data.slice().reverse(); // oldest first
-    renderHead(head, job);
+    if (!lastJob || lastJob.status !== job.status || lastJob.fine_tuned_model !== job.fine_tuned_model) renderHead(head, job, opsRefresh);
     error.textContent = job.error ? job.error.message : '';
     const step = job.mmtune.step || 0, total = job.mmtune.total_steps;
     progress.max = total || 1; progress.value = job.status === 'succeeded' ? progress.max : step;
@@ -109,14 +112,19 @@ export async function jobScreen(view, jobId) {
     for (const e of events.slice().reverse().slice(0, 200)) {
       eventsList.append(h('li', { class: `event ${e.level} ${e.type}` }, h('time', { text: fmtTime(e.created_at) }), ' ', e.message));
     }
-    clear(ckpts);
-    for (const c of ck.data.slice().sort((a, b) => a.step_number - b.step_number)) {
-      const name = c.fine_tuned_model_checkpoint;
-      ckpts.append(h('tr', { class: 'checkpoint', 'data-step': c.step_number },
-        h('td', { text: c.step_number }), h('td', { text: num(c.metrics.train_loss) }), h('td', { text: num(c.metrics.valid_loss) }),
-        h('td', { class: 'mono', text: name }),
-        h('td', {}, copyButton(() => name, t('copy')),
-          h('a', { class: 'button', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') }))));
+    const ckKey = ck.data.map((c) => `${c.step_number}:${c.metrics.valid_loss}`).join(',');
+    if (ckKey !== shownCkpts) { // rebuilt only when they change (the operation buttons keep their choices)
+      shownCkpts = ckKey;
+      clear(ckpts);
+      for (const c of ck.data.slice().sort((a, b) => a.step_number - b.step_number)) {
+        const name = c.fine_tuned_model_checkpoint;
+        ckpts.append(h('tr', { class: 'checkpoint', 'data-step': c.step_number },
+          h('td', { text: c.step_number }), h('td', { text: num(c.metrics.train_loss) }), h('td', { text: num(c.metrics.valid_loss) }),
+          h('td', { class: 'mono', text: name }),
+          h('td', {}, copyButton(() => name, t('copy')),
+            h('a', { class: 'button', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') }),
+            opActions(name, { onStarted: opsRefresh }))));
+      }
     }
     if (log.text) {
       logText = (logText + log.text).split('\n').slice(-300).join('\n');
@@ -134,10 +142,10 @@ export async function jobScreen(view, jobId) {
     if (!ACTIVE.includes(job.status) && stop) { stop(); stop = null; }
   };
   stop = every(POLL_MS, loop);
-  return () => { if (stop) stop(); return lastJob; };
+  return () => { if (stop) stop(); opsStop(); return lastJob; };
 }
 
-function renderHead(head, job) {
+function renderHead(head, job, onStarted) {
   clear(head);
   const cancel = h('button', { type: 'button', id: 'cancel', class: 'danger', text: t('job.cancel'), hidden: !ACTIVE.includes(job.status) });
   cancel.addEventListener('click', async () => { cancel.disabled = true; await post(`/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/cancel`); });
@@ -147,7 +155,8 @@ function renderHead(head, job) {
   if (job.fine_tuned_model) {
     head.append(h('p', { class: 'model-id' }, h('code', { id: 'ft-model', text: job.fine_tuned_model }), ' ',
       copyButton(() => job.fine_tuned_model, t('copy')),
-      h('a', { class: 'button', id: 'chat-ft', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(job.fine_tuned_model)}`, text: t('job.chat') })));
+      h('a', { class: 'button', id: 'chat-ft', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(job.fine_tuned_model)}`, text: t('job.chat') }),
+      opActions(job.fine_tuned_model, { onStarted })));
   }
 }
 

@@ -1,14 +1,16 @@
 // Playground: 2-4 columns stream the same prompt with the same parameters at once (one
 // /v1/chat/completions stream each); tokens and latency per column; an image dropped here is scaled
-// down in the browser and sent as a data: URL.
-import { get, stream } from './api.js';
+// down in the browser and sent as a data: URL. A row of an uploaded file (a validation file) can be the
+// input, its reference answer shown beside the columns; "evaluate" runs the columns' models over the file.
+import { get, post, stream } from './api.js';
 import { clear, h } from './dom.js';
 import { t } from './i18n.js';
 
 const MAX_SIDE = 768;
 
 export async function playgroundScreen(view, _arg, params) {
-  const served = (await get('/v1/models')).data.map((m) => m.id);
+  const [models, files] = await Promise.all([get('/v1/models'), get('/v1/files?purpose=fine-tune')]);
+  const served = models.data.map((m) => m.id);
   const wanted = (params.get('models') || '').split(',').filter(Boolean);
   let names = wanted.length ? wanted : served.slice(0, 2);
   while (names.length < 2) names.push(served[0]);
@@ -40,6 +42,54 @@ export async function playgroundScreen(view, _arg, params) {
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
   drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); takeImage(e.dataTransfer.files[0]); });
 
+  // prompts from a file: its rows as conversations, each with the reference answer
+  const chosen = { context: [], reference: null };
+  const fileSel = h('select', { id: 'prompt-file' }, h('option', { value: '', text: t('pg.nofile') }),
+    files.data.map((f) => h('option', { value: f.id, selected: f.id === params.get('file'), text: `${f.filename} (${f.id})` })));
+  const rowSel = h('select', { id: 'prompt-row', disabled: true });
+  const reference = h('div', { id: 'reference', class: 'reference', hidden: true });
+  const fileNote = h('span', { class: 'hint', id: 'prompt-note' });
+  const evalStatus = h('p', { class: 'status', id: 'eval-status', role: 'status' });
+  let rows = [];
+  const textOf = (m) => (typeof m.content === 'string' ? m.content : (m.content || []).filter((p) => p.type === 'text').map((p) => p.text).join('\n'));
+  const pickRow = () => {
+    const r = rows[Number(rowSel.value)];
+    if (!r) { chosen.context = []; chosen.reference = null; reference.hidden = true; return; }
+    const msgs = r.messages.slice();
+    const sys = msgs.length && msgs[0].role === 'system' ? msgs.shift() : null;
+    const last = msgs.length && msgs[msgs.length - 1].role === 'user' ? msgs.pop() : null;
+    system.value = sys ? textOf(sys) : '';
+    prompt.value = last ? textOf(last) : '';
+    chosen.context = msgs; chosen.reference = r.reference;
+    clear(reference).append(h('strong', { text: t('pg.reference') }), ' ', h('span', { id: 'reference-text', text: r.reference ?? t('pg.noreference') }));
+    reference.hidden = false;
+  };
+  const loadFile = async () => {
+    clear(rowSel); rows = []; rowSel.disabled = true; fileNote.textContent = '';
+    if (!fileSel.value) { pickRow(); return; }
+    const r = await get(`/v1/files/${encodeURIComponent(fileSel.value)}/prompts?limit=200`);
+    rows = r.data;
+    rows.forEach((row, i) => {
+      const user = [...row.messages].reverse().find((m) => m.role === 'user');
+      rowSel.append(h('option', { value: i, text: `${row.line}: ${(user ? textOf(user) : '').slice(0, 80)}` }));
+    });
+    rowSel.disabled = !rows.length;
+    fileNote.textContent = t('pg.rows', { n: r.total, skipped: r.skipped + r.skipped_media });
+    pickRow();
+  };
+  fileSel.addEventListener('change', loadFile);
+  rowSel.addEventListener('change', pickRow);
+  const evaluate = async () => {
+    if (!fileSel.value) { evalStatus.textContent = t('pg.choosefile'); return; }
+    clear(evalStatus);
+    for (const name of [...new Set(cols.map((c) => c.select.value))]) {
+      try {
+        const op = await post('/v1/fine_tuning/operations', { kind: 'eval', model: name, file_id: fileSel.value });
+        evalStatus.append(h('a', { href: `#/ops/${op.id}`, class: 'eval-op', 'data-model': name, text: `${name}: ${op.id}` }), ' ');
+      } catch (e) { evalStatus.append(h('span', { class: 'error', text: `${name}: ${e.message}` }), ' '); }
+    }
+  };
+
   const cols = [];
   const addColumn = (name) => {
     if (cols.length >= 4) return;
@@ -59,7 +109,7 @@ export async function playgroundScreen(view, _arg, params) {
     controllers = [];
     const content = image.url
       ? [{ type: 'text', text: prompt.value }, { type: 'image_url', image_url: { url: image.url } }] : prompt.value;
-    const messages = [...(system.value.trim() ? [{ role: 'system', content: system.value }] : []), { role: 'user', content }];
+    const messages = [...(system.value.trim() ? [{ role: 'system', content: system.value }] : []), ...chosen.context, { role: 'user', content }];
     const base = { messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value) };
     if (seed.value !== '') base.seed = Number(seed.value);
     if (stop.value) base.stop = [stop.value.replace(/\\n/g, '\n')];
@@ -91,9 +141,13 @@ export async function playgroundScreen(view, _arg, params) {
       h('label', { class: 'field wide' }, h('span', { text: t('pg.promptlabel') }), prompt),
       h('label', { class: 'field' }, h('span', { text: 'temperature' }), temperature), h('label', { class: 'field' }, h('span', { text: 'max_tokens' }), maxTokens),
       h('label', { class: 'field' }, h('span', { text: 'seed' }), seed), h('label', { class: 'field' }, h('span', { text: 'stop' }), stop)),
+    h('div', { class: 'row' }, h('label', {}, t('pg.fromfile'), ' ', fileSel), rowSel, fileNote,
+      h('button', { type: 'button', id: 'eval-button', onclick: evaluate, text: t('pg.evaluate') })),
+    evalStatus, reference,
     h('div', { class: 'row' }, drop, fileInput, clearImage, preview),
     h('div', { class: 'row' }, h('button', { type: 'button', id: 'send', class: 'primary', onclick: run, text: t('pg.send') }),
       h('button', { type: 'button', id: 'add-column', onclick: () => addColumn(served[0]), text: t('pg.add') })),
     columns);
+  if (fileSel.value) await loadFile();
   return () => controllers.forEach((c) => c.abort());
 }
