@@ -41,8 +41,7 @@ def is_media_zip_name(name: str | None) -> bool:
 def holds_chat_data(path: Path) -> bool:
     """Whether an uploaded zip is a data file with its media (this module) rather than pictures with captions
     for a picture job (jobs/pictures.py): one .jsonl/.json at its top whose first row is not a caption row
-    (`{"image": ..., "caption": ...}`, the picture format). An unreadable zip is left to the picture checks,
-    which name the problem."""
+    (`{"image": ..., "caption": ...}`, the picture format), or no data file and no .txt caption either."""
     import json
 
     try:
@@ -52,12 +51,14 @@ def holds_chat_data(path: Path) -> bool:
             strip = f"{next(iter(tops))}/" if len(tops) == 1 and all("/" in i.filename for i in infos) else ""
             data = [i for i in infos if "/" not in i.filename[len(strip):]
                     and i.filename.lower().endswith(DATA_SUFFIXES)]
-            if len(data) != 1:
-                return len(data) > 1  # several data files: refused as a media zip, naming why
+            if not data:  # pictures have .txt captions; neither: refused as a media zip, naming both shapes
+                return not any(i.filename.lower().endswith(".txt") for i in infos)
+            if len(data) > 1:
+                return True  # refused as a media zip, naming why
             with zf.open(data[0]) as f:
                 head = f.read(1 << 16).decode("utf-8", errors="replace").lstrip().lstrip("[").lstrip()
     except (zipfile.BadZipFile, OSError, ValueError):
-        return False
+        return True  # unreadable: refused here, naming why
     line = head.splitlines()[0] if head else ""
     try:
         first = json.loads(line.rstrip(","))
@@ -137,7 +138,8 @@ def check_directory(path: Path) -> tuple[list[zipfile.ZipInfo], str, int]:
             and i.filename.lower().endswith(DATA_SUFFIXES)]
     if not data:
         raise _refuse("the zip holds no .jsonl or .json data file at its top: put the data file at the top of the "
-                      "zip, beside the folders of images its rows name", "zip_without_data")
+                      "zip, beside the folders of images its rows name (a zip of pictures for a picture job holds a "
+                      ".txt caption beside each picture)", "zip_without_data")
     if len(data) > 1:
         raise _refuse(f"the zip holds {len(data)} data files at its top ({', '.join(sorted(data)[:5])}): a training "
                       "file is one data file; zip one data file (with its images) per upload", "zip_without_data")
