@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmtune.jobs.errors import APIError, bad_request
+from mmtune.jobs.pictures import unsafe_name  # (one set of zip-slip rules for every zip upload)
 
 MAX_ENTRIES = 50_000
 MAX_UNPACKED_BYTES = 16 << 30
@@ -32,10 +33,6 @@ DATA_SUFFIXES = (".jsonl", ".json")
 MEDIA_ERRORS = ("media-missing", "media-outside-root", "media-undecodable")
 SHOWN = 10
 CHUNK = 1 << 20
-
-
-def is_media_zip_name(name: str | None) -> bool:
-    return bool(name) and name.lower().endswith(".zip")
 
 
 def holds_chat_data(path: Path) -> bool:
@@ -76,19 +73,6 @@ def _junk(name: str) -> bool:
     return parts[0] == "__MACOSX" or parts[-1] == ".DS_Store"
 
 
-def unsafe_name(name: str) -> str | None:
-    """Why an entry name could land outside the folder it is unpacked into, or None."""
-    if "\\" in name:
-        return "holds a backslash"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "is an absolute path"
-    if any(part == ".." for part in name.split("/")):
-        return "climbs out of the folder with '..'"
-    if any(ord(c) < 32 for c in name):
-        return "holds a control character"
-    return None
-
-
 def _entries(zf: zipfile.ZipFile) -> tuple[list[zipfile.ZipInfo], int]:
     """The user's entries (files, not folders or macOS junk) and how many junk ones were left out."""
     infos, junk = [], 0
@@ -112,7 +96,7 @@ def check_directory(path: Path) -> tuple[list[zipfile.ZipInfo], str, int]:
     for info in infos:
         why = unsafe_name(info.filename)
         if why:
-            raise _refuse(f"zip entry {info.filename[:200]!r} {why}, so it could be written outside the folder it "
+            raise _refuse(f"zip entry {info.filename[:200]!r}: {why}, so it could be written outside the folder it "
                           "is unpacked into: zip the files with relative paths (`zip -r data.zip data.jsonl images/`)",
                           "unsafe_zip_entry")
         if stat.S_ISLNK(info.external_attr >> 16):
