@@ -56,6 +56,35 @@ def test_greedy_and_seeded_answers_equal_one_at_a_time(engine):
     assert engine._batcher.running == 0
 
 
+@pytest.mark.parametrize("budget", [512, 16])
+def test_prompts_prefilled_together_or_in_chunks_answer_as_alone(engine, monkeypatch, budget):
+    """Prompts that arrive together are prefilled in one left-padded forward; a prompt longer than the
+    prefill budget in chunks between decode steps; every greedy answer is still the one-at-a-time one."""
+    from mmtune.infer import scheduler
+
+    jobs = [dict(messages=ask(q), temperature=0, max_new_tokens=12) for q in QUESTIONS * 2]
+    alone = [engine.complete(**j).text for j in jobs]
+    monkeypatch.setattr(scheduler, "PREFILL_TOKENS", budget)
+    shapes: list[tuple[int, int, int]] = []  # (rows, tokens, first position) of each multi-token forward
+
+    def hook(module, args, kwargs):
+        ids, positions = kwargs["input_ids"], kwargs.get("position_ids")
+        if ids.shape[-1] > 1:
+            shapes.append((ids.shape[0], ids.shape[-1], int(positions[0, 0]) if positions is not None else 0))
+
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        together = [c.text for c in concurrently(engine, jobs, stagger=0)]
+    finally:
+        handle.remove()
+    assert together == alone
+    if budget == 512:
+        assert max(rows for rows, _, _ in shapes) >= 3, shapes  # several prompts in one prefill
+    else:
+        assert all(rows == 1 and tokens <= 16 for rows, tokens, _ in shapes), shapes
+        assert any(start > 0 for _, _, start in shapes), shapes  # a prompt continued in a later chunk
+
+
 def test_closed_streams_leave_the_batch_and_the_others_finish(engine):
     full = engine.complete(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40).text
     streams = [engine.stream(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40) for _ in range(6)]
