@@ -1,7 +1,8 @@
 """Continuous batching: one thread decodes every running text answer of an Engine in one batch.
 
-A new answer is prefilled on its own (its prompt's KV cache), then joins the running batch at the
-next decode step: the caches are left-padded to one length and stacked, and the attention mask
+New answers are prefilled (their prompts' KV caches: those that arrived together in one left-padded
+forward, a long prompt in chunks between decode steps), then join the running batch at the next
+decode step: the caches are left-padded to one length and stacked, and the attention mask
 and per-row positions keep every row exactly what it would be alone (up to float rounding). A
 finished or cancelled row leaves the batch at once (its cache rows are dropped, and columns no
 row needs any more are trimmed). Each row keeps its own options: sampling processors, random
