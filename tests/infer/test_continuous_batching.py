@@ -56,6 +56,35 @@ def test_greedy_and_seeded_answers_equal_one_at_a_time(engine):
     assert engine._batcher.running == 0
 
 
+@pytest.mark.parametrize("budget", [512, 16])
+def test_prompts_prefilled_together_or_in_chunks_answer_as_alone(engine, monkeypatch, budget):
+    """Prompts that arrive together are prefilled in one left-padded forward; a prompt longer than the
+    prefill budget in chunks between decode steps; every greedy answer is still the one-at-a-time one."""
+    from mmtune.infer import scheduler
+
+    jobs = [dict(messages=ask(q), temperature=0, max_new_tokens=12) for q in QUESTIONS * 2]
+    alone = [engine.complete(**j).text for j in jobs]
+    monkeypatch.setattr(scheduler, "PREFILL_TOKENS", budget)
+    shapes: list[tuple[int, int, int]] = []  # (rows, tokens, first position) of each multi-token forward
+
+    def hook(module, args, kwargs):
+        ids, positions = kwargs["input_ids"], kwargs.get("position_ids")
+        if ids.shape[-1] > 1:
+            shapes.append((ids.shape[0], ids.shape[-1], int(positions[0, 0]) if positions is not None else 0))
+
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        together = [c.text for c in concurrently(engine, jobs, stagger=0)]
+    finally:
+        handle.remove()
+    assert together == alone
+    if budget == 512:
+        assert max(rows for rows, _, _ in shapes) >= 3, shapes  # several prompts in one prefill
+    else:
+        assert all(rows == 1 and tokens <= 16 for rows, tokens, _ in shapes), shapes
+        assert any(start > 0 for _, _, start in shapes), shapes  # a prompt continued in a later chunk
+
+
 def test_closed_streams_leave_the_batch_and_the_others_finish(engine):
     full = engine.complete(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40).text
     streams = [engine.stream(ask(QUESTIONS[4]), temperature=0, max_new_tokens=40) for _ in range(6)]
@@ -128,13 +157,49 @@ def test_twenty_streams_with_clients_leaving_free_every_slot(engine):
 
     engine._batcher.peak = 0
     with serving(create_app(ModelPool([engine]), max_concurrency=20)) as url:
+        asyncio.run(main(url))  # once first: what a first run creates for good (thread pools, caches) is made
+        deadline = time.time() + 20
+        while time.time() < deadline and engine._batcher.running:
+            time.sleep(0.1)
+        before = live_tensor_bytes()
         chunks = asyncio.run(main(url))
         assert engine._batcher.peak >= 8
         deadline = time.time() + 20
         while time.time() < deadline and (httpx.get(f"{url}/health").json()["running"] or engine._batcher.running):
             time.sleep(0.1)
         assert httpx.get(f"{url}/health").json()["running"] == 0 and engine._batcher.running == 0
+        after = live_tensor_bytes()
     assert all(c > 3 for i, c in enumerate(chunks) if i % 3)
+    # memory returns to where it was: no KV cache, logits or history of the 20 answers is still held
+    # (the tolerance is less than one answer's prompt cache)
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.tensor([engine.prompt_ids(ask(QUESTIONS[4]))])
+        cache = engine.model(input_ids=ids, use_cache=True).past_key_values
+    one = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    del cache
+    assert after - before < one, (before, after, one)
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor still referenced from Python (after a full collection)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and not isinstance(obj, torch.nn.Parameter):
+                storage = obj.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+        except Exception:  # noqa: S112  (objects that cannot be inspected are not tensors we hold)
+            continue
+    return total
 
 
 def test_two_adapters_and_the_base_decode_in_one_batch_each_with_its_own_weights():

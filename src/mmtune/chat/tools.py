@@ -18,7 +18,13 @@ Formats (`ModelSpec.tool_format`, resolved by `resolve_format`):
 - "auto" (the default): "template" where the probe shows the template renders definitions,
   calls and results, else "hermes".
 
-`parse` is the inverse of the fallback's assistant text: generated text -> content + calls.
+`parse` reads generated text back into content + calls, in the call syntax the model writes
+(`call_syntax`, found by rendering a probe call through the template, never by the model's name):
+- "hermes": `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (the fallback, Qwen);
+- "json": Llama 3.1/3.2's JSON object `{"name": ..., "parameters": {...}}` as the whole answer, after
+  `<|python_tag|>` or bare (several separated by `;`);
+- "mistral": `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (the control token is usually
+  dropped when the answer is decoded, so a bare list opening the answer reads the same).
 docs/tools.md describes the formats for users. Imports nothing heavy.
 """
 
@@ -34,7 +40,10 @@ from mmtune.data.schema import ToolCall
 from mmtune.errors import UserError
 from mmtune.models.registry import TOOL_FORMATS
 
-__all__ = ["TOOL_FORMATS", "Reply", "TemplateSupport", "parse", "resolve_format", "template_support"]
+__all__ = ["CALL_SYNTAXES", "TOOL_FORMATS", "Reply", "TemplateSupport", "call_syntax", "parse", "resolve_format",
+           "template_support"]
+
+CALL_SYNTAXES = ("hermes", "json", "mistral")  # how an answer writes its calls (see `parse`)
 
 HERMES_INSTRUCTION = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -44,6 +53,8 @@ HERMES_INSTRUCTION = (
     '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
 )
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.1: opens a call (a control token: decoding usually drops it)
+MISTRAL_CALLS = "[TOOL_CALLS]"  # Mistral: opens the list of calls (a control token too)
 RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.S)
 
@@ -88,11 +99,18 @@ class Reply:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-def parse(text: str) -> Reply:
-    """The inverse of `assistant_text`: each well-formed `<tool_call>{json}</tool_call>` block
-    becomes a ToolCall (arguments as a JSON object string; ids are not part of the format, so
-    None) and is removed from the content together with the newline before it. A block that is
-    not a JSON object with a string `name` (or an unclosed one) stays in the content as text."""
+def parse(text: str, syntax: str = "hermes") -> Reply:
+    """Generated text as content + calls, in `syntax` (CALL_SYNTAXES). Arguments become a JSON object
+    string; ids are not part of the formats, so None. Text that does not parse as calls stays content:
+    - "hermes": each well-formed `<tool_call>{json}</tool_call>` block becomes a call and is removed
+      from the content with the newline before it; a block that is not a JSON object with a string
+      `name` (or an unclosed one) stays in the content;
+    - "json" / "mistral": the calls are the whole answer (content before `[TOOL_CALLS]` is kept as
+      content); if any of them does not parse, the whole answer is content."""
+    if syntax == "json":
+        return _parse_leading(text, PYTHON_TAG, "{")
+    if syntax == "mistral":
+        return _parse_leading(text, MISTRAL_CALLS, "[")
     calls: list[ToolCall] = []
     kept: list[str] = []
     pos = 0
@@ -108,11 +126,40 @@ def parse(text: str) -> Reply:
     return Reply("".join(kept), calls)
 
 
+def _parse_leading(text: str, tag: str, bracket: str) -> Reply:
+    """Calls written as JSON after `tag` (or, the tag dropped by decoding, at the answer's start when it
+    opens with `bracket`): one JSON value after another, separated by whitespace or `;`, each an object
+    or a list of objects with a string `name`, to the end of the text."""
+    at = text.find(tag)
+    content, body = (text[:at].rstrip(), text[at + len(tag):]) if at >= 0 else ("", text)
+    body = body.strip()
+    if not body.startswith(("{", "[")) or (at < 0 and not body.startswith(bracket)):
+        return Reply(text)
+    decoder, calls, pos = json.JSONDecoder(), [], 0
+    while pos < len(body):
+        try:
+            value, pos = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError:
+            return Reply(text)
+        for obj in value if isinstance(value, list) else [value]:
+            call = _call_from_obj(obj)
+            if call is None:
+                return Reply(text)
+            calls.append(call)
+        while pos < len(body) and body[pos] in " \t\r\n;":
+            pos += 1
+    return Reply(content, calls) if calls else Reply(text)
+
+
 def _call_from_json(body: str) -> ToolCall | None:
     try:
         obj = json.loads(body)
     except json.JSONDecodeError:
         return None
+    return _call_from_obj(obj)
+
+
+def _call_from_obj(obj: Any) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
@@ -216,6 +263,30 @@ def resolve_format(tokenizer, declared: str = "auto") -> str:
             f"tool_format 'template' was asked for, but this chat template drops "
             f"{' and '.join(support.dropped())}; use tool_format 'auto' or 'hermes' (docs/tools.md)"
         )
+    return "hermes"
+
+
+def call_syntax(tokenizer, declared: str = "auto") -> str:
+    """How answers write tool calls for this template (CALL_SYNTAXES): "hermes" where the fallback is
+    used, else as the template itself writes a probe call ("hermes" when it is none of the known ones)."""
+    if resolve_format(tokenizer, declared) == "hermes":
+        return "hermes"
+    template = getattr(tokenizer, "chat_template", None)
+    key = json.dumps(template, sort_keys=True) if isinstance(template, dict) else str(template)
+    return _syntax_cached(key, tokenizer)
+
+
+@lru_cache(maxsize=64)
+def _syntax_cached(template: str, tokenizer) -> str:
+    call = {"id": "call00001", "type": "function", "function": {"name": _P_CALL, "arguments": {"q": _P_ARG}}}
+    text = _probe(tokenizer, [{"role": "user", "content": "mmtune probe question"},
+                              {"role": "assistant", "content": "", "tool_calls": [call]}])
+    if CALL_OPEN in text:
+        return "hermes"
+    if MISTRAL_CALLS in text:
+        return "mistral"
+    if re.search(r'\{\s*"name"\s*:\s*"' + _P_CALL + r'"\s*,\s*"parameters"', text):
+        return "json"
     return "hermes"
 
 

@@ -274,6 +274,13 @@ class Engine:
             self.model.base_model.enable_adapter_layers()
             self.model.set_adapter(key)
 
+    def _call_syntax(self, key: Any) -> str:
+        """How answers of adapter `key` write tool calls (chat/tools.py call_syntax, from its template)."""
+        from mmtune.chat.tools import call_syntax
+
+        owner = self._processors[key] if self._processors[key] is not None else self._tokenizers[key]
+        return call_syntax(owner, self._tool_format)
+
     def tokenizer(self, model: str | None = None):
         """The tokenizer (with chat template) used for `model` (an adapter may carry its own)."""
         return self._tokenizers[self._key(model)]
@@ -451,7 +458,8 @@ class Engine:
 
         opts = self.options(**gen)
         prompt = self.prepare(messages, model=model, tools=tools, media=media)
-        policy = tool_policy(tools or prompt.tools, tool_choice, parallel_tool_calls)
+        tools = tools or list(prompt.tools)
+        policy = tool_policy(tools, tool_choice, parallel_tool_calls, self._call_syntax(prompt.key) if tools else "hermes")
         return Generation(self, prompt.key, [prompt.ids], opts, prompt.prefill, score_prompt=score_prompt,
                           tools=policy)
 
@@ -470,7 +478,8 @@ class Engine:
             pass
         out = []
         for sample, done in zip(samples, batch.completions):  # a row with tools: its calls parsed out
-            content, calls = tool_policy(sample.tools).split(done.text)
+            content, calls = tool_policy(sample.tools, syntax=self._call_syntax(key) if sample.tools else "hermes"
+                                         ).split(done.text)
             out.append(replace(done, text=content, tool_calls=tuple(calls), finish_reason="tool_calls")
                        if calls else done)
         return out

@@ -1,7 +1,8 @@
 """Continuous batching: one thread decodes every running text answer of an Engine in one batch.
 
-A new answer is prefilled on its own (its prompt's KV cache), then joins the running batch at the
-next decode step: the caches are left-padded to one length and stacked, and the attention mask
+New answers are prefilled (their prompts' KV caches: those that arrived together in one left-padded
+forward, a long prompt in chunks between decode steps), then join the running batch at the next
+decode step: the caches are left-padded to one length and stacked, and the attention mask
 and per-row positions keep every row exactly what it would be alone (up to float rounding). A
 finished or cancelled row leaves the batch at once (its cache rows are dropped, and columns no
 row needs any more are trimmed). Each row keeps its own options: sampling processors, random
@@ -27,6 +28,10 @@ from mmtune.infer.options import GenOptions
 END = object()  # what `Slot.out` holds after the answer's last piece
 
 
+PREFILL_TOKENS = 512  # prompt tokens (padding included) one prefill forward takes: a longer prompt is prefilled in
+# chunks this size, between decode steps of the running rows, so a joining prompt never stalls them for long
+
+
 @dataclass(eq=False)
 class Slot:
     """One answer in (or waiting for) the batch; its text pieces arrive on `out`."""
@@ -37,15 +42,25 @@ class Slot:
     tracker: TextTracker
     cancel: threading.Event
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    history: Any = None  # prompt + generated ids ([1, n] tensor), for the repetition penalty
+    history: list[int] = field(default_factory=list)  # prompt + generated ids, for the repetition penalty
     procs: Any = None
     generator: Any = None
     last: int = 0  # the newest token, fed at the next step
     position: int = 0  # its position
+    cache: Any = None  # a long prompt's cache while it is prefilled in chunks
+    prefilled: int = 0  # how many of its prompt tokens are in `cache`
+
+    @property
+    def ended(self) -> bool:
+        return self.tracker.done or self.cancel.is_set()
 
 
 class Batcher:
-    """Runs the decode loop of `engine` in a thread of its own while there is work."""
+    """Runs the decode loop of `engine` in a thread of its own while there is work.
+
+    Each turn of the loop: the answers that arrived join the prefill queue; one prefill forward runs
+    (the queue's first prompts together, left-padded, up to PREFILL_TOKENS, or the next chunk of a
+    longer one); the rows it completes join the batch; then one decode step for every row."""
 
     def __init__(self, engine):
         self._engine = engine
@@ -86,42 +101,49 @@ class Batcher:
     def _run(self) -> None:
         import torch
 
-        engine, key, rows, state = self._engine, None, [], None
+        engine, key, rows, queued, state = self._engine, None, [], [], None
         while True:
-            new_key, joining = self._take(key, bool(rows))
-            if not rows and not joining:
+            new_key, joining = self._take(key, bool(rows or queued))
+            if not rows and not queued and not joining:
                 return
-            if not rows:
+            if not rows and not queued:
                 key = new_key
                 engine._gate.acquire(key)
+            queued += joining
             try:
                 with torch.inference_mode():
-                    for slot in joining:
-                        if slot.cancel.is_set():
-                            slot.out.put(END)
-                            continue
-                        cache = self._prefill(slot)
-                        if slot.tracker.done or slot.cancel.is_set():  # (its client may leave during the prefill)
-                            slot.out.put(END)
-                            continue
-                        state = _join(state, cache, len(slot.ids))
-                        rows.append(slot)
+                    queued = self._drop_queued(queued)
+                    if queued:
+                        ready, queued = self._prefill(queued)
+                        ready = self._drop_queued(ready)  # (a client may leave during its prefill)
+                        if ready:
+                            state = _stack([state, *(self._own_state(s) for s in ready)])
+                            rows += ready
                     rows, state = self._drop_ended(rows, state)  # cancelled while others were prefilled
                     if rows:
                         self.running, self.peak = len(rows), max(self.peak, len(rows))
                         state = self._step(rows, state)
                     rows, state = self._drop_ended(rows, state)
             except BaseException as e:  # a failure ends every answer in the batch with it, not the thread silently
-                for slot in rows + joining:
+                for slot in rows + queued:
                     slot.out.put(e)
-                rows, state = [], None
+                rows, queued, state = [], [], None
             self.running = len(rows)
-            if not rows:
+            if not rows and not queued:
                 engine._gate.release()
+
+    @staticmethod
+    def _drop_queued(slots: list[Slot]) -> list[Slot]:
+        """The slots still wanted; the others (cancelled, or done at their first token) get END now."""
+        for slot in slots:
+            if slot.ended:
+                slot.cache = None
+                slot.out.put(END)
+        return [s for s in slots if not s.ended]
 
     def _drop_ended(self, rows: list[Slot], state):
         """The rows still generating (and their cache); finished or cancelled ones get END now."""
-        keep = [i for i, s in enumerate(rows) if not (s.tracker.done or s.cancel.is_set())]
+        keep = [i for i, s in enumerate(rows) if not s.ended]
         if len(keep) == len(rows):
             return rows, state
         for i, slot in enumerate(rows):
@@ -131,16 +153,71 @@ class Batcher:
         self.running = len(rows)
         return rows, (_select(state, keep) if rows else None)
 
-    def _prefill(self, slot: Slot):
+    def _prefill(self, queued: list[Slot]) -> tuple[list[Slot], list[Slot]]:
+        """One prefill forward over the queue's head: (the slots now prefilled, each with its first token
+        picked and its cache in `slot.cache`; the slots still queued)."""
+        first = queued[0]
+        if first.prefilled or len(first.ids) > PREFILL_TOKENS:
+            done = self._prefill_chunk(first)
+            return ([first], queued[1:]) if done else ([], queued)
+        group = [first]
+        for slot in queued[1:]:
+            width = max(len(slot.ids), *(len(s.ids) for s in group))
+            if slot.prefilled or width * (len(group) + 1) > PREFILL_TOKENS:
+                break
+            group.append(slot)
+        self._prefill_group(group)
+        return group, queued[len(group):]
+
+    def _prefill_group(self, group: list[Slot]) -> None:
+        """Prompts prefilled together in one left-padded forward (each row as it would be alone)."""
         import torch
 
-        device = next(self._engine.model.parameters()).device
-        ids = torch.tensor([slot.ids], device=device)
-        out = self._engine.model(input_ids=ids, use_cache=True, logits_to_keep=1, **self._adapters([slot]))
-        slot.history, slot.procs, slot.generator = ids, logits_processors(slot.opts), generator_for(slot.opts, device)
-        slot.position = len(slot.ids) - 1
-        self._pick(slot, out.logits[:, -1, :])
-        return out.past_key_values
+        device = self._device
+        width = max(len(s.ids) for s in group)
+        ids = torch.tensor([[0] * (width - len(s.ids)) + s.ids for s in group], device=device)
+        extra = {}
+        if any(len(s.ids) < width for s in group):
+            mask = torch.tensor([[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in group], device=device)
+            extra = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        out = self._engine.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra, **self._adapters(group))
+        cache = out.past_key_values
+        for r, slot in enumerate(group):
+            slot.cache, slot.prefilled = _rows(cache, r, width - len(slot.ids)), len(slot.ids)
+        self._first_tokens(group, out.logits[:, -1, :])
+
+    def _prefill_chunk(self, slot: Slot) -> bool:
+        """The next PREFILL_TOKENS of a long prompt; True once the whole prompt is in."""
+        import torch
+
+        start, end = slot.prefilled, min(len(slot.ids), slot.prefilled + PREFILL_TOKENS)
+        ids = torch.tensor([slot.ids[start:end]], device=self._device)
+        positions = torch.arange(start, end, device=self._device)[None]
+        out = self._engine.model(input_ids=ids, position_ids=positions, past_key_values=slot.cache, use_cache=True,
+                                 logits_to_keep=1, **self._adapters([slot]))
+        slot.cache, slot.prefilled = out.past_key_values, end
+        if end < len(slot.ids):
+            return False
+        self._first_tokens([slot], out.logits[:, -1, :])
+        return True
+
+    def _first_tokens(self, slots: list[Slot], logits) -> None:
+        for slot in slots:
+            slot.history = list(slot.ids)
+            slot.procs, slot.generator = logits_processors(slot.opts), generator_for(slot.opts, self._device)
+            slot.position = len(slot.ids) - 1
+        self._pick(slots, logits)
+
+    def _own_state(self, slot: Slot):
+        """(cache, mask) of a freshly prefilled slot; the slot lets go of its cache."""
+        import torch
+
+        cache, slot.cache = slot.cache, None
+        return cache, torch.ones(1, len(slot.ids), dtype=torch.long, device=self._device)
+
+    @property
+    def _device(self):
+        return next(self._engine.model.parameters()).device
 
     def _step(self, rows: list[Slot], state):
         import torch
@@ -152,10 +229,9 @@ class Batcher:
         positions = torch.tensor([[s.position + 1] for s in rows], device=device)
         out = self._engine.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                                  past_key_values=cache, use_cache=True, **self._adapters(rows))
-        for r, slot in enumerate(rows):
+        for slot in rows:
             slot.position += 1
-            if not (slot.tracker.done or slot.cancel.is_set()):
-                self._pick(slot, out.logits[r : r + 1, -1, :])
+        self._pick(rows, out.logits[:, -1, :])
         return out.past_key_values, mask
 
     def _adapters(self, rows: list[Slot]) -> dict[str, Any]:
@@ -164,21 +240,29 @@ class Batcher:
             return {}
         return {"adapter_names": ["__base__" if s.key is None else s.key for s in rows]}
 
-    def _pick(self, slot: Slot, logits) -> None:
-        """Choose the slot's next token from `logits` ([1, vocab]) with its own options, push it, and
-        send the text it releases."""
+    def _pick(self, slots: list[Slot], logits) -> None:
+        """Choose each slot's next token from its row of `logits` ([n, vocab]) with its own options, push
+        it, and send the text it releases. Greedy rows without logits processors take one batched argmax."""
         import torch
 
-        scores = slot.procs(slot.history, logits.float())
-        token = pick(scores, slot.opts, slot.generator)
-        top = slot.opts.logprobs
-        logprob = token_logprobs(logits, token.tolist(), top)[0] if top is not None else None
-        slot.last = int(token.item())
-        slot.history = torch.cat([slot.history, token[:, None]], dim=-1)
-        slot.tracker.push(slot.last, logprob)
-        piece = slot.tracker.take()
-        if piece:
-            slot.out.put(piece)
+        argmax = logits.argmax(dim=-1).tolist()
+        for r, slot in enumerate(slots):
+            if slot.ended:
+                continue
+            if slot.opts.greedy and not slot.procs:
+                token = argmax[r]
+            else:
+                history = torch.tensor([slot.history], device=logits.device)
+                scores = slot.procs(history, logits[r : r + 1].float())
+                token = int(pick(scores, slot.opts, slot.generator).item())
+            top = slot.opts.logprobs
+            logprob = token_logprobs(logits[r : r + 1], [token], top)[0] if top is not None else None
+            slot.last = token
+            slot.history.append(token)
+            slot.tracker.push(token, logprob)
+            piece = slot.tracker.take()
+            if piece:
+                slot.out.put(piece)
 
 
 def batchable(cache) -> bool:
@@ -188,35 +272,41 @@ def batchable(cache) -> bool:
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _join(state, cache, length: int):
-    """The batch state (cache, mask) with a new row's prefill cache (`length` tokens) stacked under it."""
+def _stack(states: list):
+    """Batch states (cache, mask) as one, rows in order: each left-padded to the widest (one copy per layer)."""
     import torch
 
-    if state is None:
-        mask = torch.ones(1, length, dtype=torch.long, device=cache.layers[0].keys.device)
-        return cache, mask
-    batch, mask = state
-    width = mask.shape[1]
-    new_mask = torch.ones(1, length, dtype=mask.dtype, device=mask.device)
-    if length < width:
-        new_mask = torch.cat([new_mask.new_zeros(1, width - length), new_mask], dim=-1)
-    elif length > width:
-        mask = torch.cat([mask.new_zeros(mask.shape[0], length - width), mask], dim=-1)
-    for old, add in zip(batch.layers, cache.layers):
+    states = [s for s in states if s is not None]
+    if len(states) == 1:
+        return states[0]
+    width = max(mask.shape[1] for _, mask in states)
+    caches = [cache for cache, _ in states]
+    for i, layer in enumerate(caches[0].layers):
         for name in ("keys", "values"):
-            a, b = getattr(old, name), getattr(add, name)
-            a, b = _left_pad(a, b.shape[-2]), _left_pad(b, a.shape[-2])
-            setattr(old, name, torch.cat([a, b], dim=0))
-    return batch, torch.cat([mask, new_mask], dim=0)
+            parts = [_left_pad(getattr(c.layers[i], name), width) for c in caches]
+            setattr(layer, name, torch.cat(parts, dim=0))
+    return caches[0], torch.cat([_left_pad(mask, width, dim=-1) for _, mask in states], dim=0)
 
 
-def _left_pad(t, width: int):
+def _rows(cache, row: int, start: int):
+    """Row `row` of a prefill's cache from column `start` on (its own tokens, without the padding)."""
+    from transformers.cache_utils import DynamicCache
+
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys[row : row + 1, :, start:], layer.values[row : row + 1, :, start:], i)
+    return out
+
+
+def _left_pad(t, width: int, dim: int = -2):
+    """`t` with zeros before its columns along `dim` up to `width` (keys/values: dim -2; masks: -1)."""
     import torch
 
-    if t.shape[-2] >= width:
+    if t.shape[dim] >= width:
         return t
-    pad = t.new_zeros(*t.shape[:-2], width - t.shape[-2], t.shape[-1])
-    return torch.cat([pad, t], dim=-2)
+    shape = list(t.shape)
+    shape[dim] = width - t.shape[dim]
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 def _select(state, keep: list[int]):

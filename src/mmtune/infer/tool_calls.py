@@ -1,8 +1,9 @@
 """Tool calls in answers: `tool_choice`, the opening a forced call starts with, and the answer
 parsed into content + calls (chat/tools.py `parse`, the inverse of the family's tool format).
 
-- `auto`: the model decides; `<tool_call>` blocks in its answer become calls.
-- `none`: no call: the answer stops where a call would open, and nothing is parsed.
+- `auto`: the model decides; the calls in its answer, in the template's call syntax
+  (chat/tools.py `call_syntax`: `<tool_call>` blocks, Llama's JSON, Mistral's `[TOOL_CALLS]`), become calls.
+- `none`: no call: nothing is parsed (and with `<tool_call>` blocks the answer stops where one would open).
 - without tools, nothing is parsed either (and nothing stops).
 - `required`: the answer starts with the call opening, so the model writes a call.
 - a named function (`{"type": "function", "function": {"name": N}}`): the answer starts with the
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mmtune.chat.tools import CALL_OPEN, parse
+from mmtune.chat.tools import CALL_OPEN, MISTRAL_CALLS, PYTHON_TAG, parse
 from mmtune.data.schema import ToolCall
 from mmtune.errors import UserError
 
@@ -35,15 +36,28 @@ class ToolPolicy:
     mode: str = "off"  # off (no tools) | auto | none | required | function
     name: str | None = None  # mode "function": the function to call
     parallel: bool = True
+    syntax: str = "hermes"  # how the model writes calls (chat/tools.py CALL_SYNTAXES)
 
     @property
     def prefix(self) -> str:
         """The text the answer is made to start with (the model continues from it)."""
+        opening, key = {"hermes": (CALL_OPEN + "\n", "arguments"), "json": ("", "parameters"),
+                        "mistral": (MISTRAL_CALLS + " [", "arguments")}[self.syntax]
         if self.mode == "required":
-            return CALL_OPEN + "\n"
+            return opening + ('{"name": "' if self.syntax != "hermes" else "")
         if self.mode == "function":
-            return f"{CALL_OPEN}\n{{\"name\": {json.dumps(self.name, ensure_ascii=False)}, \"arguments\":"
+            return f"{opening}{{\"name\": {json.dumps(self.name, ensure_ascii=False)}, \"{key}\":"
         return ""
+
+    @property
+    def opener(self) -> str:
+        """The text that opens a call anywhere in the answer."""
+        return {"hermes": CALL_OPEN, "json": PYTHON_TAG, "mistral": MISTRAL_CALLS}[self.syntax]
+
+    @property
+    def leading(self) -> str:
+        """A character that opens a call when the answer starts with it (its control token dropped)."""
+        return {"hermes": "", "json": "{", "mistral": "["}[self.syntax]
 
     @property
     def parses(self) -> bool:
@@ -51,33 +65,34 @@ class ToolPolicy:
 
     @property
     def stops(self) -> tuple[str, ...]:
-        return (CALL_OPEN,) if self.mode == "none" else ()
+        return (CALL_OPEN,) if self.mode == "none" and self.syntax == "hermes" else ()
 
     def split(self, text: str) -> tuple[str, list[ToolCall]]:
         """The answer's content and its calls (each with a fresh `call_…` id)."""
         if not self.parses:
             return text, []
-        reply = parse(text)
+        reply = parse(text, self.syntax)
         if not reply.tool_calls:
             return text, []
         calls = reply.tool_calls[: None if self.parallel else 1]
         return reply.content, [ToolCall(c.name, c.arguments, f"call_{uuid.uuid4().hex[:24]}") for c in calls]
 
 
-def tool_policy(tools: Sequence[dict] | None, tool_choice: Any = None, parallel: bool | None = None) -> ToolPolicy:
-    """The policy for OpenAI's `tool_choice` / `parallel_tool_calls` over `tools`; UserError naming
-    the fix for a choice that cannot be honoured."""
+def tool_policy(tools: Sequence[dict] | None, tool_choice: Any = None, parallel: bool | None = None,
+                syntax: str = "hermes") -> ToolPolicy:
+    """The policy for OpenAI's `tool_choice` / `parallel_tool_calls` over `tools`, for answers that write
+    calls in `syntax`; UserError naming the fix for a choice that cannot be honoured."""
     names = [t.get("function", {}).get("name") for t in tools or () if isinstance(t, dict)]
     parallel = True if parallel is None else bool(parallel)
     if tool_choice is None:
-        return ToolPolicy("auto" if names else "off", parallel=parallel)
+        return ToolPolicy("auto" if names else "off", parallel=parallel, syntax=syntax)
     if isinstance(tool_choice, str):
         if tool_choice not in MODES:
             raise UserError(f"tool_choice must be one of {', '.join(MODES)} or "
                             '{"type": "function", "function": {"name": ...}} (got ' f"{tool_choice[:40]!r})")
         if tool_choice == "required" and not names:
             raise UserError("tool_choice is 'required' but the request has no tools: send `tools`")
-        return ToolPolicy(tool_choice if names else "off", parallel=parallel)
+        return ToolPolicy(tool_choice if names else "off", parallel=parallel, syntax=syntax)
     name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
     if not isinstance(name, str) or (isinstance(tool_choice, dict) and tool_choice.get("type", "function")
                                      != "function"):
@@ -86,15 +101,16 @@ def tool_policy(tools: Sequence[dict] | None, tool_choice: Any = None, parallel:
     if name not in names:
         raise UserError(f"tool_choice names the function {name[:80]!r}, which is not in tools "
                         f"({', '.join(map(str, names)) or 'none given'})")
-    return ToolPolicy("function", name, parallel)
+    return ToolPolicy("function", name, parallel, syntax)
 
 
 class ContentStream:
     """Splits streamed answer text into content that is safe to show now and a call being written.
 
     Text is released until a call opens; a tail that may still grow into the call opening (or the
-    newline before one, which `parse` drops with the call) is held back. Once a call opens the rest
-    is kept for parsing at the end (`Completion.text` and `.tool_calls` are then the whole truth)."""
+    newline before one, which `parse` drops with the call) is held back, and so is an answer that
+    opens with the syntax's leading bracket. Once a call opens the rest is kept for parsing at the
+    end (`Completion.text` and `.tool_calls` are then the whole truth)."""
 
     def __init__(self, policy: ToolPolicy):
         self.policy = policy
@@ -109,14 +125,22 @@ class ContentStream:
             return out
         if self.calling:
             return ""
-        at = self.text.find(CALL_OPEN, self.shown)
+        opener, leading = self.policy.opener, self.policy.leading
+        if leading and self.shown == 0:
+            head = self.text.lstrip()
+            if not head:
+                return ""
+            if head[0] == leading:
+                self.calling = True
+                return ""
+        at = self.text.find(opener, self.shown)
         if at >= 0:
             self.calling = True
             end = at - 1 if at > 0 and self.text[at - 1] == "\n" else at
         else:
             end = len(self.text)
-            for k in range(min(len(CALL_OPEN) - 1, end - self.shown), 0, -1):
-                if self.text.endswith(CALL_OPEN[:k]):
+            for k in range(min(len(opener) - 1, end - self.shown), 0, -1):
+                if self.text.endswith(opener[:k]):
                     end -= k
                     break
             if end > self.shown and self.text[end - 1] == "\n":
