@@ -70,7 +70,14 @@ from mmtune.train.tracking import (
     tracker_env,
     trainer_arguments,
 )
-from mmtune.train.zero import check_deepspeed, deepspeed_config, distributed_state, gathered, uses_deepspeed
+from mmtune.train.zero import (
+    check_deepspeed,
+    deepspeed_config,
+    distributed_state,
+    gathered,
+    resume_on_any_world_size,
+    uses_deepspeed,
+)
 
 META_FILE = "mmtune.json"
 SUMMARY_FILE = "summary.json"
@@ -125,6 +132,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
         # ---- train
         if resume_from:
             say(f"resuming from {resume_from}")
+            resume_on_any_world_size(trainer, resume_from)  # DeepSpeed: its shards were made for another count
         result = trainer.train(resume_from_checkpoint=resume_from)
         # ---- save
         save_model(trainer, out, dist.is_main_process)  # adapter or full weights (gathered under ZeRO-3/FSDP)

@@ -109,3 +109,36 @@ def gathered(weight):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
+
+
+def resume_on_any_world_size(trainer, checkpoint: str | None) -> None:
+    """A DeepSpeed checkpoint written by another number of processes resumes too: DeepSpeed refuses ZeRO
+    optimizer shards made for another world size, so the checkpoint is converted once (rank 0) into DeepSpeed's
+    universal format (`deepspeed.checkpoint.ds_to_universal`, beside the original in the checkpoint folder),
+    which loads on any number of processes, and the run is told to load that."""
+    if checkpoint is None or not trainer.is_deepspeed_enabled:
+        return
+    folder = Path(checkpoint)
+    tag_file = folder / "latest"
+    if not tag_file.is_file():
+        return
+    tag = tag_file.read_text().strip()
+    written_by = len(list((folder / tag).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    world = trainer.accelerator.num_processes
+    if written_by in (0, world):
+        return
+    universal = folder / f"{tag}_universal"
+    if trainer.accelerator.is_main_process and not (folder / "latest_universal").is_file():
+        import subprocess
+        import sys
+
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(folder / tag), "--output_folder", str(universal), "--inject_missing_state",
+                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"{folder} was written by {written_by} processes and could not be converted for "
+                            f"{world} ({proc.stderr.strip()[-800:]}): resume with --nproc-per-node {written_by} "
+                            "(the same number of processes in all)")
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.state.deepspeed_plugin.deepspeed_config["checkpoint"] = {"load_universal": True}
