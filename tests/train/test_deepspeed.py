@@ -108,22 +108,31 @@ def test_zero2_lora_matches_one_process_and_resumes_on_one(tiny_llama, data, tmp
     assert (two / "checkpoint-2" / "global_step2_universal").is_dir()
 
 
+@pytest.fixture(scope="module")
+def full_reference(tiny_llama, data, tmp_path_factory) -> tuple[Path, dict[int, dict]]:
+    out = tmp_path_factory.mktemp("full") / "one"
+    return out, reference(tiny_llama, data, out, method="full", max_steps=2)
+
+
 @pytest.mark.slow
-def test_zero3_full_matches_one_process_with_the_gathered_head(tiny_llama, data, tmp_path):
-    ref = reference(tiny_llama, data, tmp_path / "one", method="full", max_steps=2)
-    out = tmp_path / "zero3"
+@pytest.mark.parametrize("zero", ["zero3", "zero3_offload"])  # offload: DeepSpeedCPUAdam (a JIT-built C++ op)
+def test_zero3_full_matches_one_process_with_the_gathered_head(tiny_llama, data, full_reference, zero, tmp_path):
+    plain_run, ref = full_reference
+    out = tmp_path / zero
     train([*flags(settings(tiny_llama, data, out, batch_size=2, max_steps=2, method="full")),
-           "--deepspeed", "zero3"], nproc=2)
+           "--deepspeed", zero], nproc=2)
     got = metrics(out)
     same_steps(got, ref, [1, 2])  # step 1's loss and gradient norm, and step 2 (after an update from them)
     assert json.loads((out / "summary.json").read_text())["loss_path"] == "chunked"
     # the partitioned weights are gathered into one ordinary model on save: it loads and equals the plain run's
-    import torch
     from safetensors.torch import load_file
 
-    mine, plain = load_file(out / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    mine, plain = load_file(out / "model.safetensors"), load_file(plain_run / "model.safetensors")
     assert mine.keys() == plain.keys()
-    assert all(torch.allclose(mine[k], plain[k], rtol=1e-4, atol=1e-6) for k in plain)
+    # offload steps with DeepSpeedCPUAdam, not torch's AdamW: the same update to float rounding, well under one
+    # step's size (the learning rate, 3e-3)
+    worst = max(float((mine[k] - plain[k]).abs().max()) for k in plain)
+    assert worst <= (3e-4 if zero == "zero3_offload" else 1e-4), worst
 
 
 def test_deepspeed_settings_are_checked_before_anything_loads(tmp_path):
