@@ -46,6 +46,7 @@ STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr")
 ALL_LINEAR = "all-linear"
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")  # --deepspeed (train/zero.py holds their configs)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "swanlab", "trackio")  # --report-to (the Trainer's integrations)
 
 # Presets set only these fields; the dataclass defaults equal the "standard" preset.
@@ -124,6 +125,10 @@ class TrainConfig:
                           choices=PRECISIONS)
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: less memory, "
                                         "about 30% slower")
+    deepspeed: str | None = _opt(None, "train with DeepSpeed: zero2 (gradients and optimizer states sharded), zero3 "
+                                 "(weights too), zero3_offload (zero3, weights and optimizer states in CPU memory) "
+                                 "or a DeepSpeed JSON config file; runs under the launcher (--nproc-per-node N)",
+                                 metavar="zero2|zero3|zero3_offload|JSON", default_text="off")
     packing: bool = _opt(True, "padding-free batches: a batch's rows laid end to end in one row, attention kept "
                          "inside each row (exact: same loss as padded batches, no compute spent on padding)")
     group_by_length: bool = _opt(False, "batch rows of similar length together (shuffled batches of a sorted "
@@ -329,6 +334,12 @@ def _problems(c: TrainConfig) -> list[str | None]:
              "run_name, tracker_project, tracker_tags and tracker_entity apply to trackers: add --report-to TRACKER or drop them"),
         need(c.num_workers >= 0, f"num_workers must be >= 0 (got {c.num_workers})"),
         need(not (c.resume and c.overwrite), "resume and overwrite contradict each other: choose one"),
+        need(c.deepspeed is None or c.deepspeed in DEEPSPEED_PRESETS or c.deepspeed.endswith(".json"),
+             f"deepspeed: {c.deepspeed!r} is neither {', '.join(DEEPSPEED_PRESETS)} nor a .json DeepSpeed config file"),
+        need(c.deepspeed is None or c.stage in ("sft", "pt"),
+             f"deepspeed applies to --stage sft and pt in this version, not {c.stage}: drop --deepspeed"),
+        need(c.deepspeed is None or c.method != "qlora",
+             "deepspeed with method qlora is not supported (4-bit weights cannot be sharded): use --method lora"),
         *media_size_problems(c.max_pixels, c.min_pixels, c.video_fps, c.video_frames),
         *stage_problems(c),
         need(not (c.method == "full" and c.train_vision == "lora"),

@@ -8,6 +8,7 @@ transformers are imported inside `run`, so `mmtune --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import types
 import typing
@@ -25,6 +26,7 @@ examples:
   mmtune train --config my.yaml --nproc-per-node 8     all 8 GPUs of this machine (torchrun, DDP)
   mmtune train --config my.yaml --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1
                                                     2 machines: the same command on the other with --node-rank 1
+  mmtune train --config my.yaml --nproc-per-node 8 --deepspeed zero3     DeepSpeed ZeRO-3 (zero2, zero3_offload, FILE.json)
   accelerate launch --config_file examples/accelerate/zero2.yaml -m mmtune.cli train --config my.yaml
   mmtune train --print-config > my.yaml             a commented config to start from
 
@@ -128,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     preflight(cfg)
     from mmtune.commands.launch import exec_torchrun, torchrun_command, wants_launch
 
-    if wants_launch(args):  # checked once here, then every process runs this same command under torchrun
+    # checked once here, then every process runs this same command under torchrun (DeepSpeed always: one
+    # process without launch flags)
+    if wants_launch(args) or (cfg.deepspeed and "LOCAL_RANK" not in os.environ):
         argv = getattr(args, "_argv", None) or sys.argv[1:]
         argv = argv[argv.index("train") + 1:] if "train" in argv else argv
         exec_torchrun(torchrun_command(args, argv + (["--debug"] if args.debug and "--debug" not in argv else [])))
@@ -162,3 +166,6 @@ def preflight(cfg: TrainConfig) -> None:
     from mmtune.train.tracking import check_trackers
 
     check_trackers(cfg.report_to)  # a tracker that is not installed: before any model loads
+    from mmtune.train.zero import check_deepspeed
+
+    check_deepspeed(cfg.deepspeed)  # not installed, or a config file that does not read

@@ -70,6 +70,14 @@ from mmtune.train.tracking import (
     tracker_env,
     trainer_arguments,
 )
+from mmtune.train.zero import (
+    check_deepspeed,
+    deepspeed_config,
+    distributed_state,
+    gathered,
+    resume_on_any_world_size,
+    uses_deepspeed,
+)
 
 META_FILE = "mmtune.json"
 SUMMARY_FILE = "summary.json"
@@ -81,9 +89,7 @@ RUN_FILES = ("config.yaml", META_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE, PL
 
 def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.data`; returns the summary (also saved as summary.json)."""
-    from accelerate import PartialState
-
-    dist = PartialState()
+    dist = distributed_state(cfg)  # under DeepSpeed: its process group, gloo where there is no GPU
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     console = Console(stderr=True, quiet=not dist.is_main_process)
 
@@ -93,6 +99,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     # ---- setup
     check_quantization_available(cfg.quantization)  # QLoRA without CUDA fails here, before any loading
     check_trackers(cfg.report_to)  # --report-to wandb without wandb installed: here, before any loading
+    check_deepspeed(cfg.deepspeed)
     out = Path(cfg.output)
     resume_from = check_output(out, overwrite=cfg.overwrite, resume=cfg.resume)  # nothing is written yet
     check_data_files(cfg)
@@ -125,6 +132,7 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
         # ---- train
         if resume_from:
             say(f"resuming from {resume_from}")
+            resume_on_any_world_size(trainer, resume_from)  # DeepSpeed: its shards were made for another count
         result = trainer.train(resume_from_checkpoint=resume_from)
         # ---- save
         save_model(trainer, out, dist.is_main_process)  # adapter or full weights (gathered under ZeRO-3/FSDP)
@@ -279,8 +287,9 @@ class MMTuneTrainer(Trainer):
         if head is not None:  # the head's matmul and the loss in chunks: no [targets x vocabulary] tensor
             with HiddenHead(head):
                 outputs = model(**inputs, logits_to_keep=keep)
-            loss = linear_cross_entropy(_kept(outputs.logits, keep), full_weight(head.weight), chosen,
-                                        self.loss_chunk)
+            with gathered(head.weight):  # ZeRO-3: the partitioned weight whole for the chunked matmul
+                loss = linear_cross_entropy(_kept(outputs.logits, keep), full_weight(head.weight), chosen,
+                                            self.loss_chunk)
             self.loss_path = "chunked"
         else:
             outputs = model(**inputs, logits_to_keep=keep)
@@ -316,10 +325,10 @@ class MMTuneTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def _plain_head(self, model):
-        """The output layer for the chunked loss, or None: DeepSpeed and FSDP1 (their flattened parameters)
-        or logits that are more than `hidden @ head.weight.T` keep the model's own head. FSDP2 takes the
-        chunked loss: its head weight is gathered whole for it (`full_weight`)."""
-        if not self.chunked_loss or self.is_deepspeed_enabled or (self.is_fsdp_enabled and not
+        """The output layer for the chunked loss, or None: FSDP1 (its flattened parameters) or logits that
+        are more than `hidden @ head.weight.T` keep the model's own head. FSDP2 and DeepSpeed ZeRO-3 take
+        the chunked loss: their partitioned head weight is gathered whole for it (`full_weight`, `gathered`)."""
+        if not self.chunked_loss or (self.is_fsdp_enabled and not
                                                                    getattr(self.accelerator, "is_fsdp2", False)):
             return None
         return plain_head(self.accelerator.unwrap_model(model))
@@ -375,7 +384,10 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool, packed:
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     eval_strategy = cfg.eval_strategy if has_eval else "no"
+    zero = uses_deepspeed(cfg)  # DeepSpeed has its own CPU accelerator: never the Trainer's use_cpu
     return TrainingArguments(
+        deepspeed=deepspeed_config(cfg.deepspeed) if cfg.deepspeed else None,
+        accelerator_config={"use_configured_state": True} if zero else None,  # train/zero.py made the state
         output_dir=cfg.output,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -389,7 +401,7 @@ def training_arguments(cfg: TrainConfig, precision: str, has_eval: bool, packed:
         weight_decay=cfg.weight_decay,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not cuda and not mps,
+        use_cpu=not cuda and not mps and not zero,
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         eval_strategy=eval_strategy,
