@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 # with apt when it is missing and we are root (CI); never `playwright install`.
 CHROMIUM ?= /usr/bin/chromium
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster,browser,eval]"
+	$(PIP) install -q -c constraints.txt -e ".[gguf,tracking,cluster,deepspeed,browser,eval]"
 	test -x $(CHROMIUM) || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium)
 	test -x $(CHROMIUM) || echo "note: $(CHROMIUM) is missing (apt-get install chromium as root): the studio's browser tests will skip"
 	touch $(TEST_STAMP)
