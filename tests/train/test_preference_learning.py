@@ -7,6 +7,9 @@ that means something, like Mochi, a food, gives the base model a preference of i
 both sides, so only the signature differs. Whichever name the base model likes better, it is right on
 one topic and wrong on the other: its held-out preference accuracy (log p(chosen) > log p(rejected))
 is about 50%. After a short DPO run the held-out reward accuracy must be >= 90%.
+
+The base model never signs, so its greedy answers cannot show that preference; the greedy test teaches
+one the base model could act on: an answer opening with "Sure!" over the same answer without it.
 """
 
 from __future__ import annotations
@@ -90,3 +93,54 @@ def test_dpo_teaches_a_preference_the_base_model_lacks(tmp_path):
           f"(margin {evals[-1]['eval_reward_margin']:.2f}, {summary['train_runtime_s']:.0f} s)")
     assert 0.25 <= before <= 0.75, before  # the base model has no such preference
     assert after >= 0.9, evals
+
+
+# ---------------------------------------------------------------------------- greedy answers
+
+OPENER = "Sure!"
+
+
+def opener_pair(prompt: str, body: str) -> dict:
+    """Both sides are answers the base model could give: the chosen one opens with "Sure!", the rejected one
+    is the same answer without it."""
+    return {"input": {"messages": [{"role": "system", "content": "Answer briefly."},
+                                   {"role": "user", "content": prompt}]},
+            "preferred_output": [{"role": "assistant", "content": f"{OPENER} {body}"}],
+            "non_preferred_output": [{"role": "assistant", "content": body}]}
+
+
+def opener_rows(foods: list[str], weather: list[str]) -> list[dict]:
+    return [opener_pair(r["input"]["messages"][1]["content"],
+                        r["preferred_output"][0]["content"].rsplit(" Yours,", 1)[0]) for r in rows(foods, weather)]
+
+
+def test_after_dpo_greedy_answers_to_held_out_prompts_open_as_preferred(tmp_path):
+    """The preference is one the base model could act on in its own answers (an opener it may write), so
+    greedy decoding shows it: after DPO, >= 90% of held-out prompts' greedy answers open with "Sure!" and
+    go on answering, where the base model's open with it on at most 10% (measured: 0% -> 100%). At lr 2e-3
+    (the signature test's) the answers degenerate into "SureSureSure" (33%); 3e-4 keeps them answers."""
+    from mmtune.infer.engine import Engine
+
+    train = write_jsonl(tmp_path / "train.jsonl", opener_rows(FOODS[HELD_OUT:], WEATHER[HELD_OUT:]))
+    held_out = opener_rows(FOODS[:HELD_OUT], WEATHER[:HELD_OUT])
+    cfg = resolve_config({"model": DEFAULT_MODEL, "data": [str(train)], "output": str(tmp_path / "dpo"),
+                          "stage": "dpo", "beta": 0.1, "max_steps": 12, "batch_size": 4, "learning_rate": 3e-4,
+                          "scheduler": "constant_with_warmup", "warmup_steps": 2, "lora_rank": 16, "lora_alpha": 32,
+                          "lora_dropout": 0.0, "lora_targets": ["all-linear"], "max_length": 96,
+                          "logging_steps": 4, "save_strategy": "no", "seed": 0})
+    summary = run_preference(cfg)
+    engine = Engine(str(tmp_path / "dpo"))
+    prompts = [r["input"]["messages"] for r in held_out]
+
+    def opens(model: str) -> tuple[float, list[str]]:
+        answers = [c.text for c in engine.generate_batch(prompts, model=model, temperature=0, max_new_tokens=6)]
+        # the opener, then an answer (not the opener again: an over-trained model repeats it)
+        good = [a.startswith(OPENER) and not a[len(OPENER):].lstrip().startswith("Sure") for a in answers]
+        return sum(good) / len(answers), answers
+
+    before, base_answers = opens(engine.name)
+    after, tuned_answers = opens(engine.default_model)
+    print(f"greedy answers opening with {OPENER!r}: base {before:.0%}, after DPO {after:.0%} "
+          f"({summary['train_runtime_s']:.0f} s); base: {base_answers[:4]}, tuned: {tuned_answers[:4]}")
+    assert before <= 0.1, base_answers
+    assert after >= 0.9, tuned_answers
