@@ -11,7 +11,8 @@ reference. What differs is how they run:
   trl     `DPOTrainer` with `DPOConfig` defaults for everything not listed above (its own
           tokenization, padding, gradient checkpointing and metrics)
 
-They run one after another in this process (--order); the load average is printed around each.
+They run one after another in this process (--order); the load average is printed around each, and the
+table gives each run's 1-minute load at its start and end (a shared machine's figures depend on it).
 Time is the Trainer's train_runtime (training only: no loading, no tokenization).
 
     nice python bench/dpo.py                      # SmolLM2-135M, 64 pairs, batch 8, 8 steps
@@ -117,20 +118,23 @@ def main() -> None:
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         for name in a.order.split(","):
-            print(f"[{time.strftime('%H:%M:%S')}] {name}: load {load_now()}", file=sys.stderr)
+            start_load = load_now()
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: load {start_load}", file=sys.stderr)
             release_memory()
             results[name] = run_mmtune(a, data, Path(tmp) / "mmtune") if name == "mmtune" else \
                 run_trl(a, rows, Path(tmp) / "trl")
+            results[name]["load"] = f"{start_load.split()[0]} -> {load_now().split()[0]}"
             print(f"[{time.strftime('%H:%M:%S')}] {name} done: load {load_now()}", file=sys.stderr)
     print(f"\nDPO, {a.model}, LoRA r{a.lora_rank} all-linear, {a.steps} steps x {a.batch_size} pairs "
           f"({a.pairs} generated pairs), {'GPU' if torch.cuda.is_available() else 'CPU'}, torch {torch.__version__}")
     print(f"{'':8}{'train s':>10}{'s/step':>9}{'peak RSS':>11}{'peak GPU':>10}{'loss first->last':>20}"
-          f"{'reward acc':>12}")
+          f"{'reward acc':>12}  load (1 min, start -> end)")
     for r in results.values():
         gpu = f"{r['peak_gpu'] / 2**30:.2f} G" if r["peak_gpu"] else "-"
         acc = f"{r['final_reward_accuracy']:.2f}" if r["final_reward_accuracy"] is not None else "-"
         print(f"{r['name']:8}{r['runtime_s']:>10.1f}{r['runtime_s'] / a.steps:>9.2f}"
-              f"{r['peak_rss'] / 2**30:>9.2f} G{gpu:>10}{r['first_loss']:>10.4f} ->{r['final_loss']:>7.4f}{acc:>12}")
+              f"{r['peak_rss'] / 2**30:>9.2f} G{gpu:>10}{r['first_loss']:>10.4f} ->{r['final_loss']:>7.4f}{acc:>12}"
+              f"  {r['load']}")
     if {"mmtune", "trl"} <= results.keys():
         m, t = results["mmtune"], results["trl"]
         print(f"\nspeed: mmtune {t['runtime_s'] / m['runtime_s']:.2f}x TRL's DPOTrainer (same steps); "

@@ -100,6 +100,32 @@ def test_a_completion_with_a_tool_call_is_labelled_like_sft(tiny_llama):
     assert "Paris" in text and "18 C, sunny" not in text  # the call and the answer, never the tool's result
 
 
+def test_kto_mismatched_pairs_never_pair_a_prompt_with_its_own_other_answer(tiny_llama, tmp_path):
+    """Pairs split into a desirable and an undesirable row (next to each other, as a converted preference file
+    holds them): each row's KL sequence is its prompt with an answer to another prompt. The previous row
+    alone would be the same prompt's other answer for every second row, a matched pair in KTO's reference
+    point."""
+    from mmtune.train.preference import build_preference_datasets
+
+    rows = [{**chat(q, answer), "label": good} for q, c, r in PAIRS for answer, good in ((c, True), (r, False))]
+    cfg = resolve_config({"data": [str(write_jsonl(tmp_path / "kto.jsonl", rows))], "stage": "kto",
+                          "output": str(tmp_path / "out"), "val_ratio": 0.0, "batch_size": 2})
+    tok = tokenizer(tiny_llama)
+    train = build_preference_datasets(cfg, tok, warn=lambda m: None).train
+    assert len(train) == 2 * len(PAIRS)
+
+    def split(seq):  # (prompt tokens, completion text)
+        first = next(i for i, t in enumerate(seq["labels"]) if t != IGNORE_INDEX)
+        return seq["input_ids"][:first], tok.decode([t for t in seq["labels"] if t != IGNORE_INDEX])
+
+    answers = {q: {c, r} for q, c, r in PAIRS}
+    for row in train:
+        prompt, _ = split(row["completion"])
+        kl_prompt, kl_answer = split(row["kl"])
+        assert kl_prompt == prompt  # the row's own prompt...
+        question = next(q for q in answers if q in tok.decode(prompt))
+        assert kl_answer.removesuffix("<|eot_id|>") not in answers[question]  # ...with another prompt's answer
+
 # ---------------------------------------------------------------------------- kinds
 
 

@@ -119,17 +119,38 @@ def encode_pairs(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: Data
     return PreferenceRows({"chosen": RowDataset(chosen, render), "rejected": RowDataset(rejected, render)})
 
 
+def kl_partners(samples: Sequence[Sample]) -> list[int]:
+    """For each row, the row whose completion goes with its prompt in KTO's mismatched pair: the nearest
+    earlier row (cyclically) with another prompt. The previous row alone (TRL's +1 rotation) is often the
+    same prompt: a pair split into a desirable and an undesirable row, as pair-split data holds them; its
+    completion is then a matched answer, and the reference point rises with the very reward it is
+    compared to. Where every row has one prompt there is no mismatched pair: the previous row."""
+    prompts = [(s.messages, s.tools) for s in samples]
+    n = len(prompts)
+    start = list(range(n))  # the first row of each row's run of equal prompts
+    for i in range(1, n):
+        if prompts[i] == prompts[i - 1]:
+            start[i] = start[i - 1]
+    last = n - 1  # the row before the first run, cyclically: the end of the data, before its own run of it
+    while last > 0 and prompts[last] == prompts[0]:
+        last -= 1
+    if last == 0:
+        return [(i - 1) % n for i in range(n)]
+    return [start[i] - 1 if start[i] > 0 else last for i in range(n)]
+
+
 def encode_unpaired(samples: list[Sample], tokenizer, cfg: TrainConfig, stats: DataStats, spec,
                     render: Callable[[Sample], Row] | None = None) -> PreferenceRows:
-    """kto rows: the completion, and `kl`: this row's prompt (and media) with the previous row's
-    completion (a mismatched pair, as TRL builds them): KTO's reference point is the policy/reference
-    log-ratio on such pairs."""
+    """kto rows: the completion, and `kl`: this row's prompt (and media) with the completion of an earlier
+    row with another prompt (`kl_partners`, a mismatched pair): KTO's reference point is the
+    policy/reference log-ratio on such pairs."""
     completion: list[Item] = []
     kl: list[Item] = []
     desirable: list[bool] = []
+    partners = kl_partners(samples)
     for i, s in enumerate(samples):
         check_media_limits(s, spec)
-        other = samples[i - 1] if len(samples) > 1 else s
+        other = samples[partners[i]]
         sides = [completion_sample(s, s.completion), completion_sample(s, other.completion)]
         rows = [render_completion(s, c, tokenizer, cfg.max_length, render) for c in (s.completion, other.completion)]
         if _count_losses(rows, cfg, stats):
