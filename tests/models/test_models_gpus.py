@@ -50,8 +50,11 @@ def test_models_cli_says_what_fits_and_how_to_launch(capsys):
     assert per["least_sharding"]["lora"] == "ddp"
     assert per["launch"]["lora"] == ("mmtune train --config my.yaml --nproc-per-node 8 --nnodes 2 --node-rank R "
                                      "--master-addr HOST")
-    assert per["launch"]["full"].startswith("accelerate launch --config_file examples/accelerate/")
-    assert "--num_processes 16 --num_machines 2" in per["launch"]["full"]
+    assert per["launch"]["full"] == ("mmtune train --config my.yaml --deepspeed zero2 --nproc-per-node 8 --nnodes 2 "
+                                     "--node-rank R --master-addr HOST")
+    assert main(["models", "show", "qwen2.5-72b-instruct", "--json", "--gpus", "8", "--fsdp"]) == 0
+    fsdp = json.loads(capsys.readouterr().out)["per_gpu"]["launch"]["full"]
+    assert fsdp.startswith("accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 8")
     assert main(["models", "--json", "--gpus", "8", "--fsdp"]) == 0
     models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
     assert models["qwen2.5-72b-instruct"]["per_gpu"]["fits"]["full"] is True

@@ -174,6 +174,7 @@ def estimate_memory(
 # CPU memory, streamed to the GPU a layer at a time. Activations are per GPU (its own batch) in every case.
 STRATEGIES: tuple[str, ...] = ("ddp", "zero2", "zero3", "fsdp", "zero3-offload")
 LAUNCH_CONFIG = {"zero2": "zero2.yaml", "zero3": "zero3.yaml", "fsdp": "fsdp.yaml", "zero3-offload": "zero3_offload.yaml"}
+DEEPSPEED_STRATEGY = {"zero2": "zero2", "zero3": "zero3", "zero3-offload": "zero3_offload"}  # -> --deepspeed
 
 
 def layer_weight_gib(spec: ModelSpec, weight_bytes: float = 2.0) -> float:
@@ -213,8 +214,11 @@ def launch_command(strategy: str, gpus: int, gpus_per_node: int = 8) -> str:
     """The command that trains with `strategy` on `gpus` GPUs (several machines when over `gpus_per_node`)."""
     nodes = -(-gpus // gpus_per_node)
     per_node = min(gpus, gpus_per_node)
-    if strategy == "ddp":
-        cmd = f"mmtune train --config my.yaml --nproc-per-node {per_node}"
+    if strategy == "ddp" or strategy in DEEPSPEED_STRATEGY:  # mmtune's own launcher (torchrun underneath)
+        cmd = "mmtune train --config my.yaml"
+        if strategy in DEEPSPEED_STRATEGY:
+            cmd += f" --deepspeed {DEEPSPEED_STRATEGY[strategy]}"
+        cmd += f" --nproc-per-node {per_node}"
         if nodes > 1:
             cmd += f" --nnodes {nodes} --node-rank R --master-addr HOST"
         return cmd
