@@ -184,21 +184,33 @@ def _stage(method: Any, settings: dict[str, Any]) -> str:
     return stage
 
 
-def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    """Concrete values: "auto" and absent ones come from the preset; lr = preset lr x multiplier."""
-    preset = settings.get("preset", DEFAULT_PRESET)
-    base = PRESETS[preset]
+def picker(hyper: dict[str, Any]) -> Callable[[str, Any], Any]:
+    """`pick(name, default)`: the hyperparameter's value, or `default` where it is absent or "auto"."""
 
     def pick(name: str, default: Any) -> Any:
         value = hyper.get(name, "auto")
         return default if value == "auto" else value
 
+    return pick
+
+
+def preset_learning_rate(pick: Callable[[str, Any], Any], base: dict[str, Any], what: str, limits: Limits) -> float:
+    """The preset's learning rate x the job's learning_rate_multiplier, or a 400 when out of range."""
     multiplier = float(pick("learning_rate_multiplier", 1.0))
     lr = base["learning_rate"] * multiplier
     if not 0 < lr <= limits.max_learning_rate:
-        raise bad_request(f"learning_rate_multiplier {multiplier} gives a learning rate of {lr:g} (preset {preset}: "
+        raise bad_request(f"learning_rate_multiplier {multiplier} gives a learning rate of {lr:g} ({what}: "
                           f"{base['learning_rate']:g} x multiplier); it must be in (0, {limits.max_learning_rate:g}]",
                           "hyperparameters.learning_rate_multiplier")
+    return lr
+
+
+def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Concrete values: "auto" and absent ones come from the preset; lr = preset lr x multiplier."""
+    preset = settings.get("preset", DEFAULT_PRESET)
+    base = PRESETS[preset]
+    pick = picker(hyper)
+    lr = preset_learning_rate(pick, base, f"preset {preset}", limits)
     own = {
         "preset": preset,
         "method": settings.get("method", "lora"),
@@ -227,7 +239,7 @@ def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> 
     return {
         "hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
                             "batch_size": batch_size,
-                            "learning_rate_multiplier": multiplier},
+                            "learning_rate_multiplier": float(pick("learning_rate_multiplier", 1.0))},
         "mmtune": own,
     }
 
@@ -639,17 +651,8 @@ def parse_picture_create(body: dict[str, Any], model: str, limits: Limits,
     training = _file_param(body, "training_file", file_exists, required=True)
     preset = settings.get("preset", "standard")
     base = PICTURE_PRESETS[preset]
-
-    def pick(name: str, default: Any) -> Any:
-        value = hyper.get(name, "auto")
-        return default if value == "auto" else value
-
-    multiplier = float(pick("learning_rate_multiplier", 1.0))
-    lr = base["learning_rate"] * multiplier
-    if not 0 < lr <= limits.max_learning_rate:
-        raise bad_request(f"learning_rate_multiplier {multiplier} gives a learning rate of {lr:g} (picture preset "
-                          f"{preset}: {base['learning_rate']:g} x multiplier); it must be in "
-                          f"(0, {limits.max_learning_rate:g}]", "hyperparameters.learning_rate_multiplier")
+    pick = picker(hyper)
+    lr = preset_learning_rate(pick, base, f"picture preset {preset}", limits)
     prompts = settings.get("sample_prompt")
     values = {"kind": IMAGE_KIND, "preset": preset, "learning_rate": lr,
               "lora_rank": settings.get("lora_rank", base["lora_rank"]),
@@ -669,6 +672,6 @@ def parse_picture_create(body: dict[str, Any], model: str, limits: Limits,
         "metadata": _metadata(body.get("metadata")),
         "params": {"hyperparameters": {"n_epochs": pick("n_epochs", base["epochs"]),
                                        "batch_size": pick("batch_size", base["batch_size"]),
-                                       "learning_rate_multiplier": multiplier},
+                                       "learning_rate_multiplier": float(pick("learning_rate_multiplier", 1.0))},
                    "mmtune": values},
     }
