@@ -44,7 +44,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from mmtune.chat.render import IGNORE_INDEX
 from mmtune.config import TrainConfig
-from mmtune.models.loader import check_quantization_available, load_tokenizer
+from mmtune.models.loader import check_quantization_available
 from mmtune.models.registry import find_spec
 from mmtune.train import losses
 from mmtune.train.callbacks import FinishLine, RichProgress, RunRecorder, save_figure
@@ -61,25 +61,20 @@ from mmtune.train.preference_data import (  # noqa: F401  (the rows' public name
     render_completion,
 )
 from mmtune.train.setup import (
-    apply_method,
-    count_params,
     is_vision,
-    load_vision_processor,
-    part_summary,
-    resolve_parts,
     saved_in_full,
 )
 from mmtune.train.sft import (
     MMTuneTrainer,
     SaveMeta,
     finish_output,
-    load_for_training,
     make_summary,
     packs,
     prepare_output,
     print_summary,
     resolve_precision,
     save_model,
+    set_up,
     training_arguments,
 )
 
@@ -292,15 +287,8 @@ def run_preference(cfg: TrainConfig) -> dict[str, Any]:
     created = not out.exists()
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
-    cfg = resolve_parts(cfg, spec, say)  # vision models: family defaults; text models: no vision-only flags
-    processor = load_vision_processor(cfg) if is_vision(spec) else None  # tokenizer + image/video processors
-    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
-    data = build_preference_datasets(cfg, processor or tokenizer, say, spec)  # all rows checked here
-    model = apply_method(load_for_training(cfg, precision), cfg, spec)
-    if processor is not None:
-        table, parts, (trainable, total) = part_summary(model, spec)
-    else:
-        parts, (trainable, total) = None, count_params(model)
+    cfg, processor, tokenizer, data, model, parts, (trainable, total), table = set_up(
+        cfg, spec, precision, build_preference_datasets, say)
     adapters = hasattr(model, "disable_adapter")  # a PEFT model: the reference is the adapters switched off
     in_full = ", parts trained in full as their frozen originals" if is_vision(spec) and saved_in_full(cfg, spec) else ""
     reference = ("none" if not uses_reference(cfg.stage) else f"the starting model (adapters switched off{in_full})"
@@ -308,9 +296,8 @@ def run_preference(cfg: TrainConfig) -> dict[str, Any]:
     say(f"{cfg.stage} ({cfg.method}) on {cfg.model}: {data.stats.train_rows} training "
         f"{'pairs' if cfg.stage in PAIRED else 'rows'}, {data.stats.val_rows} validation; training {trainable:,} of "
         f"{total:,} parameters ({100 * trainable / total:.2f}%), precision {precision}; reference: {reference}")
-    if parts is not None:
-        say(f"trainable parameters by part (vision tower: {cfg.train_vision}, projector: "
-            f"{'trains' if cfg.train_projector else 'frozen'}, language model: {cfg.method}):\n{table}")
+    if table:
+        say(table)
     recorder = PreferenceRecorder(cfg.output)
     try:  # the output folder appears from here on
         trainer = build_preference_trainer(cfg, model, processor or tokenizer, data, precision,

@@ -87,6 +87,26 @@ _COUNTS = "mmtune"  # key in TrainerState.stateful_callbacks: saved in checkpoin
 RUN_FILES = ("config.yaml", META_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE, PLOT_FILE + ".tmp", STAGING_DIR + "/")
 
 
+
+def set_up(cfg: TrainConfig, spec, precision: str, build_datasets, say):
+    """The data and model of a run, the same for every stage: the family's parts resolved (vision models:
+    their defaults; text models: no vision-only flags), the processor (tokenizer + image/video processors)
+    or tokenizer, every row checked and rendered by `build_datasets(cfg, processor_or_tokenizer, say, spec)`,
+    the method applied. Returns (cfg, processor, tokenizer, data, model, parts, (trainable, total), the
+    per-part table to show or "")."""
+    cfg = resolve_parts(cfg, spec, say)
+    processor = load_vision_processor(cfg) if is_vision(spec) else None
+    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
+    data = build_datasets(cfg, processor or tokenizer, say, spec)  # all rows checked here
+    model = apply_method(load_for_training(cfg, precision), cfg, spec)
+    if processor is None:
+        return cfg, None, tokenizer, data, model, None, count_params(model), ""
+    table, parts, counts = part_summary(model, spec)
+    shown = (f"trainable parameters by part (vision tower: {cfg.train_vision}, projector: "
+             f"{'trains' if cfg.train_projector else 'frozen'}, language model: {cfg.method}):\n{table}")
+    return cfg, processor, tokenizer, data, model, parts, counts, shown
+
+
 def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.data`; returns the summary (also saved as summary.json)."""
     dist = distributed_state(cfg)  # under DeepSpeed: its process group, gloo where there is no GPU
@@ -107,21 +127,13 @@ def run_sft(cfg: TrainConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     spec = find_spec(cfg.model)
-    cfg = resolve_parts(cfg, spec, say)  # vision models: family defaults; text models: no vision-only flags
-    processor = load_vision_processor(cfg) if is_vision(spec) else None  # tokenizer + image/video processors
-    tokenizer = processor.tokenizer if processor is not None else load_tokenizer(cfg.model)
-    data = stage_datasets(cfg, processor or tokenizer, say, spec)  # all rows checked here
-    model = apply_method(load_for_training(cfg, precision), cfg, spec)
-    if processor is not None:
-        table, parts, (trainable, total) = part_summary(model, spec)
-    else:
-        parts, (trainable, total) = None, count_params(model)
+    cfg, processor, tokenizer, data, model, parts, (trainable, total), table = set_up(
+        cfg, spec, precision, stage_datasets, say)
     say(f"{cfg.method} on {cfg.model}: {data.stats.train_rows} training rows, "
         f"{data.stats.val_rows} validation rows; training {trainable:,} of {total:,} parameters "
         f"({100 * trainable / total:.2f}%), precision {precision}")
-    if parts is not None:
-        say(f"trainable parameters by part (vision tower: {cfg.train_vision}, projector: "
-            f"{'trains' if cfg.train_projector else 'frozen'}, language model: {cfg.method}):\n{table}")
+    if table:
+        say(table)
     recorder = RunRecorder(cfg.output)
     try:  # the output folder appears from here on (the Trainer makes it)
         trainer = build_trainer(cfg, model, processor or tokenizer, data, precision,
