@@ -20,16 +20,11 @@ from mmtune.train.sft import run_sft
 
 pytest.importorskip("deepspeed")
 
+from train.test_distributed import settings  # noqa: E402  (the same runs: constant schedule, no dropout)
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
        "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-
-
-def settings(model, data, output, **extra) -> dict:
-    # as tests/train/test_distributed.py: constant schedule, no dropout, so a 2-step run's steps are a 4-step run's
-    return {"model": str(model), "data": [str(data)], "output": str(output), "batch_size": 4, "max_steps": 4,
-            "learning_rate": 3e-3, "scheduler": "constant", "lora_dropout": 0.0, "logging_steps": 1,
-            "save_strategy": "no", "max_length": 96, "seed": 3, **extra}
 
 
 def flags(values: dict) -> list[str]:
