@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from mmtune.jobs.errors import APIError, bad_request
-from mmtune.jobs.pictures import unsafe_name  # (one set of zip-slip rules for every zip upload)
+from mmtune.jobs.pictures import OversizeEntry, unsafe_name, write_entry  # (one set of zip rules for both)
 
 MAX_ENTRIES = 50_000
 MAX_UNPACKED_BYTES = 16 << 30
 DATA_SUFFIXES = (".jsonl", ".json")
 MEDIA_ERRORS = ("media-missing", "media-outside-root", "media-undecodable")
 SHOWN = 10
-CHUNK = 1 << 20
 
 
 def holds_chat_data(path: Path) -> bool:
@@ -138,15 +137,11 @@ def _unpack(path: Path, infos: list[zipfile.ZipInfo], strip: str, dest: Path) ->
             if root not in target.parents:  # unsafe_name refuses these; never write them
                 raise _refuse(f"zip entry {info.filename[:200]!r} would be written outside its folder", "unsafe_zip_entry")
             target.parent.mkdir(parents=True, exist_ok=True)
-            written = 0
             try:
-                with zf.open(info) as src, open(target, "xb") as out:
-                    while chunk := src.read(CHUNK):
-                        written += len(chunk)
-                        if written > info.file_size:
-                            raise _refuse(f"zip entry {info.filename[:200]!r} unpacks to more than the {info.file_size} "
-                                          "bytes the zip declares for it (a damaged or forged zip): zip the files again")
-                        out.write(chunk)
+                write_entry(zf, info, target)
+            except OversizeEntry:
+                raise _refuse(f"zip entry {info.filename[:200]!r} unpacks to more than the {info.file_size} "
+                              "bytes the zip declares for it (a damaged or forged zip): zip the files again") from None
             except FileExistsError:
                 raise _refuse(f"zip entry {info.filename[:200]!r} is in the zip twice (once with another spelling): "
                               "zip each file once") from None

@@ -141,6 +141,22 @@ def unpack(path: str | Path, dest: Path) -> tuple[Path, int]:
     return dest, skipped
 
 
+class OversizeEntry(Exception):
+    """A zip entry unpacked to more than the size its header declares (a damaged or forged zip)."""
+
+
+def write_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one entry to `target`, which must not exist yet (FileExistsError), stopping with OversizeEntry
+    past the size the zip declares for it: a lying header cannot fill the disk ("zip bomb")."""
+    written = 0
+    with zf.open(info) as src, open(target, "xb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise OversizeEntry(info.filename)
+            out.write(chunk)
+
+
 def _unpack_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> None:
     name = info.filename
     if unsafe_name(name) or stat.S_ISLNK(info.external_attr >> 16):  # zip_problems refuses these; never unpack them
@@ -153,16 +169,11 @@ def _unpack_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
     try:
-        with zf.open(info) as src, open(target, "xb") as out:
-            while chunk := src.read(CHUNK):
-                written += len(chunk)
-                if written > info.file_size:
-                    raise ZipProblem(name, "size-mismatch", f"entry {name!r} unpacks to more than the "
-                                     f"{info.file_size} bytes the zip declares for it (a damaged or forged zip): "
-                                     "zip the pictures again")
-                out.write(chunk)
+        write_entry(zf, info, target)
+    except OversizeEntry:
+        raise ZipProblem(name, "size-mismatch", f"entry {name!r} unpacks to more than the {info.file_size} bytes "
+                         "the zip declares for it (a damaged or forged zip): zip the pictures again") from None
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         if isinstance(e, FileExistsError):
             raise ZipProblem(name, "duplicate-entry", f"entry {name!r} is in the zip twice") from None
