@@ -135,6 +135,6 @@ def _tokenizer(model: str):
 def _context(path) -> int | None:
     from mmtune.export.gguf_header import read_metadata
 
-    arch = read_metadata(path, {"general.architecture"}).get("general.architecture")
-    value = read_metadata(path, {f"{arch}.context_length"}).get(f"{arch}.context_length") if arch else None
+    meta = read_metadata(path)  # the header's scalars, one pass (the key's name depends on the architecture)
+    value = meta.get(f"{meta.get('general.architecture')}.context_length")
     return int(value) if value is not None else None
