@@ -34,6 +34,14 @@ MEDIA_ERRORS = ("media-missing", "media-outside-root", "media-undecodable")
 SHOWN = 10
 
 
+def top_data_files(infos: list[zipfile.ZipInfo]) -> tuple[str, list[zipfile.ZipInfo]]:
+    """The common top folder to strip ('' or 'name/': what zipping a folder gives) and the .jsonl/.json
+    entries at the top once it is stripped."""
+    tops = {i.filename.split("/", 1)[0] for i in infos}
+    strip = f"{next(iter(tops))}/" if len(tops) == 1 and all("/" in i.filename for i in infos) else ""
+    return strip, [i for i in infos if "/" not in i.filename[len(strip):] and i.filename.lower().endswith(DATA_SUFFIXES)]
+
+
 def holds_chat_data(path: Path) -> bool:
     """Whether an uploaded zip is a data file with its media (this module) rather than pictures with captions
     for a picture job (jobs/pictures.py): one .jsonl/.json at its top whose first row is not a caption row
@@ -43,10 +51,7 @@ def holds_chat_data(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             infos, _ = _entries(zf)
-            tops = {i.filename.split("/", 1)[0] for i in infos}
-            strip = f"{next(iter(tops))}/" if len(tops) == 1 and all("/" in i.filename for i in infos) else ""
-            data = [i for i in infos if "/" not in i.filename[len(strip):]
-                    and i.filename.lower().endswith(DATA_SUFFIXES)]
+            _, data = top_data_files(infos)
             if not data:  # pictures have .txt captions; neither: refused as a media zip, naming both shapes
                 return not any(i.filename.lower().endswith(".txt") for i in infos)
             if len(data) > 1:
@@ -113,12 +118,8 @@ def check_directory(path: Path) -> tuple[list[zipfile.ZipInfo], str, int]:
     if total > MAX_UNPACKED_BYTES:
         raise _refuse(f"the zip unpacks to {total / 2**30:.1f} GiB: a media upload unpacks to at most "
                       f"{MAX_UNPACKED_BYTES / 2**30:.0f} GiB; scale the images down or split the data", "zip_too_large")
-    tops = {i.filename.split("/", 1)[0] for i in infos}
-    strip = ""
-    if len(tops) == 1 and all("/" in i.filename for i in infos):
-        strip = f"{tops.pop()}/"
-    data = [i.filename for i in infos if "/" not in i.filename[len(strip):]
-            and i.filename.lower().endswith(DATA_SUFFIXES)]
+    strip, entries = top_data_files(infos)
+    data = [i.filename for i in entries]
     if not data:
         raise _refuse("the zip holds no .jsonl or .json data file at its top: put the data file at the top of the "
                       "zip, beside the folders of images its rows name (a zip of pictures for a picture job holds a "
