@@ -31,6 +31,7 @@ _FAMILIES: dict[str, tuple[str, str, dict]] = {
     "gemma3": ("gemma3_text", "gemma3", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32}),
     "phi3": ("phi3", "phi3", {}),
     "minicpm": ("llama", "chatml", {}),  # stand-in: no native MiniCPM in transformers
+    "lfm2.5": ("llama", "lfm2.5", {}),  # LFM2.5's template on a llama body (its Python-style tool calls)
     "minicpm3": (
         "minicpm3",
         "chatml",

@@ -1,5 +1,6 @@
 """Tool calls in each family's own call syntax (chat/tools.py `call_syntax`, `parse`): Llama 3.1/3.2's
-JSON object (after <|python_tag|> or bare) and Mistral's `[TOOL_CALLS] [...]`, read back into
+JSON object (after <|python_tag|> or bare), Mistral's `[TOOL_CALLS] [...]` and LFM2.5's Python-style
+`<|tool_call_start|>[f(k=v)]<|tool_call_end|>`, read back into
 `tool_calls` through the official `openai` client, streaming and not; what does not parse is content."""
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ PARIS = {"city": "Paris"}
     (' [{"name": "get_weather", "arguments": {"city": "Paris"}}]', "mistral", "", [("get_weather", PARIS)]),
     ('Let me check. [TOOL_CALLS] [{"name": "get_time", "arguments": {}}]', "mistral", "Let me check.",
      [("get_time", {})]),
+    ("<|tool_call_start|>[get_weather(city='Paris'), get_time()]<|tool_call_end|>", "pythonic", "",
+     [("get_weather", PARIS), ("get_time", {})]),
+    ("[get_weather(city='Paris')]", "pythonic", "", [("get_weather", PARIS)]),  # the control tokens dropped
+    ("Let me look.<|tool_call_start|>[get-weather(city=\"Pa'ris (FR)\", days=3, units=None)]<|tool_call_end|>",
+     "pythonic", "Let me look.", [("get-weather", {"city": "Pa'ris (FR)", "days": 3, "units": None})]),
+    # the template writes object arguments as JSON: true/false/null read as JSON's
+    ('[search(filters={"open": true, "tags": ["a", null]}, limit=-2.5, exact=False)]', "pythonic", "",
+     [("search", {"filters": {"open": True, "tags": ["a", None]}, "limit": -2.5, "exact": False})]),
 ])
 def test_each_syntax_parses_its_calls(text, syntax, content, calls):
     reply = parse(text, syntax)
@@ -47,6 +56,16 @@ def test_each_syntax_parses_its_calls(text, syntax, content, calls):
     ('[TOOL_CALLS] [{"name": "get_weather", "arguments": [1, 2]}]', "mistral"),  # arguments not an object
     ("[1, 2, 3] are the numbers", "mistral"),
     ('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>', "json"),  # another syntax's block
+    ("[get_weather(city='Paris')", "pythonic"),  # cut off
+    ("[get_weather('Paris')]", "pythonic"),  # a positional argument: no name to give it
+    ("[get_weather(city=open('x'))]", "pythonic"),  # not a literal
+    ("[get_weather(city='Paris')] and then some words", "pythonic"),
+    ("<|tool_call_start|>[get_time()]<|tool_call_end|> and more", "pythonic"),
+    ("[1, 2, 3] are the numbers", "pythonic"),
+    ("[get_time(), 'x']", "pythonic"),  # something other than a call in the list
+    ("[f(**kw)]", "pythonic"),
+    ("[f(a={1, 2})]", "pythonic"),  # a set is no JSON value
+    ('{"name": "get_time", "parameters": {}}', "pythonic"),
 ])
 def test_what_does_not_parse_is_content(text, syntax):
     reply = parse(text, syntax)
@@ -54,7 +73,7 @@ def test_what_does_not_parse_is_content(text, syntax):
 
 
 @pytest.mark.parametrize(("family", "syntax"), [("qwen2", "hermes"), ("llama", "json"), ("mistral", "mistral"),
-                                                ("minicpm", "hermes")])  # minicpm: ChatML, the fallback
+                                                ("minicpm", "hermes"), ("lfm2.5", "pythonic")])  # minicpm: ChatML
 def test_the_syntax_is_read_from_the_chat_template(family, syntax):
     from transformers import AutoTokenizer
 
@@ -66,6 +85,8 @@ CALLS = {  # what each family's model writes for a call, and a broken one
               '{"name": "get_weather", "parameters": {"city": '),
     "mistral": ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
                 '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}]]'),
+    "lfm2.5": ("<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>",
+               "<|tool_call_start|>[get_weather(city='Paris')<|tool_call_end|>"),
 }
 
 
@@ -116,11 +137,12 @@ def test_plain_answers_and_broken_calls_are_content(served):
 
 def test_required_and_named_calls_open_in_the_family_syntax(served):
     family, engine, client = served
-    syntax = {"llama": "json", "mistral": "mistral"}[family]
+    syntax = {"llama": "json", "mistral": "mistral", "lfm2.5": "pythonic"}[family]
+    opening = {"llama": "{", "mistral": "[TOOL_CALLS] [{", "lfm2.5": "<|tool_call_start|>["}[family]
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
         mode = "required" if choice == "required" else "function"
         forced = ToolPolicy(mode, "get_weather", syntax=syntax).prefix
-        assert forced.startswith("[TOOL_CALLS] [{" if family == "mistral" else "{")
+        assert forced.startswith(opening)
         engine.model.say(CALLS[family][0], forced=forced)
         assert ask(client, family, tool_choice=choice) == (None, [("get_weather", PARIS)], "tool_calls")
         assert ask(client, family, stream=True, tool_choice=choice) == ("", [("get_weather", PARIS)], "tool_calls")

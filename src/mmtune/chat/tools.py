@@ -24,12 +24,15 @@ Formats (`ModelSpec.tool_format`, resolved by `resolve_format`):
 - "json": Llama 3.1/3.2's JSON object `{"name": ..., "parameters": {...}}` as the whole answer, after
   `<|python_tag|>` or bare (several separated by `;`);
 - "mistral": `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (the control token is usually
-  dropped when the answer is decoded, so a bare list opening the answer reads the same).
+  dropped when the answer is decoded, so a bare list opening the answer reads the same);
+- "pythonic": LFM2.5's `<|tool_call_start|>[get_weather(city='Paris'), get_time()]<|tool_call_end|>`,
+  a Python list of calls with keyword arguments (the control tokens dropped, a bare list again).
 docs/tools.md describes the formats for users. Imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass, field
@@ -43,7 +46,7 @@ from mmtune.models.registry import TOOL_FORMATS
 __all__ = ["CALL_SYNTAXES", "TOOL_FORMATS", "Reply", "TemplateSupport", "call_syntax", "parse", "resolve_format",
            "template_support"]
 
-CALL_SYNTAXES = ("hermes", "json", "mistral")  # how an answer writes its calls (see `parse`)
+CALL_SYNTAXES = ("hermes", "json", "mistral", "pythonic")  # how an answer writes its calls (see `parse`)
 
 HERMES_INSTRUCTION = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -55,6 +58,7 @@ HERMES_INSTRUCTION = (
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"  # Llama 3.1: opens a call (a control token: decoding usually drops it)
 MISTRAL_CALLS = "[TOOL_CALLS]"  # Mistral: opens the list of calls (a control token too)
+PYTHONIC_OPEN, PYTHONIC_CLOSE = "<|tool_call_start|>", "<|tool_call_end|>"  # LFM2.5: around `[f(a=1), ...]`
 RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.S)
 
@@ -105,12 +109,14 @@ def parse(text: str, syntax: str = "hermes") -> Reply:
     - "hermes": each well-formed `<tool_call>{json}</tool_call>` block becomes a call and is removed
       from the content with the newline before it; a block that is not a JSON object with a string
       `name` (or an unclosed one) stays in the content;
-    - "json" / "mistral": the calls are the whole answer (content before `[TOOL_CALLS]` is kept as
-      content); if any of them does not parse, the whole answer is content."""
+    - "json" / "mistral" / "pythonic": the calls are the whole answer (content before the opening
+      control token is kept as content); if any of them does not parse, the whole answer is content."""
     if syntax == "json":
         return _parse_leading(text, PYTHON_TAG, "{")
     if syntax == "mistral":
         return _parse_leading(text, MISTRAL_CALLS, "[")
+    if syntax == "pythonic":
+        return _parse_pythonic(text)
     calls: list[ToolCall] = []
     kept: list[str] = []
     pos = 0
@@ -149,6 +155,95 @@ def _parse_leading(text: str, tag: str, bracket: str) -> Reply:
         while pos < len(body) and body[pos] in " \t\r\n;":
             pos += 1
     return Reply(content, calls) if calls else Reply(text)
+
+
+def _parse_pythonic(text: str) -> Reply:
+    """Calls written as a Python list, `[get_weather(city='Paris'), get_time()]`, after `<|tool_call_start|>`
+    (up to `<|tool_call_end|>`, with nothing after it) or as the whole answer. Each call has keyword
+    arguments only, each a literal: strings, numbers, True/False/None, lists and dicts (JSON's
+    true/false/null too: LFM2.5's template writes object arguments as JSON). Names may hold `-` and `.`
+    (OpenAI allows `-`; Python would not parse it), so they are cut out before Python parses the rest."""
+    at = text.find(PYTHONIC_OPEN)
+    content, body = (text[:at].rstrip(), text[at + len(PYTHONIC_OPEN):]) if at >= 0 else ("", text)
+    if at >= 0 and PYTHONIC_CLOSE in body:
+        body, after = body.split(PYTHONIC_CLOSE, 1)
+        if after.strip():
+            return Reply(text)
+    calls = _pythonic_calls(body.strip())
+    return Reply(content, calls) if calls else Reply(text)
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*")
+_JSON_WORDS = {"true": True, "false": False, "null": None}
+
+
+def _pythonic_calls(body: str) -> list[ToolCall]:
+    """The calls of a `[name(k=v, ...), ...]` list, or [] if it is not one."""
+    if not (body.startswith("[") and body.endswith("]")):
+        return []
+    names: list[str] = []
+    out: list[str] = []
+    depth, quote, pending, i = 0, "", "", 0
+    while i < len(body):  # the list's own level: cut each call's name out, keep everything else
+        ch = body[i]
+        if quote:
+            out.append(body[i:i + 2] if ch == "\\" else ch)
+            i += 2 if ch == "\\" else 1
+            quote = "" if ch == quote else quote
+            continue
+        if depth == 1 and ch not in "()[]{},'\"":
+            pending += ch
+            i += 1
+            continue
+        if ch == "(" and depth == 1:
+            name = pending.strip()
+            if not _NAME_RE.fullmatch(name):
+                return []
+            out.append(f"_c{len(names)}(")
+            names.append(name)
+            depth += 1
+        else:
+            if depth == 1 and pending.strip():
+                return []  # something other than a call at the list's level
+            out.append(ch)
+            quote = ch if ch in "'\"" else ""
+            depth += (ch in "([{") - (ch in ")]}")
+        pending = ""
+        i += 1
+    try:
+        tree = ast.parse("".join(out), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    if not isinstance(tree, ast.List) or len(tree.elts) != len(names) or not names:
+        return []
+    calls = []
+    for k, node in enumerate(tree.elts):
+        if (not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.func.id != f"_c{k}"
+                or node.args or any(kw.arg is None for kw in node.keywords)):
+            return []
+        try:
+            args = {kw.arg: _literal(kw.value) for kw in node.keywords}
+            calls.append(ToolCall(names[k], json.dumps(args, ensure_ascii=False, allow_nan=False)))
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return []
+    return calls
+
+
+def _literal(node: ast.AST) -> Any:
+    """A literal's value, JSON's words included; ValueError for anything that is not one."""
+    if isinstance(node, ast.Name) and node.id in _JSON_WORDS:
+        return _JSON_WORDS[node.id]
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Dict):
+        keys = [ast.literal_eval(k) if k is not None else None for k in node.keys]
+        if not all(isinstance(k, str) for k in keys):
+            raise ValueError("object keys must be strings")
+        return {k: _literal(v) for k, v in zip(keys, node.values, strict=True)}
+    value = ast.literal_eval(node)
+    if isinstance(value, (set, frozenset, bytes, complex)):
+        raise ValueError("not a JSON value")
+    return value
 
 
 def _call_from_json(body: str) -> ToolCall | None:
@@ -287,6 +382,8 @@ def _syntax_cached(template: str, tokenizer) -> str:
         return "mistral"
     if re.search(r'\{\s*"name"\s*:\s*"' + _P_CALL + r'"\s*,\s*"parameters"', text):
         return "json"
+    if re.search(r"\[\s*" + _P_CALL + r"\(\s*q\s*=", text):
+        return "pythonic"
     return "hermes"
 
 

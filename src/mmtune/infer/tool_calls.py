@@ -2,7 +2,8 @@
 parsed into content + calls (chat/tools.py `parse`, the inverse of the family's tool format).
 
 - `auto`: the model decides; the calls in its answer, in the template's call syntax
-  (chat/tools.py `call_syntax`: `<tool_call>` blocks, Llama's JSON, Mistral's `[TOOL_CALLS]`), become calls.
+  (chat/tools.py `call_syntax`: `<tool_call>` blocks, Llama's JSON, Mistral's `[TOOL_CALLS]`, LFM2.5's
+  Python-style list), become calls.
 - `none`: no call: nothing is parsed (and with `<tool_call>` blocks the answer stops where one would open).
 - without tools, nothing is parsed either (and nothing stops).
 - `required`: the answer starts with the call opening, so the model writes a call.
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mmtune.chat.tools import CALL_OPEN, MISTRAL_CALLS, PYTHON_TAG, parse
+from mmtune.chat.tools import CALL_OPEN, MISTRAL_CALLS, PYTHON_TAG, PYTHONIC_OPEN, parse
 from mmtune.data.schema import ToolCall
 from mmtune.errors import UserError
 
@@ -41,6 +42,8 @@ class ToolPolicy:
     @property
     def prefix(self) -> str:
         """The text the answer is made to start with (the model continues from it)."""
+        if self.syntax == "pythonic":  # `[name(key=value, ...)]`: a named call opens with its name
+            return {"required": PYTHONIC_OPEN + "[", "function": f"{PYTHONIC_OPEN}[{self.name}("}.get(self.mode, "")
         opening, key = {"hermes": (CALL_OPEN + "\n", "arguments"), "json": ("", "parameters"),
                         "mistral": (MISTRAL_CALLS + " [", "arguments")}[self.syntax]
         if self.mode == "required":
@@ -52,12 +55,12 @@ class ToolPolicy:
     @property
     def opener(self) -> str:
         """The text that opens a call anywhere in the answer."""
-        return {"hermes": CALL_OPEN, "json": PYTHON_TAG, "mistral": MISTRAL_CALLS}[self.syntax]
+        return {"hermes": CALL_OPEN, "json": PYTHON_TAG, "mistral": MISTRAL_CALLS, "pythonic": PYTHONIC_OPEN}[self.syntax]
 
     @property
     def leading(self) -> str:
         """A character that opens a call when the answer starts with it (its control token dropped)."""
-        return {"hermes": "", "json": "{", "mistral": "["}[self.syntax]
+        return {"hermes": "", "json": "{", "mistral": "[", "pythonic": "["}[self.syntax]
 
     @property
     def parses(self) -> bool:
