@@ -53,8 +53,11 @@ def _png(item) -> np.ndarray:
 
 def test_models_lists_the_picture_models(served):
     client, run = served
-    assert [m.id for m in client.models.list()] == ["tok", "base"]
-    assert client.models.retrieve("tok").id == "tok"
+    cards = client.models.list().data
+    assert [m.id for m in cards] == ["tok", "base"]
+    assert [m.mmtune for m in cards] == [{"kind": "image-generation"}] * 2  # no chat offered for them
+    tok = client.models.retrieve("tok")
+    assert (tok.id, tok.object, tok.mmtune) == ("tok", "model", {"kind": "image-generation"})
 
 
 def test_images_generate_with_the_official_client(served):

@@ -47,7 +47,11 @@ def expected(pool, model, msgs=None, **gen):
 
 
 def test_models_lists_every_name(client):
-    assert sorted(m.id for m in client.models.list()) == sorted([BASE, A, B, "merged"])
+    cards = client.models.list().data
+    assert sorted(m.id for m in cards) == sorted([BASE, A, B, "merged"])
+    # OpenAI's fields as OpenAI has them, and mmtune's kind beside them (the studio offers chat by it)
+    assert {(m.object, m.owned_by, m.mmtune["kind"]) for m in cards} == {("model", "mmtune", "text")}
+    assert client.models.retrieve(A).mmtune == {"kind": "text"}
 
 
 def test_non_streaming_answer_and_usage(client, pool):

@@ -428,8 +428,11 @@ def models_router() -> APIRouter:
     router = APIRouter(prefix="/v1")
     created = int(time.time())
 
-    def card(name: str) -> dict:
-        return {"id": name, "object": "model", "created": created, "owned_by": "mmtune"}
+    def card(name: str, kind: str) -> dict:
+        # OpenAI's card has no field saying what a model does; a client (the studio) needs it to offer chat
+        # or picture generation: mmtune's own `mmtune.kind`, "text" (/v1/chat/completions: text and
+        # vision-language models) or "image-generation" (/v1/images/generations). OpenAI's fields are unchanged.
+        return {"id": name, "object": "model", "created": created, "owned_by": "mmtune", "mmtune": {"kind": kind}}
 
     def pictures(request: Request) -> list[str]:  # image-generation models (serve/images.py)
         pool = getattr(request.app.state, "image_pool", None)
@@ -437,13 +440,15 @@ def models_router() -> APIRouter:
 
     @router.get("/models")
     async def list_models(request: Request):
-        return {"object": "list", "data": [card(n) for n in [*request.app.state.pool.names, *pictures(request)]]}
+        return {"object": "list", "data": [*(card(n, "text") for n in request.app.state.pool.names),
+                                           *(card(n, "image-generation") for n in pictures(request))]}
 
     @router.get("/models/{name:path}")
     async def get_model(name: str, request: Request):
-        if name not in pictures(request):
-            await _engine(request, name)
-        return card(name)
+        if name in pictures(request):
+            return card(name, "image-generation")
+        await _engine(request, name)
+        return card(name, "text")
 
     return router
 
