@@ -3,7 +3,9 @@
 The files are plain HTML, ES modules and CSS inside the package (serve/ui/), served as they are:
 no build step, nothing fetched from another origin. Every answer carries
 `Content-Security-Policy: default-src 'self'` (no inline script or style, no other origin: a
-dataset row that holds markup can never run) and `X-Content-Type-Options: nosniff`. The pages
+dataset row that holds markup can never run) and `X-Content-Type-Options: nosniff`. Pictures may also be
+`blob:` URLs: the sample and generated pictures are fetched with the key (an <img src> cannot send it)
+and shown as object URLs of what the page itself downloaded; data: URLs stay refused. The pages
 need no key to load; every API call they make sends the key the user typed (Bearer).
 """
 
@@ -15,7 +17,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
-CSP = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+CSP = "default-src 'self'; img-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache",
            "Referrer-Policy": "no-referrer"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

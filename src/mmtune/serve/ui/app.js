@@ -7,6 +7,7 @@ import { dataScreen } from './data.js';
 import { newJobScreen } from './newjob.js';
 import { jobScreen, jobsScreen } from './jobs.js';
 import { playgroundScreen } from './playground.js';
+import { imagesScreen } from './images.js';
 import { modelsScreen } from './models.js';
 import { checkpointsScreen } from './checkpoints.js';
 import { opScreen } from './ops.js';
@@ -29,7 +30,7 @@ async function render() {
   }
   clear(view);
   const screens = { data: dataScreen, new: newJobScreen, jobs: r.arg ? jobScreen : jobsScreen,
-                    playground: playgroundScreen, models: modelsScreen, checkpoints: checkpointsScreen, ops: opScreen };
+                    playground: playgroundScreen, images: imagesScreen, models: modelsScreen, checkpoints: checkpointsScreen, ops: opScreen };
   const screen = screens[r.name] || dataScreen;
   view.dataset.screen = r.name;
   try {

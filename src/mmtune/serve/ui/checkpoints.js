@@ -1,8 +1,10 @@
 // Checkpoints: every job's checkpoints and fine-tuned models in one table, each with "chat with this",
 // merge, GGUF export and evaluation (on a chosen file, or the job's validation file); the operations below.
+// A picture job's models get "Generate" (the picture playground) and merge instead.
 import { get } from './api.js';
 import { clear, copyButton, h } from './dom.js';
 import { t } from './i18n.js';
+import { generateHref, isPictureJob } from './images.js';
 import { opActions, opsTable } from './ops.js';
 
 export async function checkpointsScreen(view) {
@@ -17,9 +19,10 @@ export async function checkpointsScreen(view) {
   const row = (job, step, metrics, name, kind) => h('tr', { class: `ckpt-row ${kind}`, 'data-model': name, 'data-job': job.id, 'data-step': step },
     h('td', {}, h('a', { href: `#/jobs/${job.id}`, class: 'mono', text: job.id })), h('td', { text: step }),
     h('td', { text: num(metrics.train_loss) }), h('td', { text: num(metrics.valid_loss) }), h('td', { class: 'mono', text: name }),
-    h('td', {}, copyButton(() => name, t('copy')), ' ',
-      h('a', { class: 'button chat', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') }), ' ',
-      opActions(name, { evalOptions, onStarted: refresh })));
+    h('td', {}, copyButton(() => name, t('copy')), ' ', isPictureJob(job)
+      ? h('a', { class: 'button generate', href: generateHref(name, job.model), text: t('job.generate') })
+      : h('a', { class: 'button chat', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') }), ' ',
+      opActions(name, { evalOptions, onStarted: refresh, pictures: isPictureJob(job) })));
   const lists = await Promise.all(jobs.data.map((j) => get(`/v1/fine_tuning/jobs/${encodeURIComponent(j.id)}/checkpoints?limit=100`)
     .then((c) => [j, c.data]).catch(() => [j, []])));
   for (const [job, cks] of lists) {

@@ -1,9 +1,12 @@
 // Jobs: the list (status, queue position) and one job's page: live chart, step / total, ETA, tokens/s,
 // events, the log's tail, checkpoints ("chat with this"), cancel. All of it re-read from the API.
-import { get, post } from './api.js';
+// A picture (FLUX LoRA) job's page shows its sample pictures per checkpoint step instead of tokens/s, and
+// "Generate" (the picture playground) where a text job has "Chat".
+import { fetchBlob, get, post } from './api.js';
 import { drawChart } from './chart.js';
 import { clear, copyButton, fmtDuration, fmtTime, h, s } from './dom.js';
 import { t } from './i18n.js';
+import { generateHref, isPictureJob } from './images.js';
 import { opActions, opsTable } from './ops.js';
 
 const ACTIVE = ['validating_files', 'queued', 'running'];
@@ -53,12 +56,16 @@ export async function jobScreen(view, jobId) {
   const logPre = h('pre', { id: 'log', class: 'log' });
   const ckpts = h('tbody', { id: 'checkpoints' });
   const error = h('p', { id: 'job-error', class: 'error' });
+  const samplesEl = h('div', { id: 'samples', class: 'samples' });
+  const samplesSection = h('section', { id: 'samples-section', hidden: true }, h('h2', { text: t('job.samples') }),
+    h('p', { class: 'hint', text: t('job.sampleshint') }), samplesEl);
   const [opsEl, opsRefresh, opsStop] = opsTable(`job_id=${id}`);
   view.append(
     h('p', {}, h('a', { href: '#/jobs', text: `← ${t('jobs.title')}` })), head, resumed, error, progress, facts,
     h('section', {}, h('h2', { text: t('job.chart') }),
       h('div', { class: 'legend' }, h('span', { class: 'key train', text: t('job.trainloss') }), h('span', { class: 'key valid', text: t('job.validloss') }),
         h('span', { class: 'key lr', text: t('job.lr') }), h('label', {}, t('job.smoothing'), ' ', weight)), svg),
+    samplesSection,
     h('section', {}, h('h2', { text: t('job.checkpoints') }), h('table', { class: 'checkpoints' },
       h('thead', {}, h('tr', {}, ['step', 'train_loss', 'valid_loss', 'model', ''].map((c) => h('th', { text: c })))), ckpts)),
     h('section', {}, h('h2', { text: t('ops.title') }), opsEl),
@@ -66,7 +73,8 @@ export async function jobScreen(view, jobId) {
       h('section', {}, h('h2', { text: t('job.events') }), eventsList),
       h('section', {}, h('h2', { text: t('job.log') }), logPre)));
 
-  let events = [], logOffset = -16384, logText = '', lastJob = null, shownCkpts = '';
+  let events = [], logOffset = -16384, logText = '', lastJob = null, shownCkpts = '', shownSamples = '';
+  const pictures = new Map(); // file id -> Promise of an object URL: each sample is downloaded once, not per poll
   const redraw = () => {
     const series = { train: [], valid: [], lr: [] };
     const seen = { train: new Set(), valid: new Set(), lr: new Set() };
@@ -90,6 +98,7 @@ export async function jobScreen(view, jobId) {
     events = ev.data.slice().reverse(); // oldest first
     if (!lastJob || lastJob.status !== job.status || lastJob.fine_tuned_model !== job.fine_tuned_model) renderHead(head, job, opsRefresh);
     error.textContent = job.error ? job.error.message : '';
+    const picture = isPictureJob(job);
     const step = job.mmtune.step || 0, total = job.mmtune.total_steps;
     progress.max = total || 1; progress.value = job.status === 'succeeded' ? progress.max : step;
     const metrics = events.filter((e) => e.type === 'metrics' && typeof e.data.trained_tokens === 'number');
@@ -101,10 +110,17 @@ export async function jobScreen(view, jobId) {
     clear(facts).append(
       h('dt', { text: t('job.step') }), h('dd', { id: 'step', text: `${step} / ${total ?? '?'}` }),
       h('dt', { text: t('job.eta') }), h('dd', { id: 'eta', text: job.estimated_finish ? fmtDuration(job.estimated_finish - Date.now() / 1000) : '–' }),
-      h('dt', { text: t('job.tps') }), h('dd', { id: 'tps', text: tps === null ? '–' : tps.toFixed(0) }),
-      h('dt', { text: t('job.tokens') }), h('dd', { text: job.trained_tokens ?? '–' }),
-      h('dt', { text: t('job.cost') }), h('dd', { text: job.estimated_cost ?? '–' }),
+      picture ? [] : [ // a picture job trains on pictures: no tokens, so no tokens/s and no token price
+        h('dt', { text: t('job.tps') }), h('dd', { id: 'tps', text: tps === null ? '–' : tps.toFixed(0) }),
+        h('dt', { text: t('job.tokens') }), h('dd', { text: job.trained_tokens ?? '–' }),
+        h('dt', { text: t('job.cost') }), h('dd', { text: job.estimated_cost ?? '–' })],
       h('dt', { text: t('job.attempts') }), h('dd', { id: 'attempts', text: job.mmtune.attempts }));
+    samplesSection.hidden = !picture;
+    if (picture) {
+      const steps = sampleSteps(events);
+      const key = steps.map(([st, list]) => `${st}:${list.map((x) => x.file_id).join('+')}`).join(',');
+      if (key !== shownSamples) { shownSamples = key; renderSamples(samplesEl, steps, pictures); }
+    }
     const restarts = events.filter((e) => /service restarted|Resuming training/.test(e.message));
     resumed.hidden = !restarts.length;
     if (restarts.length) clear(resumed).append(h('strong', { text: t('job.resumed') }), ' ', restarts.map((e) => e.message).join(' · '));
@@ -121,9 +137,8 @@ export async function jobScreen(view, jobId) {
         ckpts.append(h('tr', { class: 'checkpoint', 'data-step': c.step_number },
           h('td', { text: c.step_number }), h('td', { text: num(c.metrics.train_loss) }), h('td', { text: num(c.metrics.valid_loss) }),
           h('td', { class: 'mono', text: name }),
-          h('td', {}, copyButton(() => name, t('copy')),
-            h('a', { class: 'button', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') }),
-            opActions(name, { onStarted: opsRefresh }))));
+          h('td', {}, copyButton(() => name, t('copy')), useButton(job, name),
+            opActions(name, { onStarted: opsRefresh, pictures: picture }))));
       }
     }
     if (log.text) {
@@ -142,21 +157,62 @@ export async function jobScreen(view, jobId) {
     if (!ACTIVE.includes(job.status) && stop) { stop(); stop = null; }
   };
   stop = every(POLL_MS, loop);
-  return () => { if (stop) stop(); opsStop(); return lastJob; };
+  return () => {
+    if (stop) stop(); opsStop();
+    for (const url of pictures.values()) url.then((u) => URL.revokeObjectURL(u), () => {});
+    return lastJob;
+  };
+}
+
+// Chat with a text job's model (beside its base), or draw with a picture job's (beside its base, same seed).
+function useButton(job, name, id) {
+  if (isPictureJob(job)) return h('a', { class: 'button generate', id: id && `generate-${id}`, href: generateHref(name, job.model), text: t('job.generate') });
+  return h('a', { class: 'button', id: id && `chat-${id}`, href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(name)}`, text: t('job.chat') });
+}
+
+// The sample events' pictures by step, oldest step first: [[step, [{file_id, filename, prompt}]]]. The
+// final samples come at the last step; when a checkpoint was also saved there, they are the same pictures
+// (same weights, same seed): the later event stands for the step.
+function sampleSteps(events) {
+  const byStep = new Map();
+  for (const e of events) {
+    if (e.data && Array.isArray(e.data.samples) && e.data.samples.length) byStep.set(Number(e.data.step), e.data.samples);
+  }
+  return [...byStep].sort((a, b) => a[0] - b[0]);
+}
+
+function renderSamples(el, steps, pictures) {
+  clear(el);
+  if (!steps.length) { el.append(h('p', { class: 'muted', id: 'no-samples', text: t('job.nosamples') })); return; }
+  for (const [step, list] of steps) {
+    el.append(h('div', { class: 'sample-step', 'data-step': step }, h('h3', { text: t('job.samplestep', { n: step }) }),
+      h('div', { class: 'sample-row' }, list.map((sample) => {
+        const img = h('img', { class: 'sample', alt: sample.prompt, title: sample.filename, 'data-file': sample.file_id });
+        const note = h('figcaption', { text: sample.prompt });
+        if (!pictures.has(sample.file_id)) {
+          pictures.set(sample.file_id, fetchBlob(`/v1/files/${encodeURIComponent(sample.file_id)}/content`).then((b) => URL.createObjectURL(b)));
+        }
+        pictures.get(sample.file_id).then((url) => { img.src = url; }, (e) => {
+          pictures.delete(sample.file_id); // tried again when the samples change
+          note.append(h('span', { class: 'error', text: ` ${e.message}` }));
+        });
+        return h('figure', { class: 'picture' }, img, note);
+      }))));
+  }
 }
 
 function renderHead(head, job, onStarted) {
   clear(head);
   const cancel = h('button', { type: 'button', id: 'cancel', class: 'danger', text: t('job.cancel'), hidden: !ACTIVE.includes(job.status) });
   cancel.addEventListener('click', async () => { cancel.disabled = true; await post(`/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/cancel`); });
+  const picture = isPictureJob(job);
   head.append(h('h1', { class: 'mono', text: job.id }),
     h('p', {}, h('span', { id: 'job-status', class: `badge ${job.status}`, 'data-status': job.status, text: t(`status.${job.status}`) }),
-      ' ', h('span', { text: `${job.model} · ${job.mmtune.preset} · ${job.mmtune.method}` }), ' ', cancel));
+      ' ', h('span', { id: 'job-what', text: `${job.model} · ${job.mmtune.preset} · ${picture ? t('job.picturelora') : job.mmtune.method}` }), ' ', cancel));
   if (job.fine_tuned_model) {
     head.append(h('p', { class: 'model-id' }, h('code', { id: 'ft-model', text: job.fine_tuned_model }), ' ',
-      copyButton(() => job.fine_tuned_model, t('copy')),
-      h('a', { class: 'button', id: 'chat-ft', href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(job.fine_tuned_model)}`, text: t('job.chat') }),
-      opActions(job.fine_tuned_model, { onStarted })));
+      copyButton(() => job.fine_tuned_model, t('copy')), useButton(job, job.fine_tuned_model, 'ft'),
+      opActions(job.fine_tuned_model, { onStarted, pictures: picture })));
   }
 }
 

@@ -22,8 +22,8 @@ function every(ms, fn) {
 
 // Buttons that start merge / export / eval on `model`; `evalOptions()` gives the eval's file_id (none: the
 // job's validation file) and max_tokens; `onStarted(op)` after the server accepted one. Errors show beside
-// the buttons.
-export function opActions(model, { base = false, evalOptions = () => ({}), onStarted = () => {} } = {}) {
+// the buttons. A picture model (`pictures`) has merge only: GGUF and the text evaluation are for text models.
+export function opActions(model, { base = false, pictures = false, evalOptions = () => ({}), onStarted = () => {} } = {}) {
   const status = h('span', { class: 'op-status', role: 'status' });
   const start = async (body) => {
     status.className = 'op-status'; status.textContent = t('ops.starting');
@@ -33,8 +33,9 @@ export function opActions(model, { base = false, evalOptions = () => ({}), onSta
   const dtype = h('select', { class: 'op-dtype', title: 'GGUF type' }, DTYPES.map((d) => h('option', { value: d, text: d })));
   const evalButton = h('button', { type: 'button', class: 'op-eval', text: t('ops.eval'), onclick: () => start({ kind: 'eval', ...evalOptions() }) });
   if (base) return h('span', { class: 'op-actions' }, evalButton, status);
-  return h('span', { class: 'op-actions' },
-    h('button', { type: 'button', class: 'op-merge', text: t('ops.merge'), onclick: () => start({ kind: 'merge' }) }),
+  const merge = h('button', { type: 'button', class: 'op-merge', text: t('ops.merge'), onclick: () => start({ kind: 'merge' }) });
+  if (pictures) return h('span', { class: 'op-actions' }, merge, status);
+  return h('span', { class: 'op-actions' }, merge,
     dtype, h('button', { type: 'button', class: 'op-export', text: t('ops.export'), onclick: () => start({ kind: 'export', dtype: dtype.value }) }),
     evalButton, status);
 }

@@ -2,16 +2,28 @@
 // /v1/chat/completions stream each); tokens and latency per column; an image dropped here is scaled
 // down in the browser and sent as a data: URL. A row of an uploaded file (a validation file) can be the
 // input, its reference answer shown beside the columns; "evaluate" runs the columns' models over the file.
+// Only chat models are offered: an image-generation model named here is pointed to the picture playground.
 import { get, post, stream } from './api.js';
 import { clear, h } from './dom.js';
 import { t } from './i18n.js';
+import { generateHref, isPictureCard } from './images.js';
 
 const MAX_SIDE = 768;
 
 export async function playgroundScreen(view, _arg, params) {
   const [models, files] = await Promise.all([get('/v1/models'), get('/v1/files?purpose=fine-tune')]);
-  const served = models.data.map((m) => m.id);
-  const wanted = (params.get('models') || '').split(',').filter(Boolean);
+  const served = models.data.filter((m) => !isPictureCard(m)).map((m) => m.id);
+  const pictureNames = new Set(models.data.filter(isPictureCard).map((m) => m.id));
+  const asked = (params.get('models') || '').split(',').filter(Boolean);
+  const wanted = asked.filter((m) => !pictureNames.has(m));
+  const elsewhere = asked.filter((m) => pictureNames.has(m)).map((m) =>
+    h('p', { class: 'notice picture-model', 'data-model': m }, t('pg.picturemodel', { m }), ' ',
+      h('a', { class: 'button generate', href: generateHref(m), text: t('job.generate') })));
+  if (!served.length) {
+    view.append(h('h1', { text: t('pg.title') }), elsewhere, h('p', { id: 'no-chat', class: 'notice' }, t('pg.notext'), ' ',
+      pictureNames.size ? h('a', { href: '#/images', text: t('nav.images') }) : ''));
+    return null;
+  }
   let names = wanted.length ? wanted : served.slice(0, 2);
   while (names.length < 2) names.push(served[0]);
   names = names.slice(0, 4);
@@ -136,7 +148,7 @@ export async function playgroundScreen(view, _arg, params) {
     }));
   };
   view.append(
-    h('h1', { text: t('pg.title') }),
+    h('h1', { text: t('pg.title') }), elsewhere,
     h('div', { class: 'grid' }, h('label', { class: 'field wide' }, h('span', { text: t('pg.systemlabel') }), system),
       h('label', { class: 'field wide' }, h('span', { text: t('pg.promptlabel') }), prompt),
       h('label', { class: 'field' }, h('span', { text: 'temperature' }), temperature), h('label', { class: 'field' }, h('span', { text: 'max_tokens' }), maxTokens),
