@@ -20,7 +20,7 @@ export async function playgroundScreen(view, _arg, params) {
     h('p', { class: 'notice picture-model', 'data-model': m }, t('pg.picturemodel', { m }), ' ',
       h('a', { class: 'button generate', href: generateHref(m), text: t('job.generate') })));
   if (!served.length) {
-    view.append(h('h1', { text: t('pg.title') }), elsewhere, h('p', { id: 'no-chat', class: 'notice' }, t('pg.notext'), ' ',
+    view.append(h('h1', { text: t('pg.title') }), ...elsewhere, h('p', { id: 'no-chat', class: 'notice' }, t('pg.notext'), ' ',
       pictureNames.size ? h('a', { href: '#/images', text: t('nav.images') }) : ''));
     return null;
   }
@@ -148,7 +148,7 @@ export async function playgroundScreen(view, _arg, params) {
     }));
   };
   view.append(
-    h('h1', { text: t('pg.title') }), elsewhere,
+    h('h1', { text: t('pg.title') }), ...elsewhere,
     h('div', { class: 'grid' }, h('label', { class: 'field wide' }, h('span', { text: t('pg.systemlabel') }), system),
       h('label', { class: 'field wide' }, h('span', { text: t('pg.promptlabel') }), prompt),
       h('label', { class: 'field' }, h('span', { text: 'temperature' }), temperature), h('label', { class: 'field' }, h('span', { text: 'max_tokens' }), maxTokens),
