@@ -110,10 +110,10 @@ export async function jobScreen(view, jobId) {
     clear(facts).append(
       h('dt', { text: t('job.step') }), h('dd', { id: 'step', text: `${step} / ${total ?? '?'}` }),
       h('dt', { text: t('job.eta') }), h('dd', { id: 'eta', text: job.estimated_finish ? fmtDuration(job.estimated_finish - Date.now() / 1000) : '–' }),
-      picture ? [] : [ // a picture job trains on pictures: no tokens, so no tokens/s and no token price
+      ...(picture ? [] : [ // a picture job trains on pictures: no tokens, so no tokens/s and no token price
         h('dt', { text: t('job.tps') }), h('dd', { id: 'tps', text: tps === null ? '–' : tps.toFixed(0) }),
         h('dt', { text: t('job.tokens') }), h('dd', { text: job.trained_tokens ?? '–' }),
-        h('dt', { text: t('job.cost') }), h('dd', { text: job.estimated_cost ?? '–' })],
+        h('dt', { text: t('job.cost') }), h('dd', { text: job.estimated_cost ?? '–' })]),
       h('dt', { text: t('job.attempts') }), h('dd', { id: 'attempts', text: job.mmtune.attempts }));
     samplesSection.hidden = !picture;
     if (picture) {
