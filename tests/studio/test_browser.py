@@ -145,6 +145,7 @@ def test_a_job_runs_to_success_through_a_server_restart(ui):
     checkpoints = server.api(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")["data"]
     assert len(checkpoints) >= 2 and page.locator("tr.checkpoint").count() == len(checkpoints)
     assert page.text_content("#step") == "4 / 4"
+    assert re.fullmatch(r"\d+|–", page.text_content("#tps")) and page.is_hidden("#samples-section")  # a text job's page
     assert "Resuming training from checkpoint at step" in page.text_content("#events")
     model = page.text_content("#ft-model")
     assert model == job["fine_tuned_model"] == f"ft:smollm2-135m-instruct:studio:{job_id}"
@@ -161,6 +162,9 @@ def test_a_job_runs_to_success_through_a_server_restart(ui):
     ui.go("#/models")
     page.wait_for_selector(f"#served tr[data-model='{model}']")
     assert job_id in page.text_content(f"#served tr[data-model='{model}']")
+    kinds = page.eval_on_selector_all("#served tbody tr", "rs => rs.map(r => [r.dataset.kind, !!r.querySelector('a.chat'), "
+                                      "!!r.querySelector('a.generate')])")
+    assert kinds and all(k == ["text", True, False] for k in kinds), kinds  # chat models: chat, never Generate
 
 
 def test_cancel_a_job(ui):

@@ -63,7 +63,10 @@ def _decoded(page, selector: str, at_least: int, timeout: float = 30_000) -> Non
     page.wait_for_function(DECODED.replace("SEL", repr(selector)), arg=at_least, timeout=timeout)
 
 
-@pytest.mark.slow  # measured 00 s on a loaded 2-core machine (see the report); most of it the training process
+# measured in one studio run on the shared 2-core machine (load 4-6): 29 s call + 8 s setup (12 s more when it
+# runs alone: the first diffusers import); ~22 s of the call is the job's training process, ~10 s loading two
+# pipelines to draw
+@pytest.mark.slow
 def test_a_picture_job_shows_its_samples_and_generates_beside_its_base(pictures):
     page, server = pictures.page, pictures.server
     pictures.expect_errors(REFUSED)  # the out-of-range steps below: the server's 400, shown in the column
