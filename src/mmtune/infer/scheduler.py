@@ -5,7 +5,8 @@ forward, a long prompt in chunks between decode steps), then join the running ba
 decode step: the caches are left-padded to one length and stacked, and the attention mask
 and per-row positions keep every row exactly what it would be alone (up to float rounding). A
 finished or cancelled row leaves the batch at once (its cache rows are dropped, and columns no
-row needs any more are trimmed). Each row keeps its own options: sampling processors, random
+row needs any more are trimmed). The batch cache keeps spare columns (RoomyLayer), so a decode step
+writes its new key/value column in place rather than copying the whole cache. Each row keeps its own options: sampling processors, random
 generator (a per-request seed), stop strings, max tokens.
 
 Rows for different LoRA adapters over one base (and for the base itself) decode in the same batch:
