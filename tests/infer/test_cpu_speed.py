@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mmtune.infer import cpu_linear, scheduler
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
