@@ -7,8 +7,10 @@ import threading
 import time
 
 import pytest
+import torch
 from infer.tiny import tiny_adapter, tiny_base
 
+from mmtune.infer.cpu_linear import OneDnnLinear
 from mmtune.infer.engine import Engine
 
 QUESTIONS = ["Hi", "Tell me about the sea and the sky, please.", "What is two plus two?", "Name a colour.",
@@ -49,6 +51,8 @@ def test_greedy_and_seeded_answers_equal_one_at_a_time(engine):
     jobs.append(dict(messages=ask(QUESTIONS[1]), temperature=0, max_new_tokens=30, stop=["e"]))
     alone = [engine.complete(**j) for j in jobs]
     assert engine._batcher.peak == 1
+    if torch.backends.mkldnn.is_available():  # on the CPU fast path (infer/cpu_linear.py) both ways
+        assert any(type(m) is OneDnnLinear for m in engine.model.modules())
     together = concurrently(engine, jobs)
     assert engine._batcher.peak >= 3  # they really decoded in one batch
     assert [(c.text, c.finish_reason, c.completion_tokens) for c in together] == [

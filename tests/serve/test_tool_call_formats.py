@@ -105,7 +105,8 @@ def ask(client, family, stream=False, **kw):
     if not stream:
         c = client.chat.completions.create(**kw).choices[0]
         calls = [(t.function.name, json.loads(t.function.arguments)) for t in c.message.tool_calls or []]
-        assert all(t.id.startswith("call_") for t in c.message.tool_calls or [])
+        ids = [t.id for t in c.message.tool_calls or []]
+        assert all(len(i) == 9 and i.isalnum() if family == "mistral" else i.startswith("call_") for i in ids)
         return c.message.content, calls, c.finish_reason
     content, calls, finish = "", {}, None
     for chunk in client.chat.completions.create(stream=True, **kw):
@@ -146,3 +147,21 @@ def test_required_and_named_calls_open_in_the_family_syntax(served):
         engine.model.say(CALLS[family][0], forced=forced)
         assert ask(client, family, tool_choice=choice) == (None, [("get_weather", PARIS)], "tool_calls")
         assert ask(client, family, stream=True, tool_choice=choice) == ("", [("get_weather", PARIS)], "tool_calls")
+
+
+def test_the_calls_and_their_results_go_back_to_the_model_on_the_next_turn(served):
+    """The ids we give are ones the family's template takes back (Mistral's: 9 letters and digits, else it
+    raises): the assistant's calls and the tool's result, sent back through the openai client, are answered."""
+    family, engine, client = served
+    engine.model.say(CALLS[family][0])
+    first = client.chat.completions.create(model=family, messages=ASK, tools=[WEATHER, TIME], temperature=0,
+                                           max_tokens=60).choices[0].message
+    (call,) = first.tool_calls
+    turn = [*ASK, first.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"sky": "sunny"})}]
+    engine.model.say("It is sunny in Paris.")
+    answer = client.chat.completions.create(model=family, messages=turn, tools=[WEATHER, TIME], temperature=0,
+                                            max_tokens=60).choices[0]
+    assert (answer.message.content, answer.finish_reason) == ("It is sunny in Paris.", "stop")
+    if family == "mistral":  # (Llama 3.1's template writes no ids)
+        assert call.id in engine.tokenizer().decode(engine.model.prompts[-1][0])

@@ -660,6 +660,9 @@ def _load(model: str, spec, dtype: Any, device: str | None):
     tokenizer = processor.tokenizer if processor is not None else load_tokenizer(model)
     net = load_model(model, dtype=dtype)
     net.to(device).eval()
+    from mmtune.infer.cpu_linear import use_onednn
+
+    use_onednn(net)  # float32 on a CPU: oneDNN's linear, not MKL's slow sgemm path (infer/cpu_linear.py)
     return net, tokenizer, processor
 
 

@@ -5,7 +5,8 @@ forward, a long prompt in chunks between decode steps), then join the running ba
 decode step: the caches are left-padded to one length and stacked, and the attention mask
 and per-row positions keep every row exactly what it would be alone (up to float rounding). A
 finished or cancelled row leaves the batch at once (its cache rows are dropped, and columns no
-row needs any more are trimmed). Each row keeps its own options: sampling processors, random
+row needs any more are trimmed). The batch cache keeps spare columns (RoomyLayer), so a decode step
+writes its new key/value column in place rather than copying the whole cache. Each row keeps its own options: sampling processors, random
 generator (a per-request seed), stop strings, max tokens.
 
 Rows for different LoRA adapters over one base (and for the base itself) decode in the same batch:
@@ -224,6 +225,7 @@ class Batcher:
 
         cache, mask = state
         device = mask.device
+        _make_room(cache)
         step_ids = torch.tensor([[s.last] for s in rows], device=device)
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
         positions = torch.tensor([[s.position + 1] for s in rows], device=device)
@@ -307,6 +309,69 @@ def _left_pad(t, width: int, dim: int = -2):
     shape = list(t.shape)
     shape[dim] = width - t.shape[dim]
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+ROOM = 64  # columns of spare room a batch cache gets when it runs out: one copy per ROOM steps, not one per step
+
+
+def _make_room(cache) -> None:
+    """Room for at least the next token in every layer of the batch cache, so its step writes the new
+    key/value column in place (RoomyLayer) instead of concatenating the whole cache again (DynamicLayer's
+    `torch.cat` per layer per step: at 16 rows a tenth of a CPU decode step, and it grows with the cache).
+    A layer whose tensors were replaced (rows joined or left) gets a fresh buffer."""
+    roomy = _roomy()
+    for layer in cache.layers:
+        if type(layer) is not roomy:
+            layer.__class__ = roomy
+            layer.buffers = None
+        layer.reserve(1)
+
+
+def _roomy_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        """A DynamicLayer whose keys/values are the filled front of larger buffers: `update` writes the new
+        columns into the room behind them (the same values a concatenation gives)."""
+
+        buffers: tuple | None = None
+
+        def reserve(self, columns: int) -> None:
+            keys, values = self.keys, self.values
+            filled = keys.shape[-2]
+            if self.buffers is not None:
+                bk, bv = self.buffers
+                if (bk.data_ptr() == keys.data_ptr() and bk.shape[:-2] == keys.shape[:-2]
+                        and filled + columns <= bk.shape[-2]):
+                    return
+            shape = (*keys.shape[:-2], filled + columns + ROOM, keys.shape[-1])
+            bk, bv = keys.new_empty(shape), values.new_empty((*shape[:-1], values.shape[-1]))
+            bk[..., :filled, :], bv[..., :filled, :] = keys, values
+            self.buffers = bk, bv
+            self.keys, self.values = bk[..., :filled, :], bv[..., :filled, :]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                return super().update(key_states, value_states, *args, **kwargs)
+            self.reserve(key_states.shape[-2])
+            filled, new = self.keys.shape[-2], key_states.shape[-2]
+            bk, bv = self.buffers
+            bk[..., filled : filled + new, :] = key_states
+            bv[..., filled : filled + new, :] = value_states
+            self.keys, self.values = bk[..., : filled + new, :], bv[..., : filled + new, :]
+            return self.keys, self.values
+
+    return RoomyLayer
+
+
+_ROOMY: list = []
+
+
+def _roomy():
+    """The RoomyLayer class (built once, on first use: this module imports transformers lazily)."""
+    if not _ROOMY:
+        _ROOMY.append(_roomy_layer())
+    return _ROOMY[0]
 
 
 def _select(state, keep: list[int]):

@@ -18,6 +18,8 @@ a model's mistake is never an error of the server. Imports nothing heavy.
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,14 +73,26 @@ class ToolPolicy:
         return (CALL_OPEN,) if self.mode == "none" and self.syntax == "hermes" else ()
 
     def split(self, text: str) -> tuple[str, list[ToolCall]]:
-        """The answer's content and its calls (each with a fresh `call_…` id)."""
+        """The answer's content and its calls (each with a fresh id: `call_id`)."""
         if not self.parses:
             return text, []
         reply = parse(text, self.syntax)
         if not reply.tool_calls:
             return text, []
         calls = reply.tool_calls[: None if self.parallel else 1]
-        return reply.content, [ToolCall(c.name, c.arguments, f"call_{uuid.uuid4().hex[:24]}") for c in calls]
+        return reply.content, [ToolCall(c.name, c.arguments, call_id(self.syntax)) for c in calls]
+
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def call_id(syntax: str) -> str:
+    """A fresh tool-call id the family's template takes back on the next turn: Mistral's templates insist on
+    exactly 9 letters and digits (they raise on anything else when the assistant's calls and the tool
+    results are sent back); the others take OpenAI's `call_…`."""
+    if syntax == "mistral":
+        return "".join(secrets.choice(_ALNUM) for _ in range(9))
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def tool_policy(tools: Sequence[dict] | None, tool_choice: Any = None, parallel: bool | None = None,
