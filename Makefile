@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install demo shapes picture-demo test test-fast bench bench-train bench-serve lint clean ui-shots
+.PHONY: install demo shapes shapes-dpo picture-demo test test-fast bench bench-train bench-serve lint clean ui-shots
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ shapes: install
 	$(PY) examples/shapes.py compose runs/shapes-llava
 	$(VENV)/bin/mmtune train --config examples/configs/vision_shapes.yaml
 	$(PY) examples/shapes.py score runs/shapes-llava-tuned runs/shapes-data/test.jsonl
+
+# The same task by DPO alone (right colour over a wrong one, same picture), scored before and after.
+shapes-dpo: install
+	$(PY) examples/shapes.py data runs/shapes-data
+	$(PY) examples/shapes.py pairs runs/shapes-data
+	$(PY) examples/shapes.py compose runs/shapes-llava
+	$(PY) examples/shapes.py score-pairs runs/shapes-llava runs/shapes-data/test_pairs.jsonl
+	$(VENV)/bin/mmtune train --config examples/configs/vision_shapes_dpo.yaml
+	$(PY) examples/shapes.py score-pairs runs/shapes-llava-dpo runs/shapes-data/test_pairs.jsonl
 
 # A tiny FLUX model trained from scratch, then a trigger-word LoRA, measured by colour (CPU, a few minutes).
 picture-demo: install

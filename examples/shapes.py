@@ -16,6 +16,11 @@ SmolLM2 (`mmtune.models.compose`) learns this in a few minutes.
     mmtune train --config examples/configs/vision_shapes_dpo.yaml  # DPO: right colour over a wrong one
     python examples/shapes.py score-pairs runs/shapes-llava-dpo runs/shapes-data/test_pairs.jsonl
 
+(`make shapes-dpo` runs these, scoring the base's pairs first.) Rows are short on purpose: a one-line
+system message (SmolLM2's template otherwise adds its longer default) and four image tokens per
+picture (`TOWER`) cut the tokens the frozen language model runs per row by 40% (a padded batch of 8:
+58 -> 35), and each training step's time by about half.
+
 Everything is deterministic: the same seed draws the same images; the test split uses its own
 seed, so its images differ from the training ones.
 """
@@ -46,8 +51,14 @@ QUESTIONS = (
     "What colour is it? Answer in one word.",
     "Tell me the shape's color.",
 )
+# A short system message: without one, SmolLM2's template adds its default (about three times as long),
+# and every training row pays for those tokens in each step.
+SYSTEM = "Answer in one word."
 IMAGE_SIZE = 64
 TRAIN_SEED, TEST_SEED = 1, 2
+# The tower's view: 32x32 pixels in four 16x16 patches, so four image tokens per picture. A colour needs no
+# finer grid, and each token less shortens every row the frozen language model runs forward and back.
+TOWER = {"image_size": 32, "patch_size": 16}
 
 
 def draw(rng: random.Random, colour: str, shape: str, size: int = IMAGE_SIZE):
@@ -81,6 +92,7 @@ def make_split(out: Path, name: str, n: int, seed: int) -> Path:
         ref = f"images/{name}_{i:04d}_{colour}_{shape}.png"
         draw(rng, colour, shape).save(out / ref)
         lines.append(json.dumps({"messages": [
+            {"role": "system", "content": SYSTEM},
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": ref}},
                                          {"type": "text", "text": rng.choice(QUESTIONS)}]},
             {"role": "assistant", "content": colour}]}))
@@ -95,6 +107,13 @@ def make_data(out: str | Path, train: int = 240, test: int = 60) -> tuple[Path, 
     return make_split(out, "train", train, TRAIN_SEED), make_split(out, "test", test, TEST_SEED)
 
 
+def compose(out: str | Path, text_model: str = "smollm2-135m-instruct", seed: int = 0) -> Path:
+    """The base model of this task: `text_model` + a fresh vision tower (`TOWER`) and projector."""
+    from mmtune.models.compose import VisionTower, compose_llava
+
+    return compose_llava(text_model, out, tower=VisionTower(**TOWER), seed=seed)
+
+
 def make_pairs(sft: str | Path, out: str | Path, seed: int = 0) -> Path:
     """Preference pairs from a split's rows (OpenAI's preference format): the same image and question,
     the right colour preferred to a wrong one (drawn with `seed`). Image paths stay relative to the
@@ -103,9 +122,9 @@ def make_pairs(sft: str | Path, out: str | Path, seed: int = 0) -> Path:
     lines = []
     for line in Path(sft).read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        user, answer = row["messages"]
+        *prompt, answer = row["messages"]
         wrong = rng.choice([c for c in COLOURS if c != answer["content"]])
-        lines.append(json.dumps({"input": {"messages": [user]},
+        lines.append(json.dumps({"input": {"messages": prompt},
                                  "preferred_output": [answer],
                                  "non_preferred_output": [{"role": "assistant", "content": wrong}]}))
     out = Path(out)
@@ -222,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefers the right colour on {pair_accuracy(args.model, args.pairs):.1%} of the pairs "
               f"({time.perf_counter() - start:.0f}s)")
     elif args.command == "compose":
-        from mmtune.models.compose import compose_llava
-
-        print(f"wrote {compose_llava(args.text_model, args.out, seed=args.seed)}")
+        print(f"wrote {compose(args.out, args.text_model, seed=args.seed)}")
     else:
         start = time.perf_counter()
         pairs = answers(args.model, args.data)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from examples.shapes import COLOURS, accuracy, answers, make_data
+from examples.shapes import COLOURS, accuracy, answers, compose, make_data
 from mmtune.config import resolve_config
-from mmtune.models.compose import compose_llava
 from mmtune.train.sft import run_sft
 
 STEPS, BATCH, LR = 150, 8, 5e-3
@@ -15,7 +14,7 @@ STEPS, BATCH, LR = 150, 8, 5e-3
 
 @pytest.mark.slow
 def test_fresh_tower_on_frozen_smollm2_learns_colours_of_held_out_shapes(tmp_path):
-    base = compose_llava("smollm2-135m-instruct", tmp_path / "base", seed=0)
+    base = compose(tmp_path / "base", seed=0)  # as `make shapes` composes it
     train, test = make_data(tmp_path / "data", train=240, test=60)
 
     before = accuracy(answers(base, test))
