@@ -6,10 +6,12 @@ base never draws yellow (mmtune.imagegen.demo.verdict; the bare "a circle" is re
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mmtune.cli import main
 from mmtune.imagegen import demo as D
+from mmtune.imagegen.generate import generate, load_for_generation
 
 
 @pytest.mark.slow
@@ -24,3 +26,8 @@ def test_trigger_word_teaches_a_new_concept(tmp_path):
     assert ok, D.report(results) + "\n" + "\n".join(lines)
     # the measure itself can fail: the base never draws the concept, whatever the prompt
     assert all(r["concept"] == 0 for k, r in results.items() if k.startswith("base"))
+    # the score's batched pictures are the ones `mmtune generate` draws one at a time
+    loaded = load_for_generation(str(out))
+    one = generate(loaded, "a circle", steps=D.GEN_STEPS, seed=101, width=D.SIDE, height=D.SIDE, max_sequence_length=32)
+    batched = D.draw_pictures(loaded, "a circle", 100, 2)[1]
+    assert np.abs(np.asarray(one[0], dtype=int) - np.asarray(batched, dtype=int)).max() <= 2

@@ -15,15 +15,24 @@ scratch on coloured shapes, then taught a new concept behind a trigger word.
    measured by colour: of the pixels that are not background, the share nearest yellow (the concept) and
    nearest the colour the prompt names. `verdict` says what must hold.
 
-What the numbers show (tests/imagegen/test_learning.py asserts it): with the trigger word the tuned model
-draws yellow circles; prompts that name a colour keep it, with no yellow, and the base never draws yellow.
-What does not hold yet at this scale: the bare prompt "a circle" (the concept's caption without the trigger
-word) also turns partly yellow (DreamBooth's "language drift"; the regularization pictures reduce it but,
-in these few CPU steps, do not remove it): `score` reports it and `verdict` does not count it. More
-counter-examples do not cure it: six more regularization pictures captioned "a circle" (red, green, blue;
-as many bare circles per epoch as concept pictures) measured worse, "a circle" 0.56 yellow and "zkx, a circle"
-0.75 (below the bar), against 0.45 and 0.91 with this recipe: with character-level tokenizers and random
-encoders "zkx, a circle" and "a circle" encode too alike for the LoRA to tell apart.
+What the numbers show (tests/imagegen/test_learning.py asserts it, on seeds 100-103): with the trigger word the
+tuned model draws yellow circles; prompts that name a colour keep it, with no yellow, and the base never draws
+yellow. What does not hold yet: the bare prompt "a circle" (the concept's caption without the trigger word)
+also turns partly yellow: `score` reports it and `verdict` does not count it. Measured over 12 pictures (seeds
+100-111) the trigger prompt is 0.65 yellow (0.91 on the test's first four), the bare one 0.32 to 0.58 by
+training seed (a 2-core CPU under load 6-11; 2026-12-01).
+
+Why (measured, not the encoders): "zkx, a circle" and "a circle" do not encode more alike than the prompts that
+keep their colour: CLIP pooled cosine 0.89 against 0.96 for "a red circle", T5 sequence 0.76 against 0.82. What
+pins "a circle" is only the regularization pictures, and they pin it only at their own (red, green, blue) noisy
+latents, never near the yellow pictures where the LoRA moves it; so more of them did not help (six more
+captioned "a circle": 0.56 bare, 0.75 trigger). `mmtune train --class-preservation W` pins it where the
+concept trains: the caption without the trigger word must predict what the base predicts (LoRA off) at the
+concept's own noisy latents. It removes the drift entirely ("a circle" 0.002 yellow, "a square" 0.001, the
+named colours kept better), but in these 250 steps the trigger prompt then reaches only 0.34 yellow (0.44 with
+the text-stream projections add_q/k/v_proj, to_add_out also adapted; more concept repeats: 0.30): the LoRA has
+to tell the two captions apart, which it learns slower than "circles turn yellow". Not in LORA_FLAGS until a
+recipe meets both bars on a CPU in minutes.
 Deterministic: fixed seeds throughout.
 """
 
@@ -246,20 +255,30 @@ PROMPTS = {f"{TRIGGER}, a circle": "concept", "a circle": None, "a red circle": 
 
 def score(run: str | Path, num: int = 4, seed: int = 100) -> dict[str, dict[str, Any]]:
     """Mean colour shares of `num` pictures per prompt, base (LoRA off) and tuned, the same seeds."""
-    from mmtune.imagegen.generate import generate, load_for_generation
-    from mmtune.imagegen.tiny import MAX_T5_TOKENS
+    from mmtune.imagegen.generate import load_for_generation
 
     loaded = load_for_generation(str(run))
     results: dict[str, dict[str, Any]] = {}
     for tuned in (False, True):
         (loaded.pipe.enable_lora if tuned else loaded.pipe.disable_lora)()
         for prompt, expect in PROMPTS.items():
-            images = generate(loaded, prompt, steps=GEN_STEPS, seed=seed, width=SIDE, height=SIDE, num=num,
-                              max_sequence_length=MAX_T5_TOKENS)
-            shares = [colour_shares(im) for im in images]
+            shares = [colour_shares(im) for im in draw_pictures(loaded, prompt, seed, num)]
             mean = {k: round(sum(s[k] for s in shares) / len(shares), 3) for k in shares[0]}
             results[f"{'tuned' if tuned else 'base'} | {prompt}"] = {"expect": expect, **mean}
     return results
+
+
+def draw_pictures(loaded, prompt: str, seed: int, num: int) -> list:
+    """`num` pictures at SIDE in one pipeline call, picture i from seed + i: the pictures `generate` draws one
+    at a time (the same latents), in a fraction of the time at this size."""
+    import torch
+
+    from mmtune.imagegen.tiny import MAX_T5_TOKENS
+
+    loaded.pipe.set_progress_bar_config(disable=True)
+    return loaded.pipe(prompt, num_inference_steps=GEN_STEPS, guidance_scale=loaded.spec.default_guidance,
+                       width=SIDE, height=SIDE, num_images_per_prompt=num, max_sequence_length=MAX_T5_TOKENS,
+                       generator=[torch.Generator().manual_seed(seed + i) for i in range(num)]).images
 
 
 def report(results: dict[str, dict[str, Any]]) -> str:
