@@ -1,8 +1,8 @@
 """Real learning on a CPU: a tiny FLUX-architecture model trained here from scratch on coloured shapes
 (mmtune.imagegen.demo, built once per machine under ~/.cache/mmtune), then a LoRA through `mmtune train` on six
 pictures of yellow circles behind the trigger word `zkx`. Measured by colour: with the trigger word the tuned
-model draws the concept; prompts naming a colour (no trigger word) keep their colour with no yellow, and the
-base never draws yellow (mmtune.imagegen.demo.verdict; the bare "a circle" is reported, not asserted)."""
+model draws the concept; without it (the bare "a circle", the concept's own caption, included) next to no yellow;
+prompts naming a colour keep their colour, and the base never draws yellow (mmtune.imagegen.demo.verdict)."""
 
 from __future__ import annotations
 

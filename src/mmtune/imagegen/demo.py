@@ -15,24 +15,20 @@ scratch on coloured shapes, then taught a new concept behind a trigger word.
    measured by colour: of the pixels that are not background, the share nearest yellow (the concept) and
    nearest the colour the prompt names. `verdict` says what must hold.
 
-What the numbers show (tests/imagegen/test_learning.py asserts it, on seeds 100-103): with the trigger word the
-tuned model draws yellow circles; prompts that name a colour keep it, with no yellow, and the base never draws
-yellow. What does not hold yet: the bare prompt "a circle" (the concept's caption without the trigger word)
-also turns partly yellow: `score` reports it and `verdict` does not count it. Measured over 12 pictures (seeds
-100-111) the trigger prompt is 0.65 yellow (0.91 on the test's first four), the bare one 0.32 to 0.58 by
-training seed (a 2-core CPU under load 6-11; 2026-12-01).
+What the numbers show (tests/imagegen/test_learning.py asserts it): with the trigger word the tuned model draws
+yellow circles; without it, the bare "a circle" (the concept's own caption) included, next to no yellow; prompts
+that name a colour keep it, and the base never draws yellow. Over 12 pictures (seeds 100-111), training seeds
+42 / 1 / 2: "zkx, a circle" 1.00 / 0.97 / 1.00 yellow, "a circle" 0.001 / 0.000 / 0.000 (measured 2026-12-01).
 
-Why (measured, not the encoders): "zkx, a circle" and "a circle" do not encode more alike than the prompts that
-keep their colour: CLIP pooled cosine 0.89 against 0.96 for "a red circle", T5 sequence 0.76 against 0.82. What
-pins "a circle" is only the regularization pictures, and they pin it only at their own (red, green, blue) noisy
-latents, never near the yellow pictures where the LoRA moves it; so more of them did not help (six more
-captioned "a circle": 0.56 bare, 0.75 trigger). `mmtune train --class-preservation W` pins it where the
-concept trains: the caption without the trigger word must predict what the base predicts (LoRA off) at the
-concept's own noisy latents. It removes the drift entirely ("a circle" 0.002 yellow, "a square" 0.001, the
-named colours kept better), but in these 250 steps the trigger prompt then reaches only 0.34 yellow (0.44 with
-the text-stream projections add_q/k/v_proj, to_add_out also adapted; more concept repeats: 0.30): the LoRA has
-to tell the two captions apart, which it learns slower than "circles turn yellow". Not in LORA_FLAGS until a
-recipe meets both bars on a CPU in minutes.
+Why the bare prompt drifted before (0.32-0.58 yellow, the trigger 0.65, with regularization pictures alone):
+not the encoders: "zkx, a circle" and "a circle" encode less alike than "a red circle" and "a circle", which kept
+its colour (CLIP pooled cosine 0.89 against 0.96, T5 sequence 0.76 against 0.82). The regularization pictures
+pin "a circle" only at their own (red, green, blue) noisy latents, never near the yellow pictures where the
+LoRA moves it (six more of them made it worse: 0.56). `--class-preservation 1` pins it there: the caption
+without the trigger word must predict what the base predicts (LoRA off) at the concept's own noisy latents.
+Alone it cut the drift to 0.003 but left the trigger at 0.34; the LoRA then has to tell the captions apart, and
+does so through the trigger tokens once the text-stream projections are adapted too (LORA_TARGETS) and the
+learning rate is 5e-3: the numbers above.
 Deterministic: fixed seeds throughout.
 """
 
@@ -58,12 +54,17 @@ TRIGGER = "zkx"  # letters no base caption has (the tiny tokenizers are characte
 GEN_STEPS = 12
 VERSION = 1  # bump when the base recipe changes: a new cache folder
 BASE_ARCH = dict(vae_blocks=1, vae_channels=32, latent_channels=4, layers=2, single_layers=2, heads=4)
+# the text stream's projections too: class preservation makes the LoRA tell "zkx, a circle" from "a circle",
+# which it learns through the trigger tokens (attention-only targets: 0.75 yellow with the trigger word, these 1.00)
+LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                "attn.add_v_proj", "attn.to_add_out"]
 # The LoRA run, measured on the 2-core CPU (tests/imagegen/test_learning.py): 250 steps of 4 pictures; the
 # concept's 6 pictures twice an epoch, the 24 regularization pictures once (DreamBooth's balance gives 1 each:
 # more weight on the prior than on the concept is what kept the other prompts' colours).
 LORA_FLAGS = ["--trigger-word", TRIGGER, "--resolution", str(SIDE), "--max-sequence-length", "32",
-              "--repeats", "2", "--batch-size", "4", "--max-steps", "250", "--learning-rate", "2e-3",
+              "--repeats", "2", "--batch-size", "4", "--max-steps", "250", "--learning-rate", "5e-3",
               "--scheduler", "cosine", "--warmup-steps", "10", "--lora-rank", "8", "--lora-alpha", "8",
+              "--class-preservation", "1", "--lora-targets", *LORA_TARGETS,
               "--save-steps", "1000", "--logging-steps", "25", "--sample-steps", str(GEN_STEPS),
               "--sample-prompt", f"{TRIGGER}, a circle", "--sample-prompt", "a circle"]
 
@@ -300,17 +301,17 @@ NAMED_MIN = 0.4  # a prompt that names a colour keeps at least this share of it 
 
 
 def verdict(results: dict[str, dict[str, Any]]) -> tuple[bool, list[str]]:
-    """(passed, one line per check) for `score`'s results. The bare "a circle" is reported, not counted
-    (see the module's docstring)."""
+    """(passed, one line per check) for `score`'s results: the trigger prompt draws the concept; every other
+    prompt, tuned or base, the bare "a circle" (the concept's class) included, draws next to none of it; the
+    prompts that name a colour keep it."""
     checks = [(f"tuned | {TRIGGER}, a circle: concept >= {CONCEPT_MIN}",
                results[f"tuned | {TRIGGER}, a circle"]["concept"] >= CONCEPT_MIN)]
     for key, r in results.items():
-        if key.startswith("base") or r["expect"] in COLOURS:
+        if key != f"tuned | {TRIGGER}, a circle":
             checks.append((f"{key}: concept <= {OTHER_MAX}", r["concept"] <= OTHER_MAX))
         if r["expect"] in COLOURS:
             checks.append((f"{key}: {r['expect']} >= {NAMED_MIN}", r[r["expect"]] >= NAMED_MIN))
     lines = [f"{'ok  ' if ok else 'FAIL'} {text}" for text, ok in checks]
-    lines.append(f"(not counted) tuned | a circle: concept {results['tuned | a circle']['concept']:.2f}")
     return all(ok for _, ok in checks), lines
 
 
