@@ -8,14 +8,14 @@ trained here from scratch on coloured shapes, then taught a new concept (yellow 
    them. Built once per machine under ~/.cache/mmtune (a few minutes), then reused.
 2. `mmtune train --model BASE --data concept/ --reg-data regular/ --trigger-word zkx ...`: the LoRA on six
    pictures of yellow circles captioned "a circle", with regularization pictures of the base shapes
-   (prior preservation).
+   (prior preservation) and class preservation ("a circle" kept as the base draws it).
 3. the measure: pictures drawn for the same prompts by the base and by the tuned model, the same seeds; of
    the pixels that are not background, the share nearest yellow (the concept) and nearest each base colour.
    `grid.png` shows them (rows: base, tuned; columns: the prompts).
 
-With the trigger word the tuned model draws yellow circles; prompts that name a colour keep it. The bare
-"a circle" drifts partly to yellow (reported, not counted: see mmtune/imagegen/demo.py). The same check runs as
-a test (tests/imagegen/test_learning.py).
+With the trigger word the tuned model draws yellow circles; without it (the bare "a circle" included) no yellow,
+and prompts that name a colour keep it (`--class-preservation 1`: see mmtune/imagegen/demo.py). The same check
+runs as a test (tests/imagegen/test_learning.py).
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """Real learning on a CPU: a tiny FLUX-architecture model trained here from scratch on coloured shapes
 (mmtune.imagegen.demo, built once per machine under ~/.cache/mmtune), then a LoRA through `mmtune train` on six
 pictures of yellow circles behind the trigger word `zkx`. Measured by colour: with the trigger word the tuned
-model draws the concept; prompts naming a colour (no trigger word) keep their colour with no yellow, and the
-base never draws yellow (mmtune.imagegen.demo.verdict; the bare "a circle" is reported, not asserted)."""
+model draws the concept; without it (the bare "a circle", the concept's own caption, included) next to no yellow;
+prompts naming a colour keep their colour, and the base never draws yellow (mmtune.imagegen.demo.verdict)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mmtune.cli import main
 from mmtune.imagegen import demo as D
+from mmtune.imagegen.generate import generate, load_for_generation
 
 
 @pytest.mark.slow
@@ -24,3 +26,8 @@ def test_trigger_word_teaches_a_new_concept(tmp_path):
     assert ok, D.report(results) + "\n" + "\n".join(lines)
     # the measure itself can fail: the base never draws the concept, whatever the prompt
     assert all(r["concept"] == 0 for k, r in results.items() if k.startswith("base"))
+    # the score's batched pictures are the ones `mmtune generate` draws one at a time
+    loaded = load_for_generation(str(out))
+    one = generate(loaded, "a circle", steps=D.GEN_STEPS, seed=101, width=D.SIDE, height=D.SIDE, max_sequence_length=32)
+    batched = D.draw_pictures(loaded, "a circle", 100, 2)[1]
+    assert np.abs(np.asarray(one[0], dtype=int) - np.asarray(batched, dtype=int)).max() <= 2

@@ -298,3 +298,60 @@ def test_export_kohya_command(run, tmp_path, capsys):
     assert torch.allclose(qkv[32:64] * scale, ours[f"{k}.lora_B.weight"] @ ours[f"{k}.lora_A.weight"] * 2.0)
     assert main(["export", str(out), "--format", "kohya", "--out", str(tmp_path / "x.gguf")]) == 2
     assert "is a .safetensors file" in capsys.readouterr().err
+
+
+def test_without_trigger_gives_the_class_caption():
+    assert T.without_trigger("sks, a cat on a sofa", "sks") == "a cat on a sofa"
+    assert T.without_trigger("a sks cat", "sks") == "a cat"
+    assert T.without_trigger("a cat", "sks") == "a cat"
+    assert T.without_trigger("sks", "sks") is None
+    with pytest.raises(UserError, match="class_preservation needs --trigger-word"):
+        PictureConfig(model="m", data=["d"], class_preservation=1.0).validate()
+
+
+def test_class_preservation_pulls_the_plain_caption_to_the_base(base, pictures, tmp_path):
+    """The extra term is the tuned model's prediction for the caption without the trigger word against the
+    base's (adapters off) at the same noisy latents: zero while the LoRA is still zero, positive and with a
+    gradient into the LoRA once it is not, and the adapters are on again afterwards."""
+    from mmtune.data.pictures import load_pictures
+    from mmtune.imagegen.pipeline import load_pipeline, model_source
+
+    cpu, f32 = torch.device("cpu"), torch.float32
+    cfg = _cfg(base, pictures, tmp_path / "o", class_preservation=2.0)
+    pipe = load_pipeline(str(base))
+    ps = load_pictures(str(pictures))
+    captions = T.caption_texts(ps, "sks")
+    plain = [T.without_trigger(c, "sks") for c in captions]
+    cache = T.encode_once(pipe, ps, captions, cfg, 32, MAX_T5_TOKENS, cpu, f32, plain)
+    assert [cache.caption[i] != cache.plain[i] for i in range(3)] == [True] * 3
+    transformer = pipe.transformer
+    T.add_lora(transformer, cfg, model_source(str(base))[1])
+    sigmas, timesteps = T.training_noise_levels(pipe)
+    batch = [i for i in range(3) if cache.bucket[i] == cache.bucket[0]]
+
+    def loss(weight):
+        cfg.class_preservation = weight
+        return T.flow_matching_loss(transformer, cache, batch, torch.Generator().manual_seed(0), sigmas, timesteps,
+                                    1.0, cfg, cpu, f32)
+
+    assert loss(2.0).item() == pytest.approx(loss(0.0).item(), abs=1e-7)  # LoRA B = 0: tuned = base
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    extra = loss(2.0) - loss(0.0)
+    assert extra.item() > 0
+    extra.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in transformer.named_parameters()
+               if "lora_" in n)
+    assert loss(0.0).item() != pytest.approx(_base_loss(transformer, cache, batch, sigmas, timesteps, cfg))
+
+
+def _base_loss(transformer, cache, batch, sigmas, timesteps, cfg):
+    transformer.disable_adapters()
+    try:
+        with torch.no_grad():
+            return T.flow_matching_loss(transformer, cache, batch, torch.Generator().manual_seed(0), sigmas,
+                                        timesteps, 1.0, cfg, torch.device("cpu"), torch.float32).item()
+    finally:
+        transformer.enable_adapters()

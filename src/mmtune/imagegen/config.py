@@ -58,6 +58,11 @@ class PictureConfig:
                                 "as often as the --data pictures")
     trigger_word: str | None = _opt(None, "word put in front of every caption (`TOK, a cat on a sofa`); the "
                                     "tuned model draws the new subject or style when a prompt has it")
+    class_preservation: float = _opt(0.0, "with --trigger-word: weight of a second loss that keeps each caption "
+                                     "WITHOUT the trigger word (`a cat on a sofa`) predicting what the base model "
+                                     "predicts (LoRA off, the same noisy picture), so the class itself does not turn "
+                                     "into the new subject; 0 = off, 1 = as much weight as the pictures' own loss "
+                                     "(each step runs one more forward pass of the base and one of the LoRA)")
     repeats: int = _opt(10, "times each picture is seen per epoch")
     resolution: int | None = _opt(None, "training side in pixels (pictures are resized and cropped to a bucket of "
                                   "about resolution² pixels; default: the model's, 1024 for FLUX.1)")
@@ -125,13 +130,16 @@ class PictureConfig:
             (self.trigger_word is None or (self.trigger_word.strip() and " " not in self.trigger_word.strip()),
              f"trigger_word must be one word without spaces (got {self.trigger_word!r})"),
             (self.sample_steps is None or self.sample_steps >= 1, "sample_steps must be >= 1"),
+            (self.class_preservation >= 0, f"class_preservation must be >= 0 (got {self.class_preservation})"),
+            (not self.class_preservation or self.trigger_word, "class_preservation needs --trigger-word: it keeps the "
+             "captions without the trigger word as the base draws them"),
         ]
         problems = [msg for ok, msg in checks if not ok]
         if problems:
             raise UserError("invalid picture training config:\n  " + "\n  ".join(problems))
 
 
-PICTURE_ONLY = ("reg_data", "trigger_word", "repeats", "resolution", "buckets", "optimizer", "guidance", "timestep_sampling",
+PICTURE_ONLY = ("reg_data", "trigger_word", "class_preservation", "repeats", "resolution", "buckets", "optimizer", "guidance", "timestep_sampling",
                 "max_sequence_length", "sample_prompt", "sample_steps", "rules")
 
 
@@ -142,7 +150,8 @@ def picture_fields() -> list[dataclasses.Field]:
 def add_picture_arguments(parser: argparse.ArgumentParser) -> None:
     """The picture-only flags of `mmtune train`, as their own help group (the shared ones are TrainConfig's)."""
     group = parser.add_argument_group("image-generation models (FLUX LoRA; `mmtune models`, third table)")
-    kinds = {"repeats": int, "resolution": int, "max_sequence_length": int, "sample_steps": int, "guidance": float}
+    kinds = {"repeats": int, "resolution": int, "max_sequence_length": int, "sample_steps": int, "guidance": float,
+             "class_preservation": float}
     for f in picture_fields():
         if f.name not in PICTURE_ONLY:
             continue
@@ -196,7 +205,7 @@ def picture_config_from_args(args: argparse.Namespace) -> PictureConfig:
         values["data"] = [values["data"]]
     if isinstance(values.get("sample_prompt"), str):
         values["sample_prompt"] = [values["sample_prompt"]]
-    for name in ("learning_rate", "lora_alpha", "lora_dropout", "weight_decay", "guidance"):
+    for name in ("learning_rate", "lora_alpha", "lora_dropout", "weight_decay", "guidance", "class_preservation"):
         if isinstance(values.get(name), str):  # YAML reads 1e-4 as a string
             try:
                 values[name] = float(values[name])

@@ -15,15 +15,20 @@ scratch on coloured shapes, then taught a new concept behind a trigger word.
    measured by colour: of the pixels that are not background, the share nearest yellow (the concept) and
    nearest the colour the prompt names. `verdict` says what must hold.
 
-What the numbers show (tests/imagegen/test_learning.py asserts it): with the trigger word the tuned model
-draws yellow circles; prompts that name a colour keep it, with no yellow, and the base never draws yellow.
-What does not hold yet at this scale: the bare prompt "a circle" (the concept's caption without the trigger
-word) also turns partly yellow (DreamBooth's "language drift"; the regularization pictures reduce it but,
-in these few CPU steps, do not remove it): `score` reports it and `verdict` does not count it. More
-counter-examples do not cure it: six more regularization pictures captioned "a circle" (red, green, blue;
-as many bare circles per epoch as concept pictures) measured worse, "a circle" 0.56 yellow and "zkx, a circle"
-0.75 (below the bar), against 0.45 and 0.91 with this recipe: with character-level tokenizers and random
-encoders "zkx, a circle" and "a circle" encode too alike for the LoRA to tell apart.
+What the numbers show (tests/imagegen/test_learning.py asserts it): with the trigger word the tuned model draws
+yellow circles; without it, the bare "a circle" (the concept's own caption) included, next to no yellow; prompts
+that name a colour keep it, and the base never draws yellow. Over 12 pictures (seeds 100-111), training seeds
+42 / 1 / 2: "zkx, a circle" 1.00 / 0.97 / 1.00 yellow, "a circle" 0.001 / 0.000 / 0.000 (measured 2026-12-01).
+
+Why the bare prompt drifted before (0.32-0.58 yellow, the trigger 0.65, with regularization pictures alone):
+not the encoders: "zkx, a circle" and "a circle" encode less alike than "a red circle" and "a circle", which kept
+its colour (CLIP pooled cosine 0.89 against 0.96, T5 sequence 0.76 against 0.82). The regularization pictures
+pin "a circle" only at their own (red, green, blue) noisy latents, never near the yellow pictures where the
+LoRA moves it (six more of them made it worse: 0.56). `--class-preservation 1` pins it there: the caption
+without the trigger word must predict what the base predicts (LoRA off) at the concept's own noisy latents.
+Alone it cut the drift to 0.003 but left the trigger at 0.34; the LoRA then has to tell the captions apart, and
+does so through the trigger tokens once the text-stream projections are adapted too (LORA_TARGETS) and the
+learning rate is 5e-3: the numbers above.
 Deterministic: fixed seeds throughout.
 """
 
@@ -49,12 +54,17 @@ TRIGGER = "zkx"  # letters no base caption has (the tiny tokenizers are characte
 GEN_STEPS = 12
 VERSION = 1  # bump when the base recipe changes: a new cache folder
 BASE_ARCH = dict(vae_blocks=1, vae_channels=32, latent_channels=4, layers=2, single_layers=2, heads=4)
+# the text stream's projections too: class preservation makes the LoRA tell "zkx, a circle" from "a circle",
+# which it learns through the trigger tokens (attention-only targets: 0.75 yellow with the trigger word, these 1.00)
+LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                "attn.add_v_proj", "attn.to_add_out"]
 # The LoRA run, measured on the 2-core CPU (tests/imagegen/test_learning.py): 250 steps of 4 pictures; the
 # concept's 6 pictures twice an epoch, the 24 regularization pictures once (DreamBooth's balance gives 1 each:
 # more weight on the prior than on the concept is what kept the other prompts' colours).
 LORA_FLAGS = ["--trigger-word", TRIGGER, "--resolution", str(SIDE), "--max-sequence-length", "32",
-              "--repeats", "2", "--batch-size", "4", "--max-steps", "250", "--learning-rate", "2e-3",
+              "--repeats", "2", "--batch-size", "4", "--max-steps", "250", "--learning-rate", "5e-3",
               "--scheduler", "cosine", "--warmup-steps", "10", "--lora-rank", "8", "--lora-alpha", "8",
+              "--class-preservation", "1", "--lora-targets", *LORA_TARGETS,
               "--save-steps", "1000", "--logging-steps", "25", "--sample-steps", str(GEN_STEPS),
               "--sample-prompt", f"{TRIGGER}, a circle", "--sample-prompt", "a circle"]
 
@@ -246,20 +256,30 @@ PROMPTS = {f"{TRIGGER}, a circle": "concept", "a circle": None, "a red circle": 
 
 def score(run: str | Path, num: int = 4, seed: int = 100) -> dict[str, dict[str, Any]]:
     """Mean colour shares of `num` pictures per prompt, base (LoRA off) and tuned, the same seeds."""
-    from mmtune.imagegen.generate import generate, load_for_generation
-    from mmtune.imagegen.tiny import MAX_T5_TOKENS
+    from mmtune.imagegen.generate import load_for_generation
 
     loaded = load_for_generation(str(run))
     results: dict[str, dict[str, Any]] = {}
     for tuned in (False, True):
         (loaded.pipe.enable_lora if tuned else loaded.pipe.disable_lora)()
         for prompt, expect in PROMPTS.items():
-            images = generate(loaded, prompt, steps=GEN_STEPS, seed=seed, width=SIDE, height=SIDE, num=num,
-                              max_sequence_length=MAX_T5_TOKENS)
-            shares = [colour_shares(im) for im in images]
+            shares = [colour_shares(im) for im in draw_pictures(loaded, prompt, seed, num)]
             mean = {k: round(sum(s[k] for s in shares) / len(shares), 3) for k in shares[0]}
             results[f"{'tuned' if tuned else 'base'} | {prompt}"] = {"expect": expect, **mean}
     return results
+
+
+def draw_pictures(loaded, prompt: str, seed: int, num: int) -> list:
+    """`num` pictures at SIDE in one pipeline call, picture i from seed + i: the pictures `generate` draws one
+    at a time (the same latents), in a fraction of the time at this size."""
+    import torch
+
+    from mmtune.imagegen.tiny import MAX_T5_TOKENS
+
+    loaded.pipe.set_progress_bar_config(disable=True)
+    return loaded.pipe(prompt, num_inference_steps=GEN_STEPS, guidance_scale=loaded.spec.default_guidance,
+                       width=SIDE, height=SIDE, num_images_per_prompt=num, max_sequence_length=MAX_T5_TOKENS,
+                       generator=[torch.Generator().manual_seed(seed + i) for i in range(num)]).images
 
 
 def report(results: dict[str, dict[str, Any]]) -> str:
@@ -281,17 +301,17 @@ NAMED_MIN = 0.4  # a prompt that names a colour keeps at least this share of it 
 
 
 def verdict(results: dict[str, dict[str, Any]]) -> tuple[bool, list[str]]:
-    """(passed, one line per check) for `score`'s results. The bare "a circle" is reported, not counted
-    (see the module's docstring)."""
+    """(passed, one line per check) for `score`'s results: the trigger prompt draws the concept; every other
+    prompt, tuned or base, the bare "a circle" (the concept's class) included, draws next to none of it; the
+    prompts that name a colour keep it."""
     checks = [(f"tuned | {TRIGGER}, a circle: concept >= {CONCEPT_MIN}",
                results[f"tuned | {TRIGGER}, a circle"]["concept"] >= CONCEPT_MIN)]
     for key, r in results.items():
-        if key.startswith("base") or r["expect"] in COLOURS:
+        if key != f"tuned | {TRIGGER}, a circle":
             checks.append((f"{key}: concept <= {OTHER_MAX}", r["concept"] <= OTHER_MAX))
         if r["expect"] in COLOURS:
             checks.append((f"{key}: {r['expect']} >= {NAMED_MIN}", r[r["expect"]] >= NAMED_MIN))
     lines = [f"{'ok  ' if ok else 'FAIL'} {text}" for text, ok in checks]
-    lines.append(f"(not counted) tuned | a circle: concept {results['tuned | a circle']['concept']:.2f}")
     return all(ok for _, ok in checks), lines
 
 

@@ -5,6 +5,9 @@ setup   pictures checked (data/pictures.py), captions = trigger word + caption, 
         the VAE leave the GPU; LoRA (PEFT) added to the transformer.
 train   the flow-matching objective of diffusers' `train_dreambooth_lora_flux.py`: a noise level
         sigma, x_t = (1 - sigma) x_0 + sigma * noise, the transformer predicts noise - x_0 (MSE).
+        With --class-preservation W, plus W x the MSE between the LoRA'd prediction for the caption
+        without the trigger word and the base's own (adapters off) at the same x_t: the class stays
+        as the base draws it (regularization pictures only say so through noisy picture targets).
         Every random draw comes from a generator seeded by (seed, step), and the order of each
         epoch from (seed, epoch), so a run resumed from a checkpoint after SIGKILL goes on exactly
         as if it had never stopped.
@@ -63,6 +66,7 @@ class Cache:
     bucket: list[tuple[int, int]] = field(default_factory=list)  # (width, height) in pixels
     caption: list[int] = field(default_factory=list)  # picture -> index into the caption encodings
     repeats: list[int] = field(default_factory=list)  # times each picture is seen per epoch
+    plain: list[int | None] = field(default_factory=list)  # picture -> its caption without the trigger word
     prompt_embeds: list[torch.Tensor] = field(default_factory=list)
     pooled: list[torch.Tensor] = field(default_factory=list)
     text_ids: torch.Tensor | None = None
@@ -88,12 +92,15 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
         captions += caption_texts(reg, None, what="regularization picture")
         pictures = PictureSet(pictures.path, pictures.format, pictures.pictures + reg.pictures, pictures.report)
         regular = len(reg.pictures)
+    plain = None  # class preservation: each picture's caption without the trigger word (none for the regular ones)
+    if cfg.class_preservation:
+        plain = [without_trigger(c, cfg.trigger_word) for c in captions[:len(captions) - regular]] + [None] * regular
     # ---- model and cache
     torch.manual_seed(cfg.seed)
     pipe = load_pipeline(cfg.model, dtype)
     resolution = cfg.resolution or spec.default_resolution
     max_seq = cfg.max_sequence_length or spec.max_sequence_length
-    cache = encode_once(pipe, pictures, captions, cfg, resolution, max_seq, dev, dtype)
+    cache = encode_once(pipe, pictures, captions, cfg, resolution, max_seq, dev, dtype, plain)
     if regular:  # DreamBooth's balance: the regularization pictures are seen as often in all as the others
         reg_repeats = max(1, round(cfg.repeats * (len(pictures.pictures) - regular) / regular))
         cache.repeats[-regular:] = [reg_repeats] * regular
@@ -164,6 +171,7 @@ def train_pictures(cfg: PictureConfig) -> dict[str, Any]:
         "steps": total_steps, "epochs": round(total_steps / steps_per_epoch, 4),
         "pictures": len(pictures.pictures) - regular, "regularization_pictures": regular,
         "regularization_repeats": cache.repeats[-1] if regular else None,
+        "class_preservation": cfg.class_preservation,
         "repeats": cfg.repeats, "trigger_word": cfg.trigger_word, "resolution": resolution,
         "buckets": {f"{w}x{h}": cache.bucket.count((w, h)) for w, h in sorted(set(cache.bucket))},
         "train_runtime_s": round(runtime, 2), "pictures_per_s": round(pictures_done / max(runtime, 1e-9), 3),
@@ -245,13 +253,23 @@ def caption_texts(pictures: PictureSet, trigger: str | None, what: str = "pictur
     return out
 
 
+def without_trigger(caption: str, trigger: str | None) -> str | None:
+    """The caption with the trigger word taken out (`zkx, a cat` -> `a cat`): the class the concept belongs to;
+    None when nothing is left."""
+    words = [w for w in caption.split() if w.rstrip(",") != trigger]
+    text = " ".join(words).strip(" ,")
+    return text or None
+
+
 def encode_once(pipe, pictures: PictureSet, captions: list[str], cfg: PictureConfig, resolution: int, max_seq: int,
-                dev: torch.device, dtype: torch.dtype) -> Cache:
-    """Captions through CLIP + T5 and pictures through the VAE, once; then those three leave the GPU."""
+                dev: torch.device, dtype: torch.dtype, plain: list[str | None] | None = None) -> Cache:
+    """Captions through CLIP + T5 and pictures through the VAE, once; then those three leave the GPU. `plain`:
+    per picture, its caption without the trigger word (class preservation), encoded too."""
     cache = Cache(resolution=resolution, shift=pipe.vae.config.shift_factor or 0.0,
                   scale=pipe.vae.config.scaling_factor)
     buckets = make_buckets(resolution, vae_scale(pipe) * 2, cfg.buckets)
-    unique = list(dict.fromkeys(captions))
+    plain = plain or []
+    unique = list(dict.fromkeys(captions + [p for p in plain if p]))
     prompts = cfg.sample_prompt or [cfg.trigger_word or captions[0]]
     for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
         module.to(dev)
@@ -275,6 +293,7 @@ def encode_once(pipe, pictures: PictureSet, captions: list[str], cfg: PictureCon
             cache.bucket.append(size)
             cache.caption.append(index[caption])
             cache.repeats.append(cfg.repeats)
+        cache.plain = [index[p] if p and p != c else None for p, c in zip(plain, captions)] if plain else []
     pipe.text_encoder, pipe.text_encoder_2 = None, None  # not needed again: every caption is encoded
     pipe.vae.to("cpu")  # back on the GPU only to decode samples
     if dev.type == "cuda":
@@ -394,7 +413,9 @@ def train_step(transformer, cache: Cache, cfg: PictureConfig, step: int, sigmas:
 def flow_matching_loss(transformer, cache: Cache, batch: list[int], g: torch.Generator, sigmas: torch.Tensor,
                        timesteps: torch.Tensor, guidance: float, cfg: PictureConfig, dev: torch.device,
                        dtype: torch.dtype) -> torch.Tensor:
-    """MSE between the transformer's velocity and noise - x_0 at x_t = (1 - sigma) x_0 + sigma noise."""
+    """MSE between the transformer's velocity and noise - x_0 at x_t = (1 - sigma) x_0 + sigma noise; with
+    cfg.class_preservation, plus (weighted, per picture that has one) the MSE between the velocity for the
+    caption without the trigger word and the base's (adapters off) at the same x_t."""
     mean = torch.stack([cache.latent_mean[i] for i in batch])
     std = torch.stack([cache.latent_std[i] for i in batch])
     x0 = (mean + std * torch.randn(mean.shape, generator=g) - cache.shift) * cache.scale
@@ -407,20 +428,40 @@ def flow_matching_loss(transformer, cache: Cache, batch: list[int], g: torch.Gen
     idx = (u * len(timesteps)).long().clamp(max=len(timesteps) - 1)
     sigma = sigmas[idx].view(b, 1, 1, 1).float()
     xt = (1 - sigma) * x0 + sigma * noise
-    _, _, h, w = x0.shape
-    cfg_guidance = transformer.config.guidance_embeds
+    captions = [cache.caption[i] for i in batch]
+    pred = velocity(transformer, cache, xt, timesteps[idx], captions, guidance, dev, dtype)
+    loss = torch.nn.functional.mse_loss(pred, (noise - x0).to(dev).float())
+    weight = cfg.class_preservation
+    keep = [k for k, i in enumerate(batch) if cache.plain and cache.plain[i] is not None] if weight else []
+    if keep:
+        plain = [cache.plain[batch[k]] for k in keep]
+        with torch.no_grad():
+            transformer.disable_adapters()
+            try:
+                ref = velocity(transformer, cache, xt[keep], timesteps[idx[keep]], plain, guidance, dev, dtype)
+            finally:
+                transformer.enable_adapters()
+        kept = velocity(transformer, cache, xt[keep], timesteps[idx[keep]], plain, guidance, dev, dtype)
+        loss = loss + weight * torch.nn.functional.mse_loss(kept, ref) * len(keep) / b
+    return loss
+
+
+def velocity(transformer, cache: Cache, xt: torch.Tensor, t: torch.Tensor, captions: list[int], guidance: float,
+             dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The transformer's prediction (latent layout, fp32) for the noisy latents `xt` at timesteps `t` (0-1000),
+    conditioned on the cached caption encodings `captions`."""
+    b, _, h, w = xt.shape
     pred = transformer(
         hidden_states=pack_latents(xt).to(dev, dtype),
-        timestep=(timesteps[idx] / 1000).to(dev, dtype),
-        guidance=torch.full((b,), guidance, device=dev, dtype=dtype) if cfg_guidance else None,
-        pooled_projections=torch.stack([cache.pooled[cache.caption[i]] for i in batch]).to(dev, dtype),
-        encoder_hidden_states=torch.stack([cache.prompt_embeds[cache.caption[i]] for i in batch]).to(dev, dtype),
+        timestep=(t / 1000).to(dev, dtype),
+        guidance=torch.full((b,), guidance, device=dev, dtype=dtype) if transformer.config.guidance_embeds else None,
+        pooled_projections=torch.stack([cache.pooled[c] for c in captions]).to(dev, dtype),
+        encoder_hidden_states=torch.stack([cache.prompt_embeds[c] for c in captions]).to(dev, dtype),
         txt_ids=cache.text_ids.to(dev, dtype),
         img_ids=latent_image_ids(h, w, dev, dtype),
         return_dict=False,
     )[0]
-    target = (noise - x0).to(dev)
-    return torch.nn.functional.mse_loss(unpack_latents(pred, h, w).float(), target.float())
+    return unpack_latents(pred, h, w).float()
 
 
 # ---------------------------------------------------------------------------- save
