@@ -40,7 +40,7 @@ DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge")
 DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "simpo": 2.0}
 # preference flags -> the stages they apply to (set for another stage, they are an error)
 STAGE_FLAGS = {"beta": ("dpo", "simpo", "kto"), "dpo_loss": ("dpo",), "label_smoothing": ("dpo", "simpo"),
-               "simpo_gamma": ("simpo",), "orpo_lambda": ("orpo",), "desirable_weight": ("kto",),
+               "sft_weight": ("dpo",), "simpo_gamma": ("simpo",), "orpo_lambda": ("orpo",), "desirable_weight": ("kto",),
                "undesirable_weight": ("kto",)}
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -148,6 +148,11 @@ class TrainConfig:
                                 choices=DPO_LOSSES, default_text="sigmoid")
     label_smoothing: float | None = _opt(None, "dpo robust / simpo: the assumed share of pairs whose preference "
                                          "is flipped, in [0, 0.5)", metavar="X", default_text="0")
+    sft_weight: float | None = _opt(None, "dpo: weight of a language-model loss on the chosen answers (mean "
+                                    "over their tokens) added to the preference loss (RPO; TRL's loss_type "
+                                    "[..., 'sft']): keeps the chosen answers likely, and teaches a model that "
+                                    "does not yet answer in the data's form at all", metavar="X",
+                                    default_text="0 (off)")
     simpo_gamma: float | None = _opt(None, "simpo: the target reward margin between chosen and rejected",
                                      metavar="X", default_text="0.5")
     orpo_lambda: float | None = _opt(None, "orpo: weight of the odds-ratio term beside the chosen answers' "
@@ -264,6 +269,10 @@ class TrainConfig:
         return self.label_smoothing or 0.0
 
     @property
+    def resolved_sft_weight(self) -> float:
+        return self.sft_weight or 0.0
+
+    @property
     def resolved_simpo_gamma(self) -> float:
         return 0.5 if self.simpo_gamma is None else self.simpo_gamma
 
@@ -359,6 +368,7 @@ def stage_problems(c: TrainConfig) -> list[str]:
         (not c.label_smoothing or c.stage != "dpo" or c.resolved_dpo_loss == "robust",
          f"label_smoothing applies to --dpo-loss robust, not {c.resolved_dpo_loss}: add --dpo-loss robust"),
         (c.orpo_lambda is None or c.orpo_lambda >= 0, f"orpo_lambda must be >= 0 (got {c.orpo_lambda})"),
+        (c.sft_weight is None or c.sft_weight >= 0, f"sft_weight must be >= 0 (got {c.sft_weight})"),
         (c.desirable_weight is None or c.desirable_weight > 0,
          f"desirable_weight must be > 0 (got {c.desirable_weight})"),
         (c.undesirable_weight is None or c.undesirable_weight > 0,

@@ -101,8 +101,9 @@ def tokenizer_of(path):
 # ---------------------------------------------------------------------------- DPO
 
 
-@pytest.mark.parametrize("loss_type,smoothing", [("sigmoid", 0.0), ("ipo", 0.0), ("robust", 0.2), ("hinge", 0.0)])
-def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tiny_llama, tmp_path, loss_type, smoothing):
+@pytest.mark.parametrize("loss_type,smoothing,sft", [("sigmoid", 0.0, 0.0), ("ipo", 0.0, 0.0), ("robust", 0.2, 0.0),
+                                                     ("hinge", 0.0, 0.0), ("sigmoid", 0.0, 0.7)])  # sft: RPO's term
+def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tiny_llama, tmp_path, loss_type, smoothing, sft):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -110,7 +111,8 @@ def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tiny_llama, tmp_path, loss_
     rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}]} for q, c, r in PAIRS]
     args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none", use_cpu=True,
-                     beta=0.3, loss_type=[loss_type], label_smoothing=smoothing, max_length=None)
+                     beta=0.3, loss_type=[loss_type, "sft"] if sft else [loss_type],
+                     loss_weights=[1.0, sft] if sft else None, label_smoothing=smoothing, max_length=None)
     # TRL adds the adapter itself (a new adapter: its reference is the adapter switched off, as mmtune's)
     trainer = DPOTrainer(model=base_model(tiny_llama), args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, peft_config=lora_config())
@@ -124,7 +126,8 @@ def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tiny_llama, tmp_path, loss_
 
     n = batch["input_ids"].shape[0] // 2
     ours_batch = {**seq_batch(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]), "n_pairs": n}
-    cfg = TrainConfig(data=["x"], stage="dpo", beta=0.3, dpo_loss=loss_type, label_smoothing=smoothing or None)
+    cfg = TrainConfig(data=["x"], stage="dpo", beta=0.3, dpo_loss=loss_type, label_smoothing=smoothing or None,
+                      sft_weight=sft or None)
     ours_loss, metrics = preference_loss(model, ours_batch, cfg, adapter_off(model))
     ours_loss.backward()
     ours = grads(model)
@@ -132,6 +135,7 @@ def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tiny_llama, tmp_path, loss_
     assert abs(ours_loss.item() - theirs_loss.item()) < TOL, (ours_loss.item(), theirs_loss.item())
     assert abs(metrics["reward_margin"].item()) > 1e-4  # the policy is not the reference: a real comparison
     assert_same_grads(ours, theirs)
+    assert ("nll_loss" in metrics) == bool(sft)
     trl_metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
     for mine, trl_key in (("reward_chosen", "rewards/chosen"), ("reward_rejected", "rewards/rejected"),
                           ("reward_margin", "rewards/margins"), ("reward_accuracy", "rewards/accuracies")):

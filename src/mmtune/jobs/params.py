@@ -104,6 +104,7 @@ def mmtune_fields(limits: Limits) -> dict[str, Callable[[Any], str | None]]:
         "label_smoothing": _num(0, 0.5, hi_open=True),
         "simpo_gamma": _num(0, 100),
         "orpo_lambda": _num(0, 100, lo_open=True),
+        "sft_weight": _num(0, 100),
         "desirable_weight": _num(0, 100, lo_open=True),
         "undesirable_weight": _num(0, 100, lo_open=True),
     }
@@ -228,7 +229,7 @@ def resolve(hyper: dict[str, Any], settings: dict[str, Any], limits: Limits) -> 
     stage = own["stage"]
     if stage in STAGE_FLAGS["beta"]:
         own["beta"] = settings.get("beta", DEFAULT_BETA[stage])
-    for name in ("dpo_loss", "label_smoothing", "simpo_gamma", "orpo_lambda", "desirable_weight",
+    for name in ("dpo_loss", "label_smoothing", "sft_weight", "simpo_gamma", "orpo_lambda", "desirable_weight",
                  "undesirable_weight"):
         if settings.get(name) is not None:
             own[name] = settings[name]

@@ -41,8 +41,8 @@ SAMPLES_FOLDER = "samples"  # a picture run's sample pictures: sample-<i>.png wi
 LOG_TAIL_BYTES = 64 * 1024
 
 
-PREFERENCE_SETTINGS = ("beta", "dpo_loss", "label_smoothing", "simpo_gamma", "orpo_lambda", "desirable_weight",
-                       "undesirable_weight")
+PREFERENCE_SETTINGS = ("beta", "dpo_loss", "label_smoothing", "sft_weight", "simpo_gamma", "orpo_lambda",
+                       "desirable_weight", "undesirable_weight")
 REWARD_KEYS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy")
 MERGED_BASE = "base"  # <job dir>/base: a LoRA fine-tune the job trains on, merged (see JobRunner.prepare_base)
 

@@ -178,6 +178,10 @@ def preference_loss(model, batch: dict[str, Any], cfg: TrainConfig, reference=No
             loss, rc, rr = losses.dpo_loss(chosen, rejected, ref[:n], ref[n:], beta=beta, loss_type=cfg.resolved_dpo_loss,
                                            label_smoothing=cfg.resolved_label_smoothing, chosen_lengths=counts[:n],
                                            rejected_lengths=counts[n:])
+            if cfg.resolved_sft_weight:  # RPO: the chosen answers' language-model loss beside it
+                nll = -chosen.sum() / counts[:n].sum()
+                loss = loss + cfg.resolved_sft_weight * nll
+                metrics["nll_loss"] = nll.detach()
         elif stage == "simpo":
             loss, rc, rr = losses.simpo_loss(chosen / counts[:n], rejected / counts[n:], beta=beta,
                                              gamma=cfg.resolved_simpo_gamma, label_smoothing=cfg.resolved_label_smoothing)
