@@ -130,6 +130,7 @@ def test_train_config_of_each_stage_carries_its_settings(tmp_path):
     for stage, extra, want in (("kto", {"desirable_weight": 2.0}, {"desirable_weight": 2.0, "beta": 0.1}),
                                ("orpo", {"orpo_lambda": 0.5}, {"orpo_lambda": 0.5, "beta": None}),
                                ("dpo", {"dpo_loss": "robust", "label_smoothing": 0.1}, {"label_smoothing": 0.1}),
+                               ("dpo", {"sft_weight": 1.0}, {"sft_weight": 1.0, "beta": 0.1}),
                                ("pt", {}, {"beta": None})):
         job = _parse({"model": DEFAULT_MODEL, "stage": stage, **extra})
         cfg = train_config(job, tmp_path / "d.jsonl", None, tmp_path / "out")

@@ -158,6 +158,10 @@ def test_a_preference_flag_for_another_stage_is_an_error():
     with pytest.raises(UserError, match="beta applies"):
         resolve_config({"data": ["x"], "beta": 0.1})  # sft
     assert resolve_config({"data": ["x"], "stage": "simpo"}).resolved_beta == 2.0
+    with pytest.raises(UserError, match="sft_weight applies to --stage dpo, not orpo"):
+        resolve_config({"data": ["x"], "stage": "orpo", "sft_weight": 1.0})  # orpo has its own NLL term
+    with pytest.raises(UserError, match="sft_weight must be >= 0"):
+        resolve_config({"data": ["x"], "stage": "dpo", "sft_weight": -1.0})
 
 
 # ---------------------------------------------------------------------------- runs
